@@ -1,0 +1,268 @@
+//! The one error type of the core and of every store.
+
+use std::fmt;
+
+use crate::{EventId, ExpectedVersion, Limit, Position, StreamId, Version};
+
+/// A boxed error from a backend or a codec.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Annals.
+///
+/// Each failure a caller may want to handle is its own variant carrying the facts: a version
+/// conflict carries both versions, a corruption names the record, a broken limit names the
+/// limit, the value and the maximum. Backend failures keep their cause as the
+/// [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream was not at the expected version; nothing was written.
+    #[error(
+        "version conflict on stream `{stream}`: expected {expected}, but it is at version {actual}"
+    )]
+    VersionConflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version.
+        actual: Version,
+    },
+
+    /// A stream id broke the rules of [`StreamId`].
+    #[error("invalid stream id {id:?}: {reason}")]
+    InvalidStreamId {
+        /// The offending id (cut to 300 characters).
+        id: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// An append broke one of the [`Limits`](crate::Limits); nothing was written.
+    #[error("limit exceeded: {limit} is {value}, the maximum is {max}")]
+    LimitExceeded {
+        /// Which limit.
+        limit: Limit,
+        /// The value found.
+        value: u64,
+        /// The maximum allowed.
+        max: u64,
+    },
+
+    /// An event broke a rule every event obeys (empty type, schema version 0, an empty batch…);
+    /// nothing was written.
+    #[error("invalid event{}: {reason}", fmt_opt_id(.event_id))]
+    InvalidEvent {
+        /// The event, when one is to blame.
+        event_id: Option<EventId>,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// Some but not all of the batch's event ids were already appended, or they were appended
+    /// elsewhere (another stream, another order): the batch is neither new nor a retry.
+    #[error("event {event_id} was already appended to `{existing_stream}`; the batch for `{stream}` is neither new nor an exact retry of an earlier append")]
+    IdempotencyConflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// An id of the batch that was already stored.
+        event_id: EventId,
+        /// The stream holding that id.
+        existing_stream: StreamId,
+    },
+
+    /// A stored record failed its integrity check or could not be decoded.
+    #[error("corrupt record ({}): {reason}", place(.stream.as_ref(), *.version, *.position))]
+    Corrupt {
+        /// The record's stream, when known.
+        stream: Option<StreamId>,
+        /// The record's version, when known.
+        version: Option<Version>,
+        /// The record's global position, when known.
+        position: Option<Position>,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A payload could not be encoded or decoded.
+    #[error("codec `{content_type}` failed on event type `{event_type}`: {source}")]
+    Codec {
+        /// The codec's content type.
+        content_type: String,
+        /// The event type being encoded or decoded (or the snapshot's aggregate type).
+        event_type: String,
+        /// The codec's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A payload's content type names no known codec.
+    #[error("unknown content type `{content_type}` (event type `{event_type}`): no codec is registered for it")]
+    UnknownContentType {
+        /// The content type found.
+        content_type: String,
+        /// The event type it was found on.
+        event_type: String,
+    },
+
+    /// An event type (at that schema version) is not known to the reader.
+    #[error("unknown event type `{event_type}` at schema version {schema_version}")]
+    UnknownEventType {
+        /// The event type found.
+        event_type: String,
+        /// Its schema version.
+        schema_version: u16,
+    },
+
+    /// An upcaster chain is broken or an upcaster failed.
+    #[error("upcasting `{event_type}` from schema version {schema_version}: {reason}")]
+    Upcast {
+        /// The event type.
+        event_type: String,
+        /// The schema version being upcast.
+        schema_version: u16,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The backend cannot be reached (server down, connection refused or lost before the
+    /// request was sent). Nothing was written; retrying later is safe.
+    #[error("{backend} is unavailable: {source}")]
+    Unavailable {
+        /// Which backend (`sled`, `postgres`, `nats`…).
+        backend: &'static str,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The connection was lost while an append was being committed: it may or may not have been
+    /// written. Retrying with the same event ids is safe, since appends are idempotent.
+    #[error("the outcome of the append to `{stream}` is unknown ({backend} connection lost during commit); retry it with the same event ids")]
+    AppendOutcomeUnknown {
+        /// Which backend.
+        backend: &'static str,
+        /// The stream appended to.
+        stream: StreamId,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The backend gave up on a request that took too long.
+    #[error("{backend} timed out: {source}")]
+    Timeout {
+        /// Which backend.
+        backend: &'static str,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The store's data is in a format this version of Annals cannot read, or is not set up.
+    #[error("{0}")]
+    Format(String),
+
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+
+    /// Any other backend failure.
+    #[error("{backend} error: {source}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Whether this is a [`Error::VersionConflict`].
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::VersionConflict { .. })
+    }
+
+    /// Whether retrying the same operation later may succeed (unavailable, timed out, unknown
+    /// outcome, or a conflict after reloading).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable { .. }
+                | Error::Timeout { .. }
+                | Error::AppendOutcomeUnknown { .. }
+                | Error::VersionConflict { .. }
+        )
+    }
+
+    /// A corruption error for a record at a known place.
+    pub fn corrupt(
+        stream: Option<StreamId>,
+        version: Option<Version>,
+        position: Option<Position>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            stream,
+            version,
+            position,
+            reason: reason.into(),
+        }
+    }
+
+    /// Wraps any other backend error.
+    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+}
+
+fn fmt_opt_id(id: &Option<EventId>) -> String {
+    id.map(|id| format!(" {id}")).unwrap_or_default()
+}
+
+fn place(
+    stream: Option<&StreamId>,
+    version: Option<Version>,
+    position: Option<Position>,
+) -> RecordRef<'_> {
+    RecordRef {
+        stream,
+        version,
+        position,
+    }
+}
+
+struct RecordRef<'a> {
+    stream: Option<&'a StreamId>,
+    version: Option<Version>,
+    position: Option<Position>,
+}
+
+impl fmt::Display for RecordRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(s) = self.stream {
+            write!(f, "stream `{s}`")?;
+            sep = ", ";
+        }
+        if let Some(v) = self.version {
+            write!(f, "{sep}version {v}")?;
+            sep = ", ";
+        }
+        if let Some(p) = self.position {
+            write!(f, "{sep}position {p}")?;
+            sep = ", ";
+        }
+        if sep.is_empty() {
+            f.write_str("unknown place")?;
+        }
+        Ok(())
+    }
+}

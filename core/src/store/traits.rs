@@ -1,0 +1,123 @@
+use std::future::Future;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use super::{CommitWatch, ReadAll, ReadStream};
+use crate::{
+    AppendResult, EventData, ExpectedVersion, Limits, Position, RecordedEvent, Result, StreamId,
+    Timestamp, Version,
+};
+
+/// An append-only event store with optimistic concurrency.
+///
+/// Every store in Annals implements this trait and passes the conformance suite of
+/// `annals-testkit`, which is the executable form of the contract below.
+///
+/// # Contract
+///
+/// - [`append`](Self::append) is **atomic** (all events of the call are stored or none),
+///   checks the expected version without races, and is **idempotent**: appending events whose
+///   ids were all appended before, in the same stream and order, returns the first append's
+///   result and writes nothing; a batch whose ids only partly match fails with
+///   [`Error::IdempotencyConflict`](crate::Error::IdempotencyConflict).
+/// - Limits and stream ids are checked before anything is written.
+/// - The global log has one total order. A reader that has passed a position never sees an
+///   event appear before it later.
+/// - Once `append` returns `Ok`, the events are durable as the store's durability setting
+///   promises, and [`watch_commits`](Self::watch_commits) signals them.
+///
+/// Reads return `'static` streams, so they can be moved into tasks.
+///
+/// For choosing a store at run time, see [`DynStore`](crate::DynStore) and
+/// [`AnyStore`](crate::AnyStore).
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` if it is at the `expected` version.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// Reads events of one stream. A missing stream reads as empty.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        options: ReadStream,
+    ) -> BoxStream<'static, Result<RecordedEvent>>;
+
+    /// Reads the global log in position order.
+    fn read_all(&self, options: ReadAll) -> BoxStream<'static, Result<RecordedEvent>>;
+
+    /// The current version of `stream` ([`Version::EMPTY`] when it has no events).
+    fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<Version>> + Send;
+
+    /// The position of the last event a reader of the global log can see, if any.
+    fn last_position(&self) -> impl Future<Output = Result<Option<Position>>> + Send;
+
+    /// Every stream with its version and last write, in stream id order.
+    fn streams(&self) -> BoxStream<'static, Result<StreamInfo>>;
+
+    /// A signal that fires after events are committed (see [`subscribe_all`](crate::subscribe_all)).
+    fn watch_commits(&self) -> CommitWatch;
+
+    /// The limits appends are checked against.
+    fn limits(&self) -> Limits;
+}
+
+/// A stream's vital statistics, as listed by [`EventStore::streams`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// Its current version.
+    pub version: Version,
+    /// The position of its last event.
+    pub last_position: Position,
+    /// When its last event was recorded.
+    pub last_recorded_at: Timestamp,
+}
+
+/// A saved aggregate state: the fold of its stream up to `version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The stream the state was folded from.
+    pub stream_id: StreamId,
+    /// The last event folded into the state.
+    pub version: Version,
+    /// The schema version of the state's type; a snapshot of another schema version is ignored.
+    pub schema_version: u16,
+    /// The codec that wrote the state.
+    pub content_type: String,
+    /// The encoded state.
+    pub payload: Bytes,
+    /// When the snapshot was taken.
+    pub taken_at: Timestamp,
+}
+
+/// Where aggregate snapshots are kept: one per stream, the newest overwriting the older.
+pub trait SnapshotStore: Send + Sync {
+    /// Saves `snapshot`, replacing the stream's previous one.
+    fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send;
+
+    /// The stream's snapshot, if any.
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+}
+
+/// Where consumers of the global log (projections, relays) keep their place, by name.
+pub trait CheckpointStore: Send + Sync {
+    /// Saves `position` as the checkpoint `name`, replacing the previous one.
+    fn save_checkpoint(
+        &self,
+        name: &str,
+        position: Position,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The checkpoint `name`, if saved.
+    fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<Option<Position>>> + Send;
+}

@@ -1,0 +1,2 @@
+//! Runnable Annals programs; see the `examples/` folder of this crate.
+#![forbid(unsafe_code)]

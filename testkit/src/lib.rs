@@ -1,0 +1,28 @@
+//! # annals-testkit
+//!
+//! Test support for [Annals](annals):
+//!
+//! - [`conformance`]: the store conformance suite. One public async function per behaviour,
+//!   each taking a [`StoreFactory`](conformance::StoreFactory) that makes fresh stores, and
+//!   [`run_all`](conformance::run_all), which every store's tests call — once with the concrete
+//!   type and once through the `dyn` twin ([`conformance::dynamic`]).
+//!
+//! ```
+//! use annals::InMemoryStore;
+//! use annals_testkit::conformance;
+//!
+//! # #[tokio::main]
+//! # async fn main() {
+//! conformance::run_all(&|| async { InMemoryStore::new() }).await;
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+pub mod conformance;
