@@ -42,6 +42,13 @@ impl Version {
     }
 }
 
+impl std::str::FromStr for Version {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Version(s.trim().parse()?))
+    }
+}
+
 impl From<u64> for Version {
     fn from(n: u64) -> Self {
         Version(n)
