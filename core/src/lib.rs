@@ -53,16 +53,27 @@
     rust_2018_idioms
 )]
 
+pub mod aggregate;
 pub mod bus;
+pub mod codec;
 pub mod error;
 pub mod memory;
 pub mod model;
+pub mod repository;
 pub mod store;
+pub mod upcast;
+
+pub use aggregate::{Aggregate, CommandContext, DomainEvent, Envelope};
+#[cfg(feature = "derive")]
+pub use annals_derive::DomainEvent;
 
 pub use bus::Bus;
 pub use error::{BoxError, Error, Result};
 pub use memory::{InMemoryBus, InMemoryStore};
 pub use model::*;
+pub use repository::{
+    Changes, ExecuteError, Loaded, Outcome, Repository, RepositoryBuilder, SnapshotPolicy,
+};
 pub use store::{
     subscribe_all, AnyStore, CheckpointStore, CommitNotifier, CommitWatch, Direction, DynStore,
     EventStore, Filter, IntoAnyStore, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamInfo,
