@@ -20,13 +20,22 @@ async fn one_stream_holds_both_codecs_and_every_reader_reads_both() {
         .codec(Bincode)
         .build()
         .unwrap();
-    json.execute("1", add(1, 10), CommandContext::new()).await.unwrap();
-    bincode.execute("1", add(2, 20), CommandContext::new()).await.unwrap();
+    json.execute("1", add(1, 10), CommandContext::new())
+        .await
+        .unwrap();
+    bincode
+        .execute("1", add(2, 20), CommandContext::new())
+        .await
+        .unwrap();
     json.execute("1", TallyCommand::Take { n: 5 }, CommandContext::new())
         .await
         .unwrap();
     bincode
-        .execute("1", TallyCommand::AddMany { count: 2 }, CommandContext::new())
+        .execute(
+            "1",
+            TallyCommand::AddMany { count: 2 },
+            CommandContext::new(),
+        )
         .await
         .unwrap();
 
@@ -48,7 +57,10 @@ async fn one_stream_holds_both_codecs_and_every_reader_reads_both() {
     );
     assert!(stored[1].payload.len() < stored[0].payload.len());
 
-    let by_json = Repository::<Tally, _>::new(store.clone()).load("1").await.unwrap();
+    let by_json = Repository::<Tally, _>::new(store.clone())
+        .load("1")
+        .await
+        .unwrap();
     let by_bincode = Repository::<Tally, _>::builder(store.clone())
         .codec(Bincode)
         .build()
@@ -111,7 +123,10 @@ fn the_derive_names_versions_and_stores_the_payload_alone() {
         assert_eq!(String::from_utf8(payload.clone()).unwrap(), json);
         assert_eq!(Shapes::decode(&Json, event_type, &payload).unwrap(), event);
         let compact = event.encode(&Bincode).unwrap();
-        assert_eq!(Shapes::decode(&Bincode, event_type, &compact).unwrap(), event);
+        assert_eq!(
+            Shapes::decode(&Bincode, event_type, &compact).unwrap(),
+            event
+        );
     }
     match Shapes::decode(&Json, "Newtype", b"{}") {
         Err(annals::Error::UnknownEventType { event_type, .. }) => {
@@ -124,7 +139,10 @@ fn the_derive_names_versions_and_stores_the_payload_alone() {
             content_type,
             event_type,
             ..
-        }) => assert_eq!((content_type.as_str(), event_type.as_str()), ("application/json", "Named")),
+        }) => assert_eq!(
+            (content_type.as_str(), event_type.as_str()),
+            ("application/json", "Named")
+        ),
         other => panic!("{other:?}"),
     }
 }

@@ -25,7 +25,10 @@ async fn run(tallies: Vec<Repository<Tally, InMemoryStore>>) -> (Tally, u64, u64
                 let tag = task * 1000 + i;
                 // Every fifth command is refused by the domain (adding zero).
                 let n = if i % 5 == 4 { 0 } else { tag % 7 + 1 };
-                match tallies.execute("hot", add(tag, n), CommandContext::new()).await {
+                match tallies
+                    .execute("hot", add(tag, n), CommandContext::new())
+                    .await
+                {
                     Ok(outcome) => {
                         assert_eq!(outcome.events.len(), 1);
                         retries += outcome.retries;
@@ -51,10 +54,16 @@ async fn run(tallies: Vec<Repository<Tally, InMemoryStore>>) -> (Tally, u64, u64
 
 fn check(state: &Tally, sum: u64, count: u64) {
     assert_eq!(count, TASKS * COMMANDS * 4 / 5);
-    assert_eq!(state.total, sum, "the state is the sum of the accepted commands");
+    assert_eq!(
+        state.total, sum,
+        "the state is the sum of the accepted commands"
+    );
     assert_eq!(state.folded, count, "one event per accepted command");
     assert_eq!(state.tags.len() as u64, count, "no command lost");
-    assert!(state.tags.values().all(|&n| n == 1), "no command applied twice");
+    assert!(
+        state.tags.values().all(|&n| n == 1),
+        "no command applied twice"
+    );
 }
 
 fn tallies(store: &InMemoryStore, repositories: usize) -> Vec<Repository<Tally, InMemoryStore>> {
@@ -83,7 +92,10 @@ async fn eight_tasks_across_four_caches_lose_nothing() {
     let (state, sum, count, retries) = run(tallies(&store, 4)).await;
     check(&state, sum, count);
     assert_eq!(store.len() as u64, count);
-    let last = Repository::<Tally, _>::new(store.clone()).load("hot").await.unwrap();
+    let last = Repository::<Tally, _>::new(store.clone())
+        .load("hot")
+        .await
+        .unwrap();
     assert_eq!(last.version, Version::new(count));
     // Not asserted (timing), but useful when reading the output.
     println!("retries across all tasks: {retries}");

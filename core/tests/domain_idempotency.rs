@@ -2,9 +2,7 @@
 
 mod support;
 
-use annals::{
-    CommandContext, EventId, EventStore, InMemoryStore, ReadStream, Repository, Version,
-};
+use annals::{CommandContext, EventId, EventStore, InMemoryStore, ReadStream, Repository, Version};
 use futures::TryStreamExt;
 use support::{add, Tally, TallyCommand, TallyEvent};
 use uuid::Uuid;
@@ -25,11 +23,19 @@ async fn the_same_command_id_twice_records_one_set_of_events() {
     let tallies: Repository<Tally, _> = Repository::new(store.clone());
     let id = Uuid::now_v7();
     let first = tallies
-        .execute("1", TallyCommand::AddMany { count: 3 }, CommandContext::command(id))
+        .execute(
+            "1",
+            TallyCommand::AddMany { count: 3 },
+            CommandContext::command(id),
+        )
         .await
         .unwrap();
     let again = tallies
-        .execute("1", TallyCommand::AddMany { count: 3 }, CommandContext::command(id))
+        .execute(
+            "1",
+            TallyCommand::AddMany { count: 3 },
+            CommandContext::command(id),
+        )
         .await
         .unwrap();
     assert!(!first.repeated);
@@ -41,7 +47,10 @@ async fn the_same_command_id_twice_records_one_set_of_events() {
     assert_eq!(
         EventId::derived(id, 2),
         store
-            .read_stream(&tallies.stream_id("1").unwrap(), ReadStream::backward().limit(1))
+            .read_stream(
+                &tallies.stream_id("1").unwrap(),
+                ReadStream::backward().limit(1)
+            )
             .try_collect::<Vec<_>>()
             .await
             .unwrap()[0]
@@ -58,8 +67,14 @@ async fn a_retry_after_the_stream_moved_on_returns_the_first_result() {
         .execute("1", add(7, 5), CommandContext::command(id))
         .await
         .unwrap();
-    tallies.execute("1", add(8, 1), CommandContext::new()).await.unwrap();
-    tallies.execute("1", add(9, 1), CommandContext::new()).await.unwrap();
+    tallies
+        .execute("1", add(8, 1), CommandContext::new())
+        .await
+        .unwrap();
+    tallies
+        .execute("1", add(9, 1), CommandContext::new())
+        .await
+        .unwrap();
 
     // Handled again on the newer state, the command emits the same ids: the store answers
     // with the first append; nothing is written and the state is not folded twice.
@@ -87,16 +102,27 @@ async fn a_retry_after_the_stream_moved_on_returns_the_first_result() {
 async fn a_retry_the_new_state_would_refuse_still_returns_the_first_result() {
     let store = InMemoryStore::new();
     let tallies: Repository<Tally, _> = Repository::new(store.clone());
-    tallies.execute("1", add(1, 10), CommandContext::new()).await.unwrap();
+    tallies
+        .execute("1", add(1, 10), CommandContext::new())
+        .await
+        .unwrap();
     let id = Uuid::now_v7();
     let first = tallies
-        .execute("1", TallyCommand::Take { n: 8 }, CommandContext::command(id))
+        .execute(
+            "1",
+            TallyCommand::Take { n: 8 },
+            CommandContext::command(id),
+        )
         .await
         .unwrap();
     assert_eq!(first.events, [TallyEvent::Taken { n: 8 }]);
     // Now only 2 are left: handled again, the command would be refused; it already ran.
     let again = tallies
-        .execute("1", TallyCommand::Take { n: 8 }, CommandContext::command(id))
+        .execute(
+            "1",
+            TallyCommand::Take { n: 8 },
+            CommandContext::command(id),
+        )
         .await
         .unwrap();
     assert!(again.repeated);
@@ -106,7 +132,11 @@ async fn a_retry_the_new_state_would_refuse_still_returns_the_first_result() {
 
     // A new command id is a new command, and refused.
     let refused = tallies
-        .execute("1", TallyCommand::Take { n: 8 }, CommandContext::command(Uuid::now_v7()))
+        .execute(
+            "1",
+            TallyCommand::Take { n: 8 },
+            CommandContext::command(Uuid::now_v7()),
+        )
         .await
         .unwrap_err();
     assert!(refused.rejection().is_some());
@@ -125,7 +155,11 @@ async fn a_retry_that_now_decides_otherwise_still_returns_the_first_result() {
     // ...and three if handled again: the ids only partly match, which the store refuses;
     // the repository finds the first execution instead.
     let again = tallies
-        .execute("1", TallyCommand::AddMany { count: 3 }, CommandContext::command(id))
+        .execute(
+            "1",
+            TallyCommand::AddMany { count: 3 },
+            CommandContext::command(id),
+        )
         .await
         .unwrap();
     assert!(again.repeated);

@@ -2,9 +2,7 @@
 
 mod support;
 
-use annals::{
-    CommandContext, Error, EventStore, ExecuteError, InMemoryStore, Repository, Version,
-};
+use annals::{CommandContext, Error, EventStore, ExecuteError, InMemoryStore, Repository, Version};
 use support::{add, Tally, TallyCommand, TallyError};
 
 fn repo(store: &InMemoryStore) -> Repository<Tally, InMemoryStore> {
@@ -16,22 +14,35 @@ async fn a_new_aggregate_loads_empty_and_commands_build_it() {
     let store = InMemoryStore::new();
     let tallies = repo(&store);
     let empty = tallies.load("1").await.unwrap();
-    assert_eq!((empty.state, empty.version, empty.replayed), (Tally::default(), Version::EMPTY, 0));
+    assert_eq!(
+        (empty.state, empty.version, empty.replayed),
+        (Tally::default(), Version::EMPTY, 0)
+    );
 
     let first = tallies
         .execute("1", add(1, 5), CommandContext::new())
         .await
         .unwrap();
-    assert_eq!((first.version, first.state.total, first.retries), (Version::new(1), 5, 0));
+    assert_eq!(
+        (first.version, first.state.total, first.retries),
+        (Version::new(1), 5, 0)
+    );
     assert!(!first.repeated);
     let appended = first.appended.unwrap();
     assert_eq!(appended.first_version, Version::new(1));
 
     let many = tallies
-        .execute("1", TallyCommand::AddMany { count: 3 }, CommandContext::new())
+        .execute(
+            "1",
+            TallyCommand::AddMany { count: 3 },
+            CommandContext::new(),
+        )
         .await
         .unwrap();
-    assert_eq!((many.version, many.state.total, many.events.len()), (Version::new(4), 8, 3));
+    assert_eq!(
+        (many.version, many.state.total, many.events.len()),
+        (Version::new(4), 8, 3)
+    );
 
     // Cached: nothing replayed. Cold: everything.
     let warm = tallies.load("1").await.unwrap();
@@ -68,17 +79,30 @@ async fn a_stale_cache_is_caught_up_after_a_conflict() {
     // Two repositories over one store: two processes with their own caches.
     let a = repo(&store);
     let b = repo(&store);
-    a.execute("1", add(1, 1), CommandContext::new()).await.unwrap();
-    b.execute("1", add(2, 10), CommandContext::new()).await.unwrap();
+    a.execute("1", add(1, 1), CommandContext::new())
+        .await
+        .unwrap();
+    b.execute("1", add(2, 10), CommandContext::new())
+        .await
+        .unwrap();
 
     // `a` still caches version 1: its append conflicts, it catches up and tries again.
-    let outcome = a.execute("1", add(3, 100), CommandContext::new()).await.unwrap();
+    let outcome = a
+        .execute("1", add(3, 100), CommandContext::new())
+        .await
+        .unwrap();
     assert_eq!(outcome.retries, 1);
-    assert_eq!((outcome.version, outcome.state.total), (Version::new(3), 111));
+    assert_eq!(
+        (outcome.version, outcome.state.total),
+        (Version::new(3), 111)
+    );
     assert_eq!(outcome.state.folded, 3, "every event folded once");
     let cached = a.load("1").await.unwrap();
     assert!(cached.cached);
-    assert_eq!((cached.version, cached.replayed, cached.state.total), (Version::new(3), 0, 111));
+    assert_eq!(
+        (cached.version, cached.replayed, cached.state.total),
+        (Version::new(3), 0, 111)
+    );
 }
 
 #[tokio::test]
@@ -86,14 +110,21 @@ async fn a_rejection_on_a_stale_cache_is_checked_against_the_store() {
     let store = InMemoryStore::new();
     let a = repo(&store);
     let b = repo(&store);
-    a.execute("1", add(1, 1), CommandContext::new()).await.unwrap();
-    b.execute("1", add(2, 50), CommandContext::new()).await.unwrap();
+    a.execute("1", add(1, 1), CommandContext::new())
+        .await
+        .unwrap();
+    b.execute("1", add(2, 50), CommandContext::new())
+        .await
+        .unwrap();
     // On `a`'s cached state (total 1) taking 40 is refused; on the real one (51) it is not.
     let outcome = a
         .execute("1", TallyCommand::Take { n: 40 }, CommandContext::new())
         .await
         .unwrap();
-    assert_eq!((outcome.version, outcome.state.total), (Version::new(3), 11));
+    assert_eq!(
+        (outcome.version, outcome.state.total),
+        (Version::new(3), 11)
+    );
     // And a real refusal is still one.
     let refused = a
         .execute("1", TallyCommand::Take { n: 12 }, CommandContext::new())
@@ -113,24 +144,39 @@ async fn a_conflict_outlasting_the_retries_is_returned_as_a_conflict() {
         .build()
         .unwrap();
     let b = repo(&store);
-    a.execute("1", add(1, 1), CommandContext::new()).await.unwrap();
-    b.execute("1", add(2, 1), CommandContext::new()).await.unwrap();
+    a.execute("1", add(1, 1), CommandContext::new())
+        .await
+        .unwrap();
+    b.execute("1", add(2, 1), CommandContext::new())
+        .await
+        .unwrap();
     let error = a
         .execute("1", add(3, 1), CommandContext::new())
         .await
         .unwrap_err();
     assert!(error.is_conflict(), "{error}");
     match error.store_error() {
-        Some(Error::VersionConflict { expected, actual, .. }) => {
+        Some(Error::VersionConflict {
+            expected, actual, ..
+        }) => {
             assert_eq!(*expected, annals::ExpectedVersion::exact(1));
             assert_eq!(*actual, Version::new(2));
         }
         other => panic!("{other:?}"),
     }
     // The stale state was evicted: the next command succeeds at once.
-    let next = a.execute("1", add(4, 1), CommandContext::new()).await.unwrap();
+    let next = a
+        .execute("1", add(4, 1), CommandContext::new())
+        .await
+        .unwrap();
     assert_eq!((next.retries, next.version), (0, Version::new(3)));
-    assert_eq!(store.stream_version(&a.stream_id("1").unwrap()).await.unwrap(), Version::new(3));
+    assert_eq!(
+        store
+            .stream_version(&a.stream_id("1").unwrap())
+            .await
+            .unwrap(),
+        Version::new(3)
+    );
 }
 
 #[tokio::test]
@@ -141,7 +187,10 @@ async fn the_cache_is_bounded_and_optional() {
         .build()
         .unwrap();
     for id in 0..20 {
-        small.execute(id, add(id, 1), CommandContext::new()).await.unwrap();
+        small
+            .execute(id, add(id, 1), CommandContext::new())
+            .await
+            .unwrap();
     }
     let mut cached = 0;
     for id in 0..20 {
@@ -155,7 +204,10 @@ async fn the_cache_is_bounded_and_optional() {
         .cache_capacity(0)
         .build()
         .unwrap();
-    uncached.execute(0, add(99, 1), CommandContext::new()).await.unwrap();
+    uncached
+        .execute(0, add(99, 1), CommandContext::new())
+        .await
+        .unwrap();
     let loaded = uncached.load(0).await.unwrap();
     assert!(!loaded.cached);
     assert_eq!((loaded.replayed, loaded.state.total), (2, 2));
@@ -170,7 +222,9 @@ async fn bad_ids_are_clear_errors() {
     }
     let long = "x".repeat(300);
     assert!(matches!(
-        tallies.execute(&long, add(1, 1), CommandContext::new()).await,
+        tallies
+            .execute(&long, add(1, 1), CommandContext::new())
+            .await,
         Err(ExecuteError::Store(Error::InvalidStreamId { .. }))
     ));
 }

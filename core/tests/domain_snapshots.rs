@@ -37,7 +37,10 @@ async fn ten_thousand_events_load_by_reading_at_most_a_hundred() {
     assert!(loaded.replayed <= 100);
     assert_eq!(loaded.version, Version::new(10_037));
 
-    let full = every_100(&store).load_at("1", Version::new(10_037)).await.unwrap();
+    let full = every_100(&store)
+        .load_at("1", Version::new(10_037))
+        .await
+        .unwrap();
     assert_eq!(full.replayed, 10_037);
     assert_eq!(loaded.state, full.state);
     assert_eq!(loaded.state.folded, 10_037);
@@ -54,12 +57,22 @@ async fn a_snapshot_equals_the_full_fold_of_its_stream_at_its_version() {
             .execute("1", TallyCommand::AddMany { count }, CommandContext::new())
             .await
             .unwrap();
-        tallies.execute("1", add(9_999, 2), CommandContext::new()).await.unwrap();
+        tallies
+            .execute("1", add(9_999, 2), CommandContext::new())
+            .await
+            .unwrap();
         if let Some((version, state)) = tallies.snapshot("1").await.unwrap() {
             let replayed = tallies.load_at("1", version).await.unwrap();
             assert_eq!(replayed.version, version);
-            assert_eq!(state, replayed.state, "snapshot at {version} differs from the replay");
-            assert_eq!(state.folded, version.get(), "each event folded exactly once");
+            assert_eq!(
+                state, replayed.state,
+                "snapshot at {version} differs from the replay"
+            );
+            assert_eq!(
+                state.folded,
+                version.get(),
+                "each event folded exactly once"
+            );
             checked += 1;
         }
     }
@@ -91,7 +104,11 @@ async fn a_long_replay_leaves_a_snapshot_behind() {
     let plain: Repository<Tally, _> = Repository::new(store.clone());
     for _ in 0..3 {
         plain
-            .execute("1", TallyCommand::AddMany { count: 50 }, CommandContext::new())
+            .execute(
+                "1",
+                TallyCommand::AddMany { count: 50 },
+                CommandContext::new(),
+            )
             .await
             .unwrap();
     }
@@ -99,7 +116,10 @@ async fn a_long_replay_leaves_a_snapshot_behind() {
     let first = every_100(&store).load("1").await.unwrap();
     assert_eq!((first.replayed, first.snapshot), (150, None));
     let second = every_100(&store).load("1").await.unwrap();
-    assert_eq!((second.replayed, second.snapshot), (0, Some(Version::new(150))));
+    assert_eq!(
+        (second.replayed, second.snapshot),
+        (0, Some(Version::new(150)))
+    );
     assert_eq!(second.state, first.state);
 }
 
@@ -135,9 +155,19 @@ async fn failed_snapshot_writes_never_fail_a_command() {
         .build()
         .unwrap();
     for i in 0..5 {
-        tallies.execute("1", add(i, 1), CommandContext::new()).await.unwrap();
+        tallies
+            .execute("1", add(i, 1), CommandContext::new())
+            .await
+            .unwrap();
     }
-    assert_eq!(store.0.load_snapshot(&tallies.stream_id("1").unwrap()).await.unwrap(), None);
+    assert_eq!(
+        store
+            .0
+            .load_snapshot(&tallies.stream_id("1").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     let loaded = tallies.load("1").await.unwrap();
     assert_eq!((loaded.version, loaded.state.total), (Version::new(5), 5));
 }
@@ -151,7 +181,10 @@ async fn bincode_snapshots_are_read_by_a_json_repository() {
         .build()
         .unwrap();
     for i in 0..25 {
-        compact.execute("1", add(i, 3), CommandContext::new()).await.unwrap();
+        compact
+            .execute("1", add(i, 3), CommandContext::new())
+            .await
+            .unwrap();
     }
     let json = every_100(&store).load("1").await.unwrap();
     assert_eq!((json.snapshot, json.replayed), (Some(Version::new(20)), 5));

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DomainEvent)]
 enum WalletEvent {
     #[annals(schema_version = 3)]
-    Deposited { cents: u64, currency: String },
+    Deposited {
+        cents: u64,
+        currency: String,
+    },
     Emptied,
 }
 
@@ -84,7 +87,11 @@ fn wallets(store: &InMemoryStore) -> Repository<Wallet, InMemoryStore> {
 
 async fn append(store: &InMemoryStore, events: Vec<EventData>) {
     store
-        .append(&StreamId::new("wallet-1").unwrap(), ExpectedVersion::Any, events)
+        .append(
+            &StreamId::new("wallet-1").unwrap(),
+            ExpectedVersion::Any,
+            events,
+        )
         .await
         .unwrap();
 }
@@ -134,7 +141,10 @@ async fn events_written_at_v1_and_v2_are_read_as_v3() {
         }
     );
     // New events are written at the current version.
-    wallets.execute("1", (), CommandContext::new()).await.unwrap();
+    wallets
+        .execute("1", (), CommandContext::new())
+        .await
+        .unwrap();
     assert_eq!(wallets.load("1").await.unwrap().state.cents, 0);
 }
 
@@ -205,12 +215,18 @@ fn a_missing_link_is_refused_when_building() {
         .upcaster(Upcaster::json("Withdrawn", 1, |v| v))
         .build()
         .unwrap_err();
-    assert!(unknown.to_string().contains("no such event type"), "{unknown}");
+    assert!(
+        unknown.to_string().contains("no such event type"),
+        "{unknown}"
+    );
     let too_new = Repository::<Wallet, _>::builder(store.clone())
         .upcaster(Upcaster::json("Emptied", 1, |v| v))
         .build()
         .unwrap_err();
-    assert!(too_new.to_string().contains("current schema version is 1"), "{too_new}");
+    assert!(
+        too_new.to_string().contains("current schema version is 1"),
+        "{too_new}"
+    );
     let twice = Repository::<Wallet, _>::builder(store)
         .upcaster(v1_to_v2_json())
         .upcaster(v1_to_v2_json())
@@ -235,18 +251,27 @@ async fn unknown_types_versions_and_content_types_are_named() {
         Err(Error::UnknownContentType {
             content_type,
             event_type,
-        }) => assert_eq!((content_type.as_str(), event_type.as_str()), ("text/csv", "Emptied")),
+        }) => assert_eq!(
+            (content_type.as_str(), event_type.as_str()),
+            ("text/csv", "Emptied")
+        ),
         other => panic!("{other:?}"),
     }
 
     let store = InMemoryStore::new();
     append(
         &store,
-        vec![EventData::json("Emptied", &()).unwrap().with_schema_version(4)],
+        vec![EventData::json("Emptied", &())
+            .unwrap()
+            .with_schema_version(4)],
     )
     .await;
     match wallets(&store).load("1").await {
-        Err(Error::Upcast { schema_version, reason, .. }) => {
+        Err(Error::Upcast {
+            schema_version,
+            reason,
+            ..
+        }) => {
             assert_eq!(schema_version, 4);
             assert!(reason.contains("newer"), "{reason}");
         }
@@ -254,7 +279,11 @@ async fn unknown_types_versions_and_content_types_are_named() {
     }
 
     let store = InMemoryStore::new();
-    append(&store, vec![EventData::json("Deposited", &DepositedV1 { amount: 1 }).unwrap()]).await;
+    append(
+        &store,
+        vec![EventData::json("Deposited", &DepositedV1 { amount: 1 }).unwrap()],
+    )
+    .await;
     let only_v2: Repository<Wallet, _> = Repository::builder(store.clone())
         .upcaster(v2_to_v3_typed())
         .build()

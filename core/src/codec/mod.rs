@@ -17,7 +17,9 @@ use std::marker::PhantomData;
 use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::Serialize;
 
-use crate::{BoxError, Error, CONTENT_TYPE_BINCODE, CONTENT_TYPE_JSON};
+#[cfg(feature = "bincode")]
+use crate::CONTENT_TYPE_BINCODE;
+use crate::{BoxError, Error, CONTENT_TYPE_JSON};
 
 pub use variant::{decode_variant, encode_variant};
 
@@ -268,7 +270,9 @@ mod tests {
     #[test]
     fn codecs_pick_by_content_type_and_name_unknown_ones() {
         let codecs = Codecs::new(Json);
-        let bytes = codecs.encode_as(CONTENT_TYPE_JSON, "Sample", &5u32).unwrap();
+        let bytes = codecs
+            .encode_as(CONTENT_TYPE_JSON, "Sample", &5u32)
+            .unwrap();
         assert_eq!(
             codecs
                 .decode::<u32>(CONTENT_TYPE_JSON, "Sample", &bytes)
@@ -279,7 +283,10 @@ mod tests {
             Err(Error::UnknownContentType {
                 content_type,
                 event_type,
-            }) => assert_eq!((content_type.as_str(), event_type.as_str()), ("text/csv", "Sample")),
+            }) => assert_eq!(
+                (content_type.as_str(), event_type.as_str()),
+                ("text/csv", "Sample")
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -392,9 +392,9 @@ mod tests {
         use crate::codec::Bincode;
         // bincode is not self-describing: a skipped field cannot be read back, as with any
         // bincode payload, so the sample that skips one is left out.
-        let samples = samples().into_iter().filter(|(_, e)| {
-            !matches!(e, Event::Deposited { memo: None, .. })
-        });
+        let samples = samples()
+            .into_iter()
+            .filter(|(_, e)| !matches!(e, Event::Deposited { memo: None, .. }));
         for (index, event) in samples {
             let bytes = encode_variant(&Bincode, "E", &event).unwrap();
             assert_eq!(

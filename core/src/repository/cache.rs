@@ -77,7 +77,8 @@ impl<A: Clone> StateCache<A> {
 
     /// Drops the cached state of `stream` if it is not newer than `version`.
     pub(crate) fn evict(&self, stream: &StreamId, version: Version) {
-        self.map.remove_if(stream, |_, cached| cached.version <= version);
+        self.map
+            .remove_if(stream, |_, cached| cached.version <= version);
     }
 
     pub(crate) fn clear(&self) {

@@ -772,8 +772,9 @@ where
         let started = Instant::now();
         async {
             let options = match until {
-                Until::Version(v) => ReadStream::forward()
-                    .limit(usize::try_from(v.get()).unwrap_or(usize::MAX)),
+                Until::Version(v) => {
+                    ReadStream::forward().limit(usize::try_from(v.get()).unwrap_or(usize::MAX))
+                }
                 Until::Time(_) => ReadStream::forward(),
             };
             let mut reader = self.inner.store.read_stream(stream, options);

@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 
 use annals::{
-    Aggregate, AppendResult, DomainEvent, EventData, EventStore, ExpectedVersion, Limits,
-    Position, ReadAll, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamId, StreamInfo,
-    Version,
+    Aggregate, AppendResult, DomainEvent, EventData, EventStore, ExpectedVersion, Limits, Position,
+    ReadAll, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamId, StreamInfo, Version,
 };
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -24,10 +23,17 @@ pub struct Tally {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TallyCommand {
-    Add { tag: u64, n: u64 },
+    Add {
+        tag: u64,
+        n: u64,
+    },
     /// Adds `count` events of 1 in one command.
-    AddMany { count: u64 },
-    Take { n: u64 },
+    AddMany {
+        count: u64,
+    },
+    Take {
+        n: u64,
+    },
     Nothing,
 }
 
