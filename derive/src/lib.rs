@@ -65,19 +65,14 @@ fn parse_options(attrs: &[Attribute], allow_event_type: bool) -> syn::Result<Opt
                 let lit: LitInt = meta.value()?.parse()?;
                 let version: u16 = lit.base10_parse()?;
                 if version == 0 {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        "schema versions start at 1",
-                    ));
+                    return Err(syn::Error::new(lit.span(), "schema versions start at 1"));
                 }
                 options.schema_version = Some((version, lit.span()));
                 Ok(())
             } else if allow_event_type {
                 Err(meta.error("expected `event_type = \"…\"` or `schema_version = N`"))
             } else {
-                Err(meta.error(
-                    "expected `schema_version = N` (`event_type` goes on a variant)",
-                ))
+                Err(meta.error("expected `schema_version = N` (`event_type` goes on a variant)"))
             }
         })?;
     }
@@ -148,7 +143,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let event_type_arms = patterns.iter().zip(&names).map(|(p, n)| quote!(#p => #n,));
-    let version_arms = patterns.iter().zip(&versions).map(|(p, v)| quote!(#p => #v,));
+    let version_arms = patterns
+        .iter()
+        .zip(&versions)
+        .map(|(p, v)| quote!(#p => #v,));
     let table = names.iter().zip(&versions).map(|(n, v)| quote!((#n, #v),));
     let decode_arms = names.iter().zip(indexes).map(|(n, i)| quote!(#n => #i,));
 

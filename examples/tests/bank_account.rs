@@ -147,7 +147,10 @@ async fn the_account_lives_in_a_real_repository() -> anyhow::Result<()> {
     assert_eq!(stored[1].content_type, "application/json");
     for event in &stored {
         assert_eq!(event.metadata.correlation_id, Some(request));
-        assert_eq!(event.metadata.headers.get("user").map(String::as_str), Some("ada"));
+        assert_eq!(
+            event.metadata.headers.get("user").map(String::as_str),
+            Some("ada")
+        );
     }
     assert_eq!(stored[2].metadata.causation_id, Some(command_id));
     assert_eq!(stored[2].id, annals::EventId::derived(command_id, 0));
