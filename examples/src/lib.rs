@@ -1,2 +1,14 @@
-//! Runnable Annals programs; see the `examples/` folder of this crate.
+//! Runnable Annals programs (see the `examples/` folder of this crate) and the example domain
+//! they share.
+//!
+//! - [`bank_account`]: the bank account aggregate used by the quickstart, the CLI's demos and
+//!   the benchmarks.
 #![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+pub mod bank_account;

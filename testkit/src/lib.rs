@@ -6,6 +6,7 @@
 //!   each taking a [`StoreFactory`](conformance::StoreFactory) that makes fresh stores, and
 //!   [`run_all`](conformance::run_all), which every store's tests call — once with the concrete
 //!   type and once through the `dyn` twin ([`conformance::dynamic`]).
+//! - [`harness`]: given/when/then tests of aggregates, without a store.
 //!
 //! ```
 //! use annals::InMemoryStore;
@@ -26,3 +27,4 @@
 )]
 
 pub mod conformance;
+pub mod harness;
