@@ -190,3 +190,36 @@ async fn bincode_snapshots_are_read_by_a_json_repository() {
     assert_eq!((json.snapshot, json.replayed), (Some(Version::new(20)), 5));
     assert_eq!(json.state.total, 75);
 }
+
+#[tokio::test]
+async fn take_snapshot_saves_the_current_state_whatever_the_policy() {
+    let store = InMemoryStore::new();
+    let tallies: Repository<Tally, InMemoryStore> = Repository::new(store.clone());
+    assert_eq!(
+        tallies.take_snapshot("1").await.unwrap(),
+        None,
+        "nothing to snapshot yet"
+    );
+    write(&tallies, 7).await;
+    assert_eq!(
+        tallies.snapshot("1").await.unwrap(),
+        None,
+        "the policy is Never"
+    );
+    assert_eq!(
+        tallies.take_snapshot("1").await.unwrap(),
+        Some(Version::new(7))
+    );
+    let (version, state) = tallies.snapshot("1").await.unwrap().expect("a snapshot");
+    assert_eq!(version, Version::new(7));
+    let full = tallies.load_at("1", Version::new(7)).await.unwrap();
+    assert_eq!(state, full.state, "the snapshot is the fold of its stream");
+    let loaded = Repository::<Tally, InMemoryStore>::new(store)
+        .load("1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (loaded.snapshot, loaded.replayed),
+        (Some(Version::new(7)), 0)
+    );
+}

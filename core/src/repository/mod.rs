@@ -841,6 +841,47 @@ where
         }
     }
 
+    /// Loads the aggregate `id` and saves its current state as a snapshot now, whatever the
+    /// [`SnapshotPolicy`]: the version snapshotted, or `None` for an aggregate without events.
+    ///
+    /// Unlike the snapshots the policy takes during commands, a failure here is returned.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load); [`Error::Codec`] when the state cannot be encoded; the store's
+    /// error when the snapshot cannot be saved.
+    pub fn take_snapshot(
+        &self,
+        id: impl fmt::Display,
+    ) -> impl Future<Output = Result<Option<Version>, Error>> + Send + '_ {
+        let stream = self.stream_id(id);
+        async move {
+            let stream = stream?;
+            let loaded = self.load_current(&stream).await?;
+            if loaded.version.is_empty() {
+                return Ok(None);
+            }
+            let codec = &self.inner.codecs.writer;
+            let payload = codec.encode(&loaded.state).map_err(|source| Error::Codec {
+                content_type: codec.content_type().to_owned(),
+                event_type: A::TYPE.to_owned(),
+                source,
+            })?;
+            self.inner
+                .store
+                .save_snapshot(Snapshot {
+                    stream_id: stream.clone(),
+                    version: loaded.version,
+                    schema_version: A::SNAPSHOT_VERSION,
+                    content_type: codec.content_type().to_owned(),
+                    payload: payload.into(),
+                    taken_at: Timestamp::now(),
+                })
+                .await?;
+            Ok(Some(loaded.version))
+        }
+    }
+
     /// Saves a snapshot of `state` at `version`; failures are logged, never returned.
     async fn save_snapshot(&self, stream: &StreamId, version: Version, state: &A) {
         let codec = &self.inner.codecs.writer;
