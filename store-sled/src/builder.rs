@@ -142,7 +142,9 @@ impl SledStoreBuilder {
             ));
         }
         if self.flush_interval.is_zero() {
-            return Err(Error::Format("the flush interval must be above zero".into()));
+            return Err(Error::Format(
+                "the flush interval must be above zero".into(),
+            ));
         }
         // Opening replays sled's log: blocking file I/O, kept off the async workers.
         tokio::task::spawn_blocking(move || SledEventStore::open_blocking(self))

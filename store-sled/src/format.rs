@@ -264,7 +264,12 @@ pub(crate) fn encode_body(event: &EventData) -> Vec<u8> {
 }
 
 /// The full value of a stream record under `key`.
-pub(crate) fn record_value(key: &[u8], position: u64, recorded_at: Timestamp, body: &[u8]) -> Vec<u8> {
+pub(crate) fn record_value(
+    key: &[u8],
+    position: u64,
+    recorded_at: Timestamp,
+    body: &[u8],
+) -> Vec<u8> {
     let mut value = Vec::with_capacity(RECORD_HEADER + body.len());
     value.extend_from_slice(&[0; CRC_LEN]);
     value.extend_from_slice(&position.to_be_bytes());
@@ -318,8 +323,16 @@ fn decode_checked(stream: &StreamId, version: u64, body: &[u8]) -> Result<Record
     if flags & !0b11 != 0 {
         return Err(format!("unknown metadata flags {flags:#04x}"));
     }
-    let correlation_id = if flags & 1 != 0 { Some(r.uuid()?) } else { None };
-    let causation_id = if flags & 2 != 0 { Some(r.uuid()?) } else { None };
+    let correlation_id = if flags & 1 != 0 {
+        Some(r.uuid()?)
+    } else {
+        None
+    };
+    let causation_id = if flags & 2 != 0 {
+        Some(r.uuid()?)
+    } else {
+        None
+    };
     let timestamp = Timestamp::from_unix_micros(r.i64()?);
     let count = r.varint()?;
     let mut headers = BTreeMap::new();
@@ -529,10 +542,15 @@ mod tests {
     #[test]
     fn records_round_trip_and_catch_flips() {
         let stream = StreamId::new("a-1").unwrap();
-        let event = EventData::new("T", "application/octet-stream", vec![1, 2, 3])
-            .with_header("k", "v");
+        let event =
+            EventData::new("T", "application/octet-stream", vec![1, 2, 3]).with_header("k", "v");
         let key = stream_key("a-1", 7);
-        let value = record_value(&key, 42, Timestamp::from_unix_micros(5), &encode_body(&event));
+        let value = record_value(
+            &key,
+            42,
+            Timestamp::from_unix_micros(5),
+            &encode_body(&event),
+        );
         let read = decode_record(&stream, 7, &key, &value).unwrap();
         assert_eq!(read.to_event_data(), event);
         assert_eq!(read.position, Position::sequence(42));

@@ -77,6 +77,8 @@ struct StreamCursor {
     range: Option<(u64, u64)>,
     done: bool,
     buffer: VecDeque<RecordedEvent>,
+    /// An error met while filling, yielded after the good events before it.
+    failed: Option<Error>,
 }
 
 impl StreamCursor {
@@ -129,7 +131,11 @@ impl StreamCursor {
         if (forward && hi >= last) || (!forward && lo <= last) {
             self.done = true;
         } else {
-            self.range = Some(if forward { (hi + 1, last) } else { (lo - 1, last) });
+            self.range = Some(if forward {
+                (hi + 1, last)
+            } else {
+                (lo - 1, last)
+            });
         }
         Ok(())
     }
@@ -150,25 +156,25 @@ pub(crate) fn stream(
         range: None,
         done: false,
         buffer: VecDeque::new(),
+        failed: None,
     };
     stream::unfold(cursor, |mut cursor| async move {
-        if let Some(event) = cursor.buffer.pop_front() {
-            return Some((Ok(event), cursor));
-        }
-        if cursor.done {
-            return None;
-        }
-        let _span = tracing::trace_span!("read_stream", store = "sled", stream = %cursor.stream)
-            .entered();
-        match cursor.fill() {
-            Err(error) => {
-                cursor.done = true;
-                cursor.buffer.clear();
-                Some((Err(error), cursor))
+        loop {
+            if let Some(event) = cursor.buffer.pop_front() {
+                return Some((Ok(event), cursor));
             }
-            Ok(()) => {
-                let event = cursor.buffer.pop_front()?;
-                Some((Ok(event), cursor))
+            if let Some(error) = cursor.failed.take() {
+                return Some((Err(error), cursor));
+            }
+            if cursor.done {
+                return None;
+            }
+            let _span =
+                tracing::trace_span!("read_stream", store = "sled", stream = %cursor.stream)
+                    .entered();
+            if let Err(error) = cursor.fill() {
+                cursor.done = true;
+                cursor.failed = Some(error);
             }
         }
     })
@@ -184,6 +190,8 @@ struct LogCursor {
     last_stream: Option<StreamId>,
     done: bool,
     buffer: VecDeque<RecordedEvent>,
+    /// An error met while filling, yielded after the good events before it.
+    failed: Option<Error>,
 }
 
 impl LogCursor {
@@ -213,7 +221,12 @@ impl LogCursor {
                 Some(s) if s.as_str() == stream => s.clone(),
                 _ => {
                     let s = StreamId::new(stream).map_err(|e| {
-                        Error::corrupt(None, Some(Version::new(version)), at, format!("log entry: {e}"))
+                        Error::corrupt(
+                            None,
+                            Some(Version::new(version)),
+                            at,
+                            format!("log entry: {e}"),
+                        )
                     })?;
                     self.last_stream = Some(s.clone());
                     s
@@ -279,11 +292,15 @@ pub(crate) fn all(
         last_stream: None,
         done: false,
         buffer: VecDeque::new(),
+        failed: None,
     };
     stream::unfold(cursor, |mut cursor| async move {
         loop {
             if let Some(event) = cursor.buffer.pop_front() {
                 return Some((Ok(event), cursor));
+            }
+            if let Some(error) = cursor.failed.take() {
+                return Some((Err(error), cursor));
             }
             if cursor.done {
                 return None;
@@ -295,8 +312,8 @@ pub(crate) fn all(
             };
             if let Err(error) = filled {
                 cursor.done = true;
-                cursor.buffer.clear();
-                return Some((Err(error), cursor));
+                cursor.failed = Some(error);
+                continue;
             }
             if cursor.buffer.is_empty() && !cursor.done {
                 // A page the filter emptied: let other tasks run before the next one.
@@ -329,9 +346,8 @@ impl HeadCursor {
         for item in range.take(PAGE as usize) {
             read += 1;
             let (key, _) = item.map_err(sled_error)?;
-            let text = std::str::from_utf8(&key[1..]).map_err(|_| {
-                Error::corrupt(None, None, None, "a stream head's id is not UTF-8")
-            })?;
+            let text = std::str::from_utf8(&key[1..])
+                .map_err(|_| Error::corrupt(None, None, None, "a stream head's id is not UTF-8"))?;
             let stream = StreamId::new(text)
                 .map_err(|e| Error::corrupt(None, None, None, format!("stream head: {e}")))?;
             if let Some(head) = visible_head(&self.tree, &stream, self.visible)? {

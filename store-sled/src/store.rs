@@ -82,9 +82,8 @@ impl SledEventStore {
             None => 0,
             Some(entry) => {
                 let (key, _) = entry.map_err(sled_error)?;
-                format::parse_log_key(&key).ok_or_else(|| {
-                    Error::corrupt(None, None, None, "malformed global log key")
-                })?
+                format::parse_log_key(&key)
+                    .ok_or_else(|| Error::corrupt(None, None, None, "malformed global log key"))?
             }
         };
         let visible = Arc::new(AtomicU64::new(last));
@@ -299,7 +298,12 @@ impl EventStore for SledEventStore {
         stream: &StreamId,
         options: ReadStream,
     ) -> BoxStream<'static, Result<RecordedEvent>> {
-        read::stream(self.inner.tree.clone(), stream.clone(), options, self.visible())
+        read::stream(
+            self.inner.tree.clone(),
+            stream.clone(),
+            options,
+            self.visible(),
+        )
     }
 
     fn read_all(&self, options: ReadAll) -> BoxStream<'static, Result<RecordedEvent>> {

@@ -167,14 +167,26 @@ impl Walk<'_> {
             }
         };
         let Ok(stream_id) = StreamId::new(stream) else {
-            self.problem(ProblemKind::Corrupt, None, Some(version), None, format!("invalid stream id {stream:?}"));
+            self.problem(
+                ProblemKind::Corrupt,
+                None,
+                Some(version),
+                None,
+                format!("invalid stream id {stream:?}"),
+            );
             return Ok(());
         };
         let event = match format::decode_record(&stream_id, version, key, value) {
             Ok(event) => event,
             Err(error) => {
                 let position = format::unverified_position(value).map(|p| p.commit());
-                self.problem(ProblemKind::Corrupt, Some(stream), Some(version), position, error.to_string());
+                self.problem(
+                    ProblemKind::Corrupt,
+                    Some(stream),
+                    Some(version),
+                    position,
+                    error.to_string(),
+                );
                 return Ok(());
             }
         };
@@ -251,7 +263,10 @@ impl Walk<'_> {
                     Some(stream),
                     Some(version),
                     Some(position),
-                    format!("the id index maps {} to `{s}` version {v} position {p}", event.id),
+                    format!(
+                        "the id index maps {} to `{s}` version {v} position {p}",
+                        event.id
+                    ),
                 ),
                 Err(_) => {} // reported when the walk reaches the index entry
             },
@@ -294,7 +309,13 @@ impl Walk<'_> {
 
     fn log(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let Some(position) = format::parse_log_key(key) else {
-            self.problem(ProblemKind::Corrupt, None, None, None, "malformed global log key");
+            self.problem(
+                ProblemKind::Corrupt,
+                None,
+                None,
+                None,
+                "malformed global log key",
+            );
             return Ok(());
         };
         if position > self.visible {
@@ -306,14 +327,23 @@ impl Walk<'_> {
                 None,
                 None,
                 Some(position),
-                format!("the global log jumps from position {} to {position}", self.last_log),
+                format!(
+                    "the global log jumps from position {} to {position}",
+                    self.last_log
+                ),
             );
         }
         self.last_log = position;
         let (stream, version) = match format::decode_log(key, value) {
             Ok(entry) => entry,
             Err(reason) => {
-                self.problem(ProblemKind::Corrupt, None, None, Some(position), format!("global log entry: {reason}"));
+                self.problem(
+                    ProblemKind::Corrupt,
+                    None,
+                    None,
+                    Some(position),
+                    format!("global log entry: {reason}"),
+                );
                 return Ok(());
             }
         };
@@ -344,7 +374,13 @@ impl Walk<'_> {
     fn head(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let stream = String::from_utf8_lossy(&key[1..]).into_owned();
         match format::decode_head(key, value) {
-            Err(reason) => self.problem(ProblemKind::Corrupt, Some(&stream), None, None, format!("stream head: {reason}")),
+            Err(reason) => self.problem(
+                ProblemKind::Corrupt,
+                Some(&stream),
+                None,
+                None,
+                format!("stream head: {reason}"),
+            ),
             Ok(head) if head.last_position > self.visible => {}
             Ok(head) => {
                 let record_key = format::stream_key(&stream, head.version);
@@ -366,7 +402,13 @@ impl Walk<'_> {
         let (stream, version, position) = match format::decode_id(key, value) {
             Ok(entry) => entry,
             Err(reason) => {
-                self.problem(ProblemKind::Corrupt, None, None, None, format!("id index entry: {reason}"));
+                self.problem(
+                    ProblemKind::Corrupt,
+                    None,
+                    None,
+                    None,
+                    format!("id index entry: {reason}"),
+                );
                 return Ok(());
             }
         };
@@ -390,11 +432,23 @@ impl Walk<'_> {
         self.report.snapshots += 1;
         let text = String::from_utf8_lossy(&key[1..]).into_owned();
         let Ok(stream) = StreamId::new(&text) else {
-            self.problem(ProblemKind::Corrupt, None, None, None, format!("snapshot of invalid stream id {text:?}"));
+            self.problem(
+                ProblemKind::Corrupt,
+                None,
+                None,
+                None,
+                format!("snapshot of invalid stream id {text:?}"),
+            );
             return Ok(());
         };
         match format::decode_snapshot(&stream, key, value) {
-            Err(reason) => self.problem(ProblemKind::Corrupt, Some(&text), None, None, format!("snapshot: {reason}")),
+            Err(reason) => self.problem(
+                ProblemKind::Corrupt,
+                Some(&text),
+                None,
+                None,
+                format!("snapshot: {reason}"),
+            ),
             Ok(snapshot) => {
                 let head_key = format::head_key(&text);
                 let head = match self.tree.get(&head_key).map_err(sled_error)? {
@@ -407,7 +461,10 @@ impl Walk<'_> {
                         Some(&text),
                         Some(snapshot.version.get()),
                         None,
-                        format!("the snapshot is of version {}, the stream is at {head}", snapshot.version),
+                        format!(
+                            "the snapshot is of version {}, the stream is at {head}",
+                            snapshot.version
+                        ),
                     );
                 }
             }
@@ -440,15 +497,29 @@ pub(crate) fn run(tree: &sled::Tree, visible: u64) -> Result<VerifyReport> {
                 walk.report.checkpoints += 1;
                 if let Err(reason) = format::decode_checkpoint(&key, &value) {
                     let name = String::from_utf8_lossy(&key[1..]).into_owned();
-                    walk.problem(ProblemKind::Corrupt, None, None, None, format!("checkpoint `{name}`: {reason}"));
+                    walk.problem(
+                        ProblemKind::Corrupt,
+                        None,
+                        None,
+                        None,
+                        format!("checkpoint `{name}`: {reason}"),
+                    );
                 }
             }
             Some(META) if &key[..] == format::META_FORMAT => {
                 marker = true;
                 match format::decode_format(&value) {
                     Ok(format::FORMAT_VERSION) => {}
-                    Ok(other) => walk.problem(ProblemKind::FormatMarker, None, None, None, format!("format {other}")),
-                    Err(reason) => walk.problem(ProblemKind::FormatMarker, None, None, None, reason),
+                    Ok(other) => walk.problem(
+                        ProblemKind::FormatMarker,
+                        None,
+                        None,
+                        None,
+                        format!("format {other}"),
+                    ),
+                    Err(reason) => {
+                        walk.problem(ProblemKind::FormatMarker, None, None, None, reason)
+                    }
                 }
             }
             _ => walk.problem(
@@ -462,7 +533,13 @@ pub(crate) fn run(tree: &sled::Tree, visible: u64) -> Result<VerifyReport> {
     }
     walk.finish_stream()?;
     if !marker {
-        walk.problem(ProblemKind::FormatMarker, None, None, None, "the format marker is missing");
+        walk.problem(
+            ProblemKind::FormatMarker,
+            None,
+            None,
+            None,
+            "the format marker is missing",
+        );
     }
     if walk.last_log != visible {
         walk.problem(
@@ -470,7 +547,10 @@ pub(crate) fn run(tree: &sled::Tree, visible: u64) -> Result<VerifyReport> {
             None,
             None,
             Some(visible),
-            format!("the global log ends at position {}, expected {visible}", walk.last_log),
+            format!(
+                "the global log ends at position {}, expected {visible}",
+                walk.last_log
+            ),
         );
     }
     Ok(walk.report)

@@ -205,8 +205,7 @@ impl Writer {
                     // retries of earlier appends and refusals keep their own answers.
                     let message = error.to_string();
                     for (_, outcome) in &mut answers {
-                        if matches!(outcome, Ok(r) if r.first_position.commit() >= first_position)
-                        {
+                        if matches!(outcome, Ok(r) if r.first_position.commit() >= first_position) {
                             *outcome = Err(Error::backend(
                                 "sled",
                                 format!("applying the batch failed, nothing written: {message}"),
@@ -311,10 +310,20 @@ pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredE
         return Ok(None);
     };
     let (stream, version, position) = format::decode_id(&key, &value).map_err(|reason| {
-        Error::corrupt(None, None, None, format!("id index entry of {id}: {reason}"))
+        Error::corrupt(
+            None,
+            None,
+            None,
+            format!("id index entry of {id}: {reason}"),
+        )
     })?;
     let stream_id = StreamId::new(stream).map_err(|e| {
-        Error::corrupt(None, Some(Version::new(version)), Some(Position::sequence(position)), format!("id index entry of {id}: {e}"))
+        Error::corrupt(
+            None,
+            Some(Version::new(version)),
+            Some(Position::sequence(position)),
+            format!("id index entry of {id}: {e}"),
+        )
     })?;
     Ok(Some(StoredEventRef {
         stream_id,
