@@ -103,7 +103,7 @@ impl Scenario for DurableConcurrent {
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
         Box::pin(async move {
             const TASKS: u64 = 16;
-            let per_task: u64 = s.pick(60, 250);
+            let per_task: u64 = s.pick(150, 500);
             let total = TASKS * per_task;
             let medians = alternate(
                 s.rounds,
@@ -160,7 +160,7 @@ impl Scenario for DurableSingle {
 
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
         Box::pin(async move {
-            let count: u64 = s.pick(200, 1000);
+            let count: u64 = s.pick(600, 2000);
             let medians = alternate(
                 s.rounds,
                 |_| async move {
@@ -316,7 +316,9 @@ pub async fn fill(store: &SledEventStore, start: u64, count: u64) -> anyhow::Res
             let mut n = start + t * 100;
             while n < start + count {
                 let id = stream(1_000_000 + (n / 100) % 1000);
-                store.append(&id, ExpectedVersion::Any, batch(n, 100)).await?;
+                store
+                    .append(&id, ExpectedVersion::Any, batch(n, 100))
+                    .await?;
                 n += TASKS * 100;
             }
             anyhow::Ok(())
@@ -390,11 +392,8 @@ pub const MEMORY_BUDGET_MIB: f64 = 300.0;
 
 impl Scenario for Memory {
     fn name(&self, s: &Settings) -> String {
-        s.pick(
-            "sled.memory.append.100k (quick)",
-            "sled.memory.append.1m",
-        )
-        .into()
+        s.pick("sled.memory.append.100k (quick)", "sled.memory.append.1m")
+            .into()
     }
 
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
@@ -442,7 +441,10 @@ impl Scenario for Memory {
 ///
 /// Store failures, or a `/proc/self/status` without `VmHWM`.
 pub async fn memory_child(count: u64, dir: &Path) -> anyhow::Result<u64> {
-    let store = SledEventStore::builder().path(dir.join("annals")).open().await?;
+    let store = SledEventStore::builder()
+        .path(dir.join("annals"))
+        .open()
+        .await?;
     fill(&store, 0, count).await?;
     store.close().await?;
     let status = std::fs::read_to_string("/proc/self/status")?;

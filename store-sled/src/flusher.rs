@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use annals::{CommitNotifier, Error, Position, Result, StreamId};
 use tokio::sync::watch;
 
+use crate::writer::Writer;
 use crate::Durability;
 
 /// What the flusher has made durable, published to waiters.
@@ -32,6 +33,8 @@ struct Wanted {
     written: u64,
     /// Bumped by anyone who needs a flush that is not about positions (snapshots, checkpoints).
     generation: u64,
+    /// Appends wait in the writer's queue for this thread to commit them.
+    queued: bool,
     closing: bool,
 }
 
@@ -47,22 +50,22 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn start(
-        db: sled::Db,
+    pub(crate) fn new(
         last_position: u64,
         durability: Durability,
         interval: Duration,
         visible: Arc<AtomicU64>,
         notifier: CommitNotifier,
-    ) -> Result<(Arc<Flusher>, JoinHandle<()>)> {
+    ) -> Arc<Flusher> {
         let (durable, _) = watch::channel(Durable {
             position: last_position,
             ..Durable::default()
         });
-        let flusher = Arc::new(Flusher {
+        Arc::new(Flusher {
             wanted: Mutex::new(Wanted {
                 written: last_position,
                 generation: 0,
+                queued: false,
                 closing: false,
             }),
             wake: Condvar::new(),
@@ -71,15 +74,28 @@ impl Flusher {
             interval,
             visible,
             notifier,
-        });
-        let thread = {
-            let flusher = flusher.clone();
-            std::thread::Builder::new()
-                .name("annals-sled-flusher".into())
-                .spawn(move || flusher.run(&db, last_position))
-                .map_err(|e| Error::backend("sled", e))?
-        };
-        Ok((flusher, thread))
+        })
+    }
+
+    /// Starts the thread. With [`Durability::Flush`] it is also the writer's committer: each
+    /// turn it commits everything queued as one group, then flushes once for it.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        db: sled::Db,
+        writer: Arc<Writer>,
+        last_position: u64,
+    ) -> Result<JoinHandle<()>> {
+        let flusher = self.clone();
+        std::thread::Builder::new()
+            .name("annals-sled-flusher".into())
+            .spawn(move || flusher.run(&db, &writer, last_position))
+            .map_err(|e| Error::backend("sled", e))
+    }
+
+    /// Appends were queued for the thread to commit ([`Durability::Flush`]).
+    pub(crate) fn queued(&self) {
+        self.lock().queued = true;
+        self.wake.notify_one();
     }
 
     fn lock(&self) -> MutexGuard<'_, Wanted> {
@@ -149,16 +165,16 @@ impl Flusher {
         self.wake.notify_one();
     }
 
-    fn run(&self, db: &sled::Db, mut flushed: u64) {
+    fn run(&self, db: &sled::Db, writer: &Writer, mut flushed: u64) {
         let mut served = 0u64;
         let mut last_flush = Instant::now();
         loop {
-            let (target, generation, closing) = {
+            let (generation, closing) = {
                 let mut wanted = self.lock();
                 loop {
                     let behind = wanted.written > flushed;
                     let asked = wanted.generation > served;
-                    if wanted.closing || asked {
+                    if wanted.closing || asked || wanted.queued {
                         break;
                     }
                     match self.durability {
@@ -181,8 +197,15 @@ impl Flusher {
                         }
                     }
                 }
-                (wanted.written, wanted.generation, wanted.closing)
+                wanted.queued = false;
+                (wanted.generation, wanted.closing)
             };
+            // Everything that queued while the last flush ran: one group, one batch.
+            let group = writer.take_queued();
+            if !group.is_empty() {
+                writer.commit(group);
+            }
+            let target = self.lock().written;
             if target > flushed || generation > served || closing {
                 let span = tracing::debug_span!(
                     "sled.flush",
@@ -228,7 +251,7 @@ impl Flusher {
             }
             if closing {
                 let wanted = self.lock();
-                if wanted.written <= flushed && wanted.generation <= served {
+                if wanted.written <= flushed && wanted.generation <= served && writer.is_idle() {
                     return;
                 }
             }

@@ -89,14 +89,13 @@ impl SledEventStore {
         let visible = Arc::new(AtomicU64::new(last));
         let notifier = CommitNotifier::new();
         notifier.notify(Position::sequence(last));
-        let (flusher, flusher_thread) = Flusher::start(
-            db,
+        let flusher = Flusher::new(
             last,
             b.durability,
             b.flush_interval,
             visible.clone(),
             notifier.clone(),
-        )?;
+        );
         let writer = Arc::new(Writer::new(
             tree.clone(),
             last,
@@ -105,6 +104,7 @@ impl SledEventStore {
             visible.clone(),
             notifier.clone(),
         ));
+        let flusher_thread = flusher.spawn(db, writer.clone(), last)?;
         tracing::debug!(path = ?b.path, position = last, "opened sled store");
         Ok(SledEventStore {
             inner: Arc::new(Inner {

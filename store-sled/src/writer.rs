@@ -1,18 +1,20 @@
 //! The writer: the one place appends are checked, given positions and applied to sled.
 //!
-//! # Why a role and not a thread
+//! Appends queue up and commit as groups: everything queued is taken at once, checked (expected
+//! versions and idempotency against the store *and* against the group's earlier appends),
+//! applied as ONE sled batch, and answered. Exactly one committer runs at a time, so exactly
+//! one writer assigns positions. Who runs it depends on the durability:
 //!
-//! Appends queue up and commit as groups: whoever finds no commit running becomes the *leader*,
-//! takes everything queued (its own request and any that arrived meanwhile), checks it, applies
-//! it as ONE sled batch and answers every caller; then it looks again, until the queue is empty.
-//! Only one leader exists at a time (a flag under the queue's lock), so exactly one writer
-//! assigns positions, as with a dedicated writer thread — but an append from an idle store
-//! costs no thread hand-off. A dedicated thread costs two wake-ups per append (caller to
-//! writer and back), which is several times the price of the sled batch itself; measured, it
-//! halved the buffered single-writer rate. The blocking part that is long, `fsync`, has its own
-//! thread (see `flusher.rs`); the leader only does in-memory sled work (microseconds), and it
-//! hands leadership to a fresh task after [`MAX_ROUNDS`] groups so no caller is held up for
-//! long by others' appends.
+//! - [`Durability::Flush`]: the flusher thread (`flusher.rs`). Each turn it takes everything
+//!   that queued while the previous flush ran, commits it as one batch and flushes once. This
+//!   makes groups as large as the disk makes them, which matters with sled 0.34: every
+//!   `apply_batch` rolls sled's I/O buffer (`pin_log`), a write of its own, so many small
+//!   batches between two flushes cost far more than one large one.
+//! - [`Durability::Buffered`]: the appending task itself. Whoever finds no commit running
+//!   becomes the *leader* (a flag under the queue's lock), commits what is queued, looks again
+//!   until the queue is empty, and hands leadership to a fresh task after [`MAX_ROUNDS`] groups
+//!   so its own caller is not held up. Without an `fsync` to amortise, a hand-off to a writer
+//!   thread and back (two wake-ups) would cost more than the batch itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,12 +103,19 @@ impl Writer {
                 return Err(Error::Closed);
             }
             queue.pending.push(pending);
-            !std::mem::replace(&mut queue.leading, true)
+            self.durability != Durability::Flush && !std::mem::replace(&mut queue.leading, true)
         };
-        if lead {
+        if self.durability == Durability::Flush {
+            self.flusher.queued();
+        } else if lead {
             self.lead();
         }
         Ok(())
+    }
+
+    /// Takes everything queued ([`Durability::Flush`]: the flusher thread commits it).
+    pub(crate) fn take_queued(&self) -> Vec<Pending> {
+        std::mem::take(&mut self.lock().pending)
     }
 
     /// Refuses new appends; queued ones are still committed.
@@ -155,7 +164,7 @@ impl Writer {
         }
     }
 
-    fn commit(&self, group: Vec<Pending>) {
+    pub(crate) fn commit(&self, group: Vec<Pending>) {
         let span = tracing::debug_span!(
             "sled.commit",
             appends = group.len(),

@@ -36,7 +36,9 @@ fn main() -> anyhow::Result<()> {
                 // Internal: the child process of the memory scenario.
                 let count: u64 = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?.parse()?;
                 let dir = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?);
-                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
                 let kib = runtime.block_on(sled_scenarios::memory_child(count, &dir))?;
                 println!("VMHWM_KIB {kib}");
                 return Ok(());

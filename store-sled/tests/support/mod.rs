@@ -7,18 +7,22 @@ use annals::{EventData, EventStore, ReadAll, ReadStream, RecordedEvent, StreamId
 use annals_sled::{Durability, SledEventStore};
 use futures::TryStreamExt;
 
+/// A stream id.
 pub fn sid(s: &str) -> StreamId {
     StreamId::new(s).expect("valid stream id")
 }
 
+/// A JSON event `{"n": n}`.
 pub fn event(event_type: &str, n: u64) -> EventData {
     EventData::json(event_type, &serde_json::json!({ "n": n })).expect("json")
 }
 
+/// Opens a durable store at `path`.
 pub async fn open(path: &Path) -> SledEventStore {
     open_with(path, Durability::Flush).await
 }
 
+/// Opens a store at `path`.
 pub async fn open_with(path: &Path, durability: Durability) -> SledEventStore {
     SledEventStore::builder()
         .path(path)
@@ -34,6 +38,7 @@ pub async fn shut(store: SledEventStore) {
     drop(store);
 }
 
+/// The whole stream.
 pub async fn read_stream(store: &SledEventStore, stream: &StreamId) -> Vec<RecordedEvent> {
     store
         .read_stream(stream, ReadStream::forward())
@@ -42,6 +47,7 @@ pub async fn read_stream(store: &SledEventStore, stream: &StreamId) -> Vec<Recor
         .expect("read_stream")
 }
 
+/// The whole log.
 pub async fn read_all(store: &SledEventStore) -> Vec<RecordedEvent> {
     store
         .read_all(ReadAll::all())
