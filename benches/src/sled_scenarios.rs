@@ -1,0 +1,456 @@
+//! The sled store's scenarios (issue 4) and their raw-sled baselines.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use annals::{EventStore, ExpectedVersion, ReadStream, StreamId};
+use annals_sled::{Durability, SledEventStore};
+use anyhow::Context as _;
+use futures::TryStreamExt;
+
+use crate::payload::{batch, event, payload};
+use crate::{alternate, rate, timed, Line, Scenario, Settings};
+
+type Run<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Line>> + Send + 'a>>;
+
+/// sled's cache size on both sides, the store's default.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The sled scenarios, in report order.
+pub fn scenarios() -> Vec<Box<dyn Scenario>> {
+    vec![
+        Box::new(DurableConcurrent),
+        Box::new(DurableSingle),
+        Box::new(BufferedSingle),
+        Box::new(Load10k),
+        Box::new(Scale),
+        Box::new(Memory),
+    ]
+}
+
+/// Opens an Annals store in `dir`.
+pub async fn open_store(dir: &Path, durability: Durability) -> anyhow::Result<SledEventStore> {
+    Ok(SledEventStore::builder()
+        .path(dir.join("annals"))
+        .durability(durability)
+        .cache_bytes(CACHE_BYTES)
+        .open()
+        .await?)
+}
+
+/// Opens a raw sled database configured as the store configures its own.
+pub fn open_raw(dir: &Path) -> anyhow::Result<sled::Db> {
+    Ok(sled::Config::new()
+        .path(dir.join("raw"))
+        .cache_capacity(CACHE_BYTES)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .open()?)
+}
+
+fn stream(n: u64) -> StreamId {
+    StreamId::new(format!("bench-{n}")).expect("valid stream id")
+}
+
+/// Raw sled inserting `count` payloads under sequential keys, flushing every `flush_every`
+/// inserts (never when 0): events/s.
+fn raw_inserts(db: &sled::Db, start: u64, count: u64, flush_every: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for i in start..start + count {
+        db.insert(i.to_be_bytes(), payload(i))?;
+        if flush_every > 0 && (i - start + 1) % flush_every == 0 {
+            db.flush()?;
+        }
+    }
+    Ok(rate(count, started.elapsed()))
+}
+
+fn line(
+    scenario: String,
+    unit: &'static str,
+    (annals, baseline): (f64, f64),
+    target: f64,
+    rounds: usize,
+) -> Line {
+    Line {
+        scenario,
+        unit,
+        annals,
+        baseline,
+        ratio: annals / baseline,
+        target,
+        rounds,
+    }
+}
+
+/// 16 tasks append single events to 16 streams with `Durability::Flush`; raw sled inserts the
+/// same payloads with one flush per 100 inserts.
+#[derive(Debug)]
+struct DurableConcurrent;
+
+impl Scenario for DurableConcurrent {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.append.durable.concurrent16 (quick)",
+            "sled.append.durable.concurrent16",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            const TASKS: u64 = 16;
+            let per_task: u64 = s.pick(150, 500);
+            let total = TASKS * per_task;
+            let medians = alternate(
+                s.rounds,
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let store = open_store(dir.path(), Durability::Flush).await?;
+                    let elapsed = timed(async {
+                        let mut tasks = Vec::new();
+                        for t in 0..TASKS {
+                            let store = store.clone();
+                            tasks.push(tokio::spawn(async move {
+                                let id = stream(t);
+                                for i in 0..per_task {
+                                    store
+                                        .append(&id, ExpectedVersion::exact(i), vec![event(i)])
+                                        .await?;
+                                }
+                                anyhow::Ok(())
+                            }));
+                        }
+                        for t in tasks {
+                            t.await??;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    store.close().await?;
+                    Ok(rate(total, elapsed))
+                },
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let db = open_raw(dir.path())?;
+                    tokio::task::block_in_place(|| raw_inserts(&db, 0, total, 100))
+                },
+            )
+            .await?;
+            Ok(line(self.name(s), "events/s", medians, 0.60, s.rounds))
+        })
+    }
+}
+
+/// One task appends single events with `Durability::Flush`; raw sled inserts and flushes each.
+#[derive(Debug)]
+struct DurableSingle;
+
+impl Scenario for DurableSingle {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.append.durable.single (quick)",
+            "sled.append.durable.single",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            let count: u64 = s.pick(600, 2000);
+            let medians = alternate(
+                s.rounds,
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let store = open_store(dir.path(), Durability::Flush).await?;
+                    let id = stream(0);
+                    let elapsed = timed(async {
+                        for i in 0..count {
+                            store
+                                .append(&id, ExpectedVersion::exact(i), vec![event(i)])
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    store.close().await?;
+                    Ok(rate(count, elapsed))
+                },
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let db = open_raw(dir.path())?;
+                    tokio::task::block_in_place(|| raw_inserts(&db, 0, count, 1))
+                },
+            )
+            .await?;
+            Ok(line(self.name(s), "events/s", medians, 0.80, s.rounds))
+        })
+    }
+}
+
+/// One task appends single events with `Durability::Buffered`; raw sled inserts without flush.
+#[derive(Debug)]
+struct BufferedSingle;
+
+impl Scenario for BufferedSingle {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.append.buffered.single (quick)",
+            "sled.append.buffered.single",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            let count: u64 = s.pick(20_000, 100_000);
+            let medians = alternate(
+                s.rounds,
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let store = open_store(dir.path(), Durability::Buffered).await?;
+                    let id = stream(0);
+                    let elapsed = timed(async {
+                        for i in 0..count {
+                            store
+                                .append(&id, ExpectedVersion::exact(i), vec![event(i)])
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    store.close().await?;
+                    Ok(rate(count, elapsed))
+                },
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let db = open_raw(dir.path())?;
+                    tokio::task::block_in_place(|| raw_inserts(&db, 0, count, 0))
+                },
+            )
+            .await?;
+            Ok(line(self.name(s), "events/s", medians, 0.50, s.rounds))
+        })
+    }
+}
+
+/// Loading a 10,000-event stream (`read_stream` to the end, every event decoded and checked)
+/// against a raw sled range scan copying out the same number of records.
+#[derive(Debug)]
+struct Load10k;
+
+impl Scenario for Load10k {
+    fn name(&self, _: &Settings) -> String {
+        "sled.load.10k".into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            const EVENTS: u64 = 10_000;
+            const LOADS: u64 = 5;
+            let dir = tempfile::tempdir()?;
+            let store = open_store(dir.path(), Durability::Buffered).await?;
+            let id = stream(0);
+            for i in (0..EVENTS).step_by(100) {
+                store
+                    .append(&id, ExpectedVersion::exact(i), batch(i, 100))
+                    .await?;
+            }
+            store.flush().await?;
+            let db = open_raw(dir.path())?;
+            for i in 0..EVENTS {
+                let mut key = b"Sbench-0\xFF".to_vec();
+                key.extend_from_slice(&(i + 1).to_be_bytes());
+                db.insert(key, payload(i))?;
+            }
+            db.flush()?;
+            let (store, db, id) = (&store, &db, &id);
+            let medians = alternate(
+                s.rounds,
+                |_| async move {
+                    let started = Instant::now();
+                    for _ in 0..LOADS {
+                        let events: Vec<_> = store
+                            .read_stream(id, ReadStream::forward())
+                            .try_collect()
+                            .await?;
+                        anyhow::ensure!(events.len() as u64 == EVENTS, "short load");
+                    }
+                    Ok(rate(EVENTS * LOADS, started.elapsed()))
+                },
+                |_| async move {
+                    let started = Instant::now();
+                    for _ in 0..LOADS {
+                        let mut lo = b"Sbench-0\xFF".to_vec();
+                        lo.extend_from_slice(&1u64.to_be_bytes());
+                        let mut hi = b"Sbench-0\xFF".to_vec();
+                        hi.extend_from_slice(&EVENTS.to_be_bytes());
+                        let mut out = Vec::with_capacity(EVENTS as usize);
+                        for item in db.range(lo..=hi) {
+                            let (_, value) = item?;
+                            out.push(value.to_vec());
+                        }
+                        anyhow::ensure!(out.len() as u64 == EVENTS, "short scan");
+                    }
+                    Ok(rate(EVENTS * LOADS, started.elapsed()))
+                },
+            )
+            .await?;
+            store.close().await?;
+            Ok(line(self.name(s), "events/s", medians, 0.50, s.rounds))
+        })
+    }
+}
+
+/// Fills `store` with `count` events: batches of 100 to 1,000 streams from 4 tasks.
+pub async fn fill(store: &SledEventStore, start: u64, count: u64) -> anyhow::Result<()> {
+    const TASKS: u64 = 4;
+    let store = Arc::new(store.clone());
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = start + t * 100;
+            while n < start + count {
+                let id = stream(1_000_000 + (n / 100) % 1000);
+                store
+                    .append(&id, ExpectedVersion::Any, batch(n, 100))
+                    .await?;
+                n += TASKS * 100;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Append throughput with 1,000,000 events stored against the same with 10,000 stored: the
+/// same window of appends (batches of 10 to 100 streams, `Durability::Buffered`) on a small
+/// and a large store, alternately. The ratio is rate(large) / rate(small).
+#[derive(Debug)]
+struct Scale;
+
+impl Scenario for Scale {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.append.scale.100k_vs_10k (quick)",
+            "sled.append.scale.1m_vs_10k",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            let large: u64 = s.pick(100_000, 1_000_000);
+            let window: u64 = s.pick(10_000, 20_000);
+            let small_dir = tempfile::tempdir()?;
+            let large_dir = tempfile::tempdir()?;
+            let small_store = open_store(small_dir.path(), Durability::Buffered).await?;
+            let large_store = open_store(large_dir.path(), Durability::Buffered).await?;
+            fill(&small_store, 0, 10_000).await?;
+            fill(&large_store, 0, large).await?;
+            small_store.flush().await?;
+            large_store.flush().await?;
+            let append_window = |store: SledEventStore, round: usize| async move {
+                let started = Instant::now();
+                let base = 10_000_000 + round as u64 * window;
+                for i in (0..window).step_by(10) {
+                    let id = stream(2_000_000 + (i / 10) % 100);
+                    store
+                        .append(&id, ExpectedVersion::Any, batch(base + i, 10))
+                        .await?;
+                }
+                Ok(rate(window, started.elapsed()))
+            };
+            let medians = alternate(
+                s.rounds,
+                |round| append_window(large_store.clone(), round),
+                |round| append_window(small_store.clone(), round),
+            )
+            .await?;
+            small_store.close().await?;
+            large_store.close().await?;
+            Ok(line(self.name(s), "events/s", medians, 0.80, s.rounds))
+        })
+    }
+}
+
+/// Peak memory (VmHWM) of a child process appending 1,000,000 events with the default store
+/// settings, against the 300 MiB budget: `annals` is the peak, `baseline` the budget, and the
+/// ratio budget / peak, so that 1.0 or more passes.
+#[derive(Debug)]
+struct Memory;
+
+/// The budget of the memory scenario, in MiB.
+pub const MEMORY_BUDGET_MIB: f64 = 300.0;
+
+impl Scenario for Memory {
+    fn name(&self, s: &Settings) -> String {
+        s.pick("sled.memory.append.100k (quick)", "sled.memory.append.1m")
+            .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            let count: u64 = s.pick(100_000, 1_000_000);
+            let dir = tempfile::tempdir()?;
+            let exe = std::env::current_exe()?;
+            let output = tokio::process::Command::new(exe)
+                .arg("--memory-child")
+                .arg(count.to_string())
+                .arg(dir.path())
+                .output()
+                .await
+                .context("running the memory child")?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            anyhow::ensure!(
+                output.status.success(),
+                "memory child failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let kib: f64 = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("VMHWM_KIB "))
+                .context("the child printed no VmHWM")?
+                .trim()
+                .parse()?;
+            let peak = kib / 1024.0;
+            Ok(Line {
+                scenario: self.name(s),
+                unit: "MiB",
+                annals: peak,
+                baseline: MEMORY_BUDGET_MIB,
+                ratio: MEMORY_BUDGET_MIB / peak,
+                target: 1.0,
+                rounds: 1,
+            })
+        })
+    }
+}
+
+/// The memory child's work: appends `count` events to a default store in `dir`, then returns
+/// the process's peak resident set (VmHWM) in KiB.
+///
+/// # Errors
+///
+/// Store failures, or a `/proc/self/status` without `VmHWM`.
+pub async fn memory_child(count: u64, dir: &Path) -> anyhow::Result<u64> {
+    let store = SledEventStore::builder()
+        .path(dir.join("annals"))
+        .open()
+        .await?;
+    fill(&store, 0, count).await?;
+    store.close().await?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")
+}

@@ -1,0 +1,260 @@
+//! The flusher thread: the only place the store calls `fsync`.
+//!
+//! Appends are applied to sled by the writer (see `writer.rs`) and then wait here until a flush
+//! covers their last position. One flush covers everything applied before it started, so every
+//! append that lands while a flush runs shares the next one: that is the group commit on the
+//! disk side, and it needs no coordination beyond two numbers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use annals::{CommitNotifier, Error, Position, Result, StreamId};
+use tokio::sync::watch;
+
+use crate::writer::Writer;
+use crate::Durability;
+
+/// What the flusher has made durable, published to waiters.
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    /// Every event up to this position is on disk.
+    position: u64,
+    /// Every flush request up to this generation is served.
+    generation: u64,
+    /// The last failed flush: the position and generation it was for, and why.
+    failure: Option<(u64, u64, Arc<str>)>,
+}
+
+#[derive(Debug)]
+struct Wanted {
+    /// The last position applied to sled.
+    written: u64,
+    /// Bumped by anyone who needs a flush that is not about positions (snapshots, checkpoints).
+    generation: u64,
+    /// Appends wait in the writer's queue for this thread to commit them.
+    queued: bool,
+    closing: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Flusher {
+    wanted: Mutex<Wanted>,
+    wake: Condvar,
+    durable: watch::Sender<Durable>,
+    durability: Durability,
+    interval: Duration,
+    visible: Arc<AtomicU64>,
+    notifier: CommitNotifier,
+}
+
+impl Flusher {
+    pub(crate) fn new(
+        last_position: u64,
+        durability: Durability,
+        interval: Duration,
+        visible: Arc<AtomicU64>,
+        notifier: CommitNotifier,
+    ) -> Arc<Flusher> {
+        let (durable, _) = watch::channel(Durable {
+            position: last_position,
+            ..Durable::default()
+        });
+        Arc::new(Flusher {
+            wanted: Mutex::new(Wanted {
+                written: last_position,
+                generation: 0,
+                queued: false,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            durable,
+            durability,
+            interval,
+            visible,
+            notifier,
+        })
+    }
+
+    /// Starts the thread. With [`Durability::Flush`] it is also the writer's committer: each
+    /// turn it commits everything queued as one group, then flushes once for it.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        db: sled::Db,
+        writer: Arc<Writer>,
+        last_position: u64,
+    ) -> Result<JoinHandle<()>> {
+        let flusher = self.clone();
+        std::thread::Builder::new()
+            .name("annals-sled-flusher".into())
+            .spawn(move || flusher.run(&db, &writer, last_position))
+            .map_err(|e| Error::backend("sled", e))
+    }
+
+    /// Appends were queued for the thread to commit ([`Durability::Flush`]).
+    pub(crate) fn queued(&self) {
+        self.lock().queued = true;
+        self.wake.notify_one();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Wanted> {
+        // The guarded numbers are always consistent (plain stores), so a poisoned lock is fine.
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer applied events up to `position`.
+    pub(crate) fn written(&self, position: u64) {
+        let mut wanted = self.lock();
+        wanted.written = wanted.written.max(position);
+        drop(wanted);
+        if self.durability == Durability::Flush {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until every event up to `position` is on disk.
+    pub(crate) async fn durable_position(&self, stream: &StreamId, position: u64) -> Result<()> {
+        let mut rx = self.durable.subscribe();
+        let state = rx
+            .wait_for(|d| {
+                d.position >= position || d.failure.as_ref().is_some_and(|f| f.0 >= position)
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        if state.position >= position {
+            return Ok(());
+        }
+        let reason = state.failure.as_ref().map_or("", |f| &*f.2).to_owned();
+        Err(Error::AppendOutcomeUnknown {
+            backend: "sled",
+            stream: stream.clone(),
+            source: reason.into(),
+        })
+    }
+
+    /// Asks for a flush of everything written so far (positions or not) and waits for it.
+    pub(crate) async fn flush_now(&self) -> Result<()> {
+        let generation = {
+            let mut wanted = self.lock();
+            if wanted.closing {
+                return Err(Error::Closed);
+            }
+            wanted.generation += 1;
+            wanted.generation
+        };
+        self.wake.notify_one();
+        let mut rx = self.durable.subscribe();
+        let state = rx
+            .wait_for(|d| {
+                d.generation >= generation || d.failure.as_ref().is_some_and(|f| f.1 >= generation)
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        if state.generation >= generation {
+            Ok(())
+        } else {
+            let reason = state.failure.as_ref().map_or("", |f| &*f.2).to_owned();
+            Err(Error::backend("sled", format!("flush failed: {reason}")))
+        }
+    }
+
+    /// Tells the thread to flush what is left and stop.
+    pub(crate) fn close(&self) {
+        self.lock().closing = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self, db: &sled::Db, writer: &Writer, mut flushed: u64) {
+        let mut served = 0u64;
+        let mut last_flush = Instant::now();
+        loop {
+            let (generation, closing) = {
+                let mut wanted = self.lock();
+                loop {
+                    let behind = wanted.written > flushed;
+                    let asked = wanted.generation > served;
+                    if wanted.closing || asked || wanted.queued {
+                        break;
+                    }
+                    match self.durability {
+                        Durability::Flush if behind => break,
+                        Durability::Flush => {
+                            wanted = self.wake.wait(wanted).unwrap_or_else(|e| e.into_inner());
+                        }
+                        _ => {
+                            let due = last_flush + self.interval;
+                            let now = Instant::now();
+                            if behind && now >= due {
+                                break;
+                            }
+                            let wait = if behind { due - now } else { self.interval };
+                            wanted = self
+                                .wake
+                                .wait_timeout(wanted, wait)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                        }
+                    }
+                }
+                wanted.queued = false;
+                (wanted.generation, wanted.closing)
+            };
+            // Everything that queued while the last flush ran: one group, one batch.
+            let group = writer.take_queued();
+            if !group.is_empty() {
+                writer.commit(group);
+            }
+            let target = self.lock().written;
+            if target > flushed || generation > served || closing {
+                let span = tracing::debug_span!(
+                    "sled.flush",
+                    position = target,
+                    bytes = tracing::field::Empty,
+                    flush_us = tracing::field::Empty
+                );
+                let _enter = span.enter();
+                let started = Instant::now();
+                let outcome = db.flush();
+                let took = started.elapsed();
+                span.record("flush_us", took.as_micros() as u64);
+                last_flush = Instant::now();
+                match outcome {
+                    Ok(bytes) => {
+                        span.record("bytes", bytes as u64);
+                        flushed = target;
+                        served = generation;
+                        // Visible before anyone is answered: an answered caller reads its write.
+                        if self.durability == Durability::Flush {
+                            self.visible.fetch_max(target, Ordering::AcqRel);
+                        }
+                        self.durable.send_modify(|d| {
+                            d.position = d.position.max(target);
+                            d.generation = d.generation.max(generation);
+                        });
+                        if self.durability == Durability::Flush {
+                            self.notifier.notify(Position::sequence(target));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, position = target, "sled flush failed");
+                        // Waiters for these positions learn that their outcome is unknown; the
+                        // next write triggers the next attempt.
+                        flushed = target;
+                        served = generation;
+                        let reason: Arc<str> = Arc::from(error.to_string());
+                        self.durable.send_modify(|d| {
+                            d.failure = Some((target, generation, reason));
+                        });
+                    }
+                }
+            }
+            if closing {
+                let wanted = self.lock();
+                if wanted.written <= flushed && wanted.generation <= served && writer.is_idle() {
+                    return;
+                }
+            }
+        }
+    }
+}

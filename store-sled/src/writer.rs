@@ -1,0 +1,360 @@
+//! The writer: the one place appends are checked, given positions and applied to sled.
+//!
+//! Appends queue up and commit as groups: everything queued is taken at once, checked (expected
+//! versions and idempotency against the store *and* against the group's earlier appends),
+//! applied as ONE sled batch, and answered. Exactly one committer runs at a time, so exactly
+//! one writer assigns positions. Who runs it depends on the durability:
+//!
+//! - [`Durability::Flush`]: the flusher thread (`flusher.rs`). Each turn it takes everything
+//!   that queued while the previous flush ran, commits it as one batch and flushes once. This
+//!   makes groups as large as the disk makes them, which matters with sled 0.34: every
+//!   `apply_batch` rolls sled's I/O buffer (`pin_log`), a write of its own, so many small
+//!   batches between two flushes cost far more than one large one.
+//! - [`Durability::Buffered`]: the appending task itself. Whoever finds no commit running
+//!   becomes the *leader* (a flag under the queue's lock), commits what is queued, looks again
+//!   until the queue is empty, and hands leadership to a fresh task after [`MAX_ROUNDS`] groups
+//!   so its own caller is not held up. Without an `fsync` to amortise, a hand-off to a writer
+//!   thread and back (two wake-ups) would cost more than the batch itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use annals::store::{resolve_retry, StoredEventRef};
+use annals::{
+    AppendResult, CommitNotifier, Error, EventId, ExpectedVersion, Position, Result, StreamId,
+    Timestamp, Version,
+};
+use tokio::sync::oneshot;
+
+use crate::flusher::Flusher;
+use crate::format::{self, Head};
+use crate::{sled_error, Durability};
+
+/// Groups one leader commits before handing leadership over.
+const MAX_ROUNDS: usize = 16;
+
+/// An append waiting for the writer.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) events: Vec<Encoded>,
+    pub(crate) reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+/// An event encoded by its appending task, waiting for its place.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) id: EventId,
+    pub(crate) body: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    leading: bool,
+    closed: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tree: sled::Tree,
+    queue: Mutex<Queue>,
+    /// The next position to give; only the leader touches it.
+    next_position: AtomicU64,
+    flusher: Arc<Flusher>,
+    durability: Durability,
+    visible: Arc<AtomicU64>,
+    notifier: CommitNotifier,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        tree: sled::Tree,
+        last_position: u64,
+        flusher: Arc<Flusher>,
+        durability: Durability,
+        visible: Arc<AtomicU64>,
+        notifier: CommitNotifier,
+    ) -> Self {
+        Writer {
+            tree,
+            queue: Mutex::new(Queue::default()),
+            next_position: AtomicU64::new(last_position + 1),
+            flusher,
+            durability,
+            visible,
+            notifier,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // The queue is a list and two flags, consistent after every statement.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `pending`; the caller then awaits its reply.
+    pub(crate) fn submit(self: &Arc<Self>, pending: Pending) -> Result<()> {
+        let lead = {
+            let mut queue = self.lock();
+            if queue.closed {
+                return Err(Error::Closed);
+            }
+            queue.pending.push(pending);
+            self.durability != Durability::Flush && !std::mem::replace(&mut queue.leading, true)
+        };
+        if self.durability == Durability::Flush {
+            self.flusher.queued();
+        } else if lead {
+            self.lead();
+        }
+        Ok(())
+    }
+
+    /// Takes everything queued ([`Durability::Flush`]: the flusher thread commits it).
+    pub(crate) fn take_queued(&self) -> Vec<Pending> {
+        std::mem::take(&mut self.lock().pending)
+    }
+
+    /// Refuses new appends; queued ones are still committed.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Whether no append is queued or being committed.
+    pub(crate) fn is_idle(&self) -> bool {
+        let queue = self.lock();
+        !queue.leading && queue.pending.is_empty()
+    }
+
+    /// Commits groups until the queue is empty (or hands over after [`MAX_ROUNDS`]).
+    fn lead(self: &Arc<Self>) {
+        struct Resign<'a>(&'a Writer, bool);
+        impl Drop for Resign<'_> {
+            fn drop(&mut self) {
+                // Only reached armed if a commit panicked: let the next caller lead.
+                if self.1 {
+                    self.0.lock().leading = false;
+                }
+            }
+        }
+        let mut guard = Resign(self, true);
+        for _ in 0..MAX_ROUNDS {
+            let group = {
+                let mut queue = self.lock();
+                if queue.pending.is_empty() {
+                    queue.leading = false;
+                    guard.1 = false;
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            self.commit(group);
+        }
+        // Others kept arriving: let a fresh task lead, so our own caller gets its answer.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            guard.1 = false;
+            let writer = self.clone();
+            runtime.spawn(async move { writer.lead() });
+        } else {
+            drop(guard);
+            self.lead();
+        }
+    }
+
+    pub(crate) fn commit(&self, group: Vec<Pending>) {
+        let span = tracing::debug_span!(
+            "sled.commit",
+            appends = group.len(),
+            events = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            position = tracing::field::Empty,
+            apply_us = tracing::field::Empty,
+        );
+        let _enter = span.enter();
+        let first_position = self.next_position.load(Ordering::Relaxed);
+        let mut plan = Plan {
+            tree: &self.tree,
+            batch: sled::Batch::default(),
+            heads: HashMap::new(),
+            ids: HashMap::new(),
+            next: first_position,
+            recorded_at: Timestamp::now(),
+            bytes: 0,
+        };
+        let mut answers = Vec::with_capacity(group.len());
+        for pending in group {
+            let outcome = plan.add(&pending);
+            answers.push((pending.reply, outcome));
+        }
+        let Plan {
+            batch, next, bytes, ..
+        } = plan;
+        let last = next - 1;
+        if next > first_position {
+            let started = Instant::now();
+            let applied = self.tree.apply_batch(batch);
+            span.record("events", next - first_position);
+            span.record("bytes", bytes as u64);
+            span.record("position", last);
+            span.record("apply_us", started.elapsed().as_micros() as u64);
+            match applied {
+                Ok(()) => {
+                    self.next_position.store(next, Ordering::Relaxed);
+                    self.flusher.written(last);
+                    if self.durability != Durability::Flush {
+                        self.visible.fetch_max(last, Ordering::AcqRel);
+                        self.notifier.notify(Position::sequence(last));
+                    }
+                }
+                Err(error) => {
+                    // The batch is atomic: nothing of it was applied. Appends it carried fail;
+                    // retries of earlier appends and refusals keep their own answers.
+                    let message = error.to_string();
+                    for (_, outcome) in &mut answers {
+                        if matches!(outcome, Ok(r) if r.first_position.commit() >= first_position) {
+                            *outcome = Err(Error::backend(
+                                "sled",
+                                format!("applying the batch failed, nothing written: {message}"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (reply, outcome) in answers {
+            // A caller that went away no longer wants its answer; its append stands.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// One group being planned into one batch.
+struct Plan<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    /// Heads as this group leaves them, so later appends of the group check against earlier ones.
+    heads: HashMap<StreamId, Head>,
+    /// Ids this group writes, for idempotency within the group.
+    ids: HashMap<EventId, StoredEventRef>,
+    next: u64,
+    recorded_at: Timestamp,
+    bytes: usize,
+}
+
+impl Plan<'_> {
+    /// Checks one append against the store and the group so far, and adds its writes to the
+    /// batch if it passes. A refused append adds nothing.
+    fn add(&mut self, p: &Pending) -> Result<AppendResult> {
+        let ids: Vec<EventId> = p.events.iter().map(|e| e.id).collect();
+        let mut found = Vec::with_capacity(ids.len());
+        for id in &ids {
+            found.push(match self.ids.get(id) {
+                Some(r) => Some(r.clone()),
+                None => lookup_id(self.tree, *id)?,
+            });
+        }
+        if let Some(first) = resolve_retry(&p.stream, &ids, &found)? {
+            return Ok(first);
+        }
+        let head = match self.heads.get(&p.stream) {
+            Some(head) => *head,
+            None => read_head(self.tree, &p.stream)?.unwrap_or(Head {
+                version: 0,
+                last_position: 0,
+                last_recorded_at: self.recorded_at,
+            }),
+        };
+        p.expected.check(&p.stream, Version::new(head.version))?;
+        let stream = p.stream.as_str();
+        let first_position = self.next;
+        for (i, event) in p.events.iter().enumerate() {
+            let version = head.version + 1 + i as u64;
+            let position = self.next;
+            self.next += 1;
+            let key = format::stream_key(stream, version);
+            let value = format::record_value(&key, position, self.recorded_at, &event.body);
+            self.bytes += key.len() + value.len();
+            self.batch.insert(key, value);
+            let key = format::log_key(position);
+            self.batch
+                .insert(&key, format::log_value(&key, stream, version));
+            let key = format::id_key(event.id);
+            self.batch
+                .insert(&key, format::id_value(&key, stream, version, position));
+            self.ids.insert(
+                event.id,
+                StoredEventRef {
+                    stream_id: p.stream.clone(),
+                    version: Version::new(version),
+                    position: Position::sequence(position),
+                },
+            );
+        }
+        let count = p.events.len() as u64;
+        let new_head = Head {
+            version: head.version + count,
+            last_position: self.next - 1,
+            last_recorded_at: self.recorded_at,
+        };
+        let key = format::head_key(stream);
+        let value = format::head_value(&key, new_head);
+        self.batch.insert(key, value);
+        self.heads.insert(p.stream.clone(), new_head);
+        Ok(AppendResult {
+            first_version: Version::new(head.version + 1),
+            last_version: Version::new(new_head.version),
+            first_position: Position::sequence(first_position),
+            last_position: Position::sequence(new_head.last_position),
+        })
+    }
+}
+
+/// Where `id` is stored, if anywhere.
+pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredEventRef>> {
+    let key = format::id_key(id);
+    let Some(value) = tree.get(key).map_err(sled_error)? else {
+        return Ok(None);
+    };
+    let (stream, version, position) = format::decode_id(&key, &value).map_err(|reason| {
+        Error::corrupt(
+            None,
+            None,
+            None,
+            format!("id index entry of {id}: {reason}"),
+        )
+    })?;
+    let stream_id = StreamId::new(stream).map_err(|e| {
+        Error::corrupt(
+            None,
+            Some(Version::new(version)),
+            Some(Position::sequence(position)),
+            format!("id index entry of {id}: {e}"),
+        )
+    })?;
+    Ok(Some(StoredEventRef {
+        stream_id,
+        version: Version::new(version),
+        position: Position::sequence(position),
+    }))
+}
+
+/// The stream's stored head (applied, possibly not yet flushed).
+pub(crate) fn read_head(tree: &sled::Tree, stream: &StreamId) -> Result<Option<Head>> {
+    let key = format::head_key(stream.as_str());
+    let Some(value) = tree.get(&key).map_err(sled_error)? else {
+        return Ok(None);
+    };
+    format::decode_head(&key, &value)
+        .map(Some)
+        .map_err(|reason| {
+            Error::corrupt(
+                Some(stream.clone()),
+                None,
+                None,
+                format!("stream head: {reason}"),
+            )
+        })
+}

@@ -1,0 +1,184 @@
+//! Crash safety: a child process appends multi-event batches with `Durability::Flush` and
+//! prints every acknowledged append; the test kills it with SIGKILL at random moments, reopens
+//! the store and checks that no acknowledged event is missing, no batch is partly there,
+//! versions are contiguous and `verify()` is clean.
+//!
+//! The child is this test binary itself, re-run with `ANNALS_CRASH_CHILD_DIR` set and
+//! `--exact crash_child`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use annals::{EventStore, ExpectedVersion};
+use support::{open, read_stream, shut, sid};
+
+const CHILD_ENV: &str = "ANNALS_CRASH_CHILD_DIR";
+const ROUNDS: usize = 24;
+const WRITERS: u64 = 4;
+
+/// The child: appends forever until killed. Does nothing in a normal test run.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let store = open(std::path::Path::new(&dir)).await;
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let stream = sid(&format!("crash-{w}"));
+                let mut version = store.stream_version(&stream).await.expect("version").get();
+                let mut n = 0u64;
+                loop {
+                    n += 1;
+                    let size = 1 + (n + w) % 5;
+                    let batch_id = format!("{w}-{}", version + 1);
+                    let events = (0..size)
+                        .map(|i| {
+                            annals::EventData::json(
+                                "Crashed",
+                                &serde_json::json!({ "batch": batch_id, "size": size, "i": i }),
+                            )
+                            .expect("json")
+                        })
+                        .collect();
+                    let r = store
+                        .append(&stream, ExpectedVersion::exact(version), events)
+                        .await
+                        .expect("append");
+                    version = r.last_version.get();
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ACK {stream} {} {}", r.first_version, r.last_version)
+                        .expect("stdout");
+                    out.flush().expect("flush");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+    });
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut rng = Rng(seed);
+    // The highest acknowledged version of each stream, over every round.
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    let mut total_acks = 0;
+    for round in 0..ROUNDS {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the child");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(ack) = line.strip_prefix("ACK ") {
+                    let mut parts = ack.split(' ');
+                    let stream = parts.next().unwrap_or_default().to_owned();
+                    let last: u64 = parts.nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    if tx.send((stream, last)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        // Wait for the child to be appending (a hang guard, not a timing assumption)...
+        let first = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the child acknowledged nothing");
+        // ...then kill it at a random moment.
+        std::thread::sleep(Duration::from_millis(rng.next() % 120));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap the child");
+        reader.join().expect("reader");
+        let mut round_acks = 1;
+        for (stream, last) in std::iter::once(first).chain(rx.try_iter()) {
+            round_acks += 1;
+            let entry = acked.entry(stream).or_default();
+            *entry = (*entry).max(last);
+        }
+        total_acks += round_acks;
+
+        let store = open(&path).await;
+        for w in 0..WRITERS {
+            let stream = sid(&format!("crash-{w}"));
+            let events = read_stream(&store, &stream).await;
+            let have = events.len() as u64;
+            let want = acked.get(stream.as_str()).copied().unwrap_or(0);
+            assert!(
+                have >= want,
+                "round {round}: {stream} has {have} events, {want} were acknowledged"
+            );
+            let mut batches: HashMap<String, (u64, u64)> = HashMap::new();
+            for (i, e) in events.iter().enumerate() {
+                assert_eq!(
+                    e.version.get(),
+                    i as u64 + 1,
+                    "round {round}: {stream} versions have a gap"
+                );
+                let body: serde_json::Value =
+                    serde_json::from_slice(&e.payload).expect("a payload the child wrote");
+                let batch = body["batch"].as_str().expect("batch").to_owned();
+                let size = body["size"].as_u64().expect("size");
+                let seen = batches.entry(batch).or_insert((size, 0));
+                seen.1 += 1;
+            }
+            for (batch, (size, seen)) in batches {
+                assert_eq!(
+                    seen, size,
+                    "round {round}: batch {batch} of {stream} is partly there"
+                );
+            }
+        }
+        let report = store.verify().await.expect("verify");
+        assert!(report.is_clean(), "round {round}: {report}");
+        shut(store).await;
+    }
+    assert!(
+        total_acks > ROUNDS * 2,
+        "the children acknowledged too little to test anything"
+    );
+}

@@ -1,0 +1,197 @@
+//! Everything survives close and reopen; positions continue; the format is checked at open.
+
+mod support;
+
+use annals::{
+    CheckpointStore, Error, EventStore, ExpectedVersion, Position, Snapshot, SnapshotStore,
+    Timestamp, Version,
+};
+use annals_sled::{Durability, SledEventStore};
+use bytes::Bytes;
+use support::{event, open, open_with, raw_tree, read_all, read_stream, shut, sid};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_survives_a_reopen_and_positions_continue() {
+    for durability in [Durability::Flush, Durability::Buffered] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let store = open_with(&path, durability).await;
+        for i in 0..10u64 {
+            store
+                .append(
+                    &sid(&format!("account-{}", i % 3)),
+                    ExpectedVersion::Any,
+                    vec![event("Deposited", i), event("Noted", i)],
+                )
+                .await
+                .expect("append");
+        }
+        let snapshot = Snapshot {
+            stream_id: sid("account-1"),
+            version: Version::new(4),
+            schema_version: 1,
+            content_type: "application/json".into(),
+            payload: Bytes::from_static(b"{\"balance\":4}"),
+            taken_at: Timestamp::from_unix_micros(1_795_000_000_000_000),
+        };
+        store
+            .save_snapshot(snapshot.clone())
+            .await
+            .expect("snapshot");
+        store
+            .save_checkpoint("balances", Position::sequence(17))
+            .await
+            .expect("checkpoint");
+        let before = read_all(&store).await;
+        assert_eq!(before.len(), 20);
+        shut(store).await;
+
+        let store = open_with(&path, durability).await;
+        assert_eq!(
+            read_all(&store).await,
+            before,
+            "{durability:?}: the log survives"
+        );
+        assert_eq!(
+            store
+                .stream_version(&sid("account-0"))
+                .await
+                .expect("version"),
+            Version::new(8)
+        );
+        assert_eq!(
+            store
+                .load_snapshot(&sid("account-1"))
+                .await
+                .expect("snapshot"),
+            Some(snapshot)
+        );
+        assert_eq!(
+            store.load_checkpoint("balances").await.expect("checkpoint"),
+            Some(Position::sequence(17))
+        );
+        assert_eq!(
+            store.last_position().await.expect("last"),
+            Some(Position::sequence(20))
+        );
+        let next = store
+            .append(
+                &sid("account-0"),
+                ExpectedVersion::exact(8),
+                vec![event("After", 0)],
+            )
+            .await
+            .expect("append after reopen");
+        assert_eq!(
+            next.first_position,
+            Position::sequence(21),
+            "positions continue"
+        );
+        assert_eq!(next.first_version, Version::new(9), "versions continue");
+        // Idempotency survives too: re-appending a stored event is a retry.
+        let again = store
+            .append(
+                &sid("account-0"),
+                ExpectedVersion::Any,
+                vec![before[0].to_event_data()],
+            )
+            .await
+            .expect("retry of a stored event");
+        assert_eq!(again.first_position, before[0].position);
+        let report = store.verify().await.expect("verify");
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.events, 21);
+        drop(store); // dropping without close flushes and releases too
+
+        let store = open(&path).await;
+        assert_eq!(read_all(&store).await.len(), 21, "{durability:?}");
+        assert_eq!(read_stream(&store, &sid("account-0")).await.len(), 9);
+    }
+}
+
+#[tokio::test]
+async fn a_newer_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = open(&path).await;
+    store
+        .append(&sid("a-1"), ExpectedVersion::NoStream, vec![event("E", 1)])
+        .await
+        .expect("append");
+    shut(store).await;
+    {
+        let (db, tree) = raw_tree(&path);
+        // The marker as a newer build would write it: crc32(key ++ body) LE, then 2 as BE u32.
+        let body = 2u32.to_be_bytes();
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(b"Mformat");
+        hasher.update(&body);
+        let mut value = hasher.finalize().to_le_bytes().to_vec();
+        value.extend_from_slice(&body);
+        tree.insert(b"Mformat", value).expect("insert");
+        db.flush().expect("flush");
+    }
+    match SledEventStore::builder().path(&path).open().await {
+        Err(Error::Format(message)) => {
+            assert!(message.contains("format 2"), "{message}");
+            assert!(message.contains("newer"), "{message}");
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    // A damaged marker is refused as well, not misread.
+    {
+        let (db, tree) = raw_tree(&path);
+        tree.insert(b"Mformat", &b"\0\0\0\0\0\0\0\x01"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    match SledEventStore::builder().path(&path).open().await {
+        Err(Error::Format(message)) => assert!(message.contains("checksum"), "{message}"),
+        other => panic!("expected a format error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_sled_database_and_a_missing_path_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("foreign");
+    {
+        let db = sled::open(&path).expect("sled");
+        db.insert(b"user-data", b"not events").expect("insert");
+        db.flush().expect("flush");
+    }
+    match SledEventStore::builder().path(&path).open().await {
+        Err(Error::Format(message)) => {
+            assert!(message.contains("not an Annals store"), "{message}")
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    // The foreign data is untouched.
+    let db = sled::open(&path).expect("sled");
+    assert_eq!(
+        db.get(b"user-data").expect("get").as_deref(),
+        Some(&b"not events"[..])
+    );
+    drop(db);
+
+    match SledEventStore::builder().open().await {
+        Err(Error::Format(message)) => assert!(message.contains("path"), "{message}"),
+        other => panic!("expected a format error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_store_open_elsewhere_is_unavailable_and_a_closed_one_refuses_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = open(&path).await;
+    match SledEventStore::builder().path(&path).open().await {
+        Err(Error::Unavailable { backend, .. }) => assert_eq!(backend, "sled"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    store.close().await.expect("close");
+    let refused = store
+        .append(&sid("a-1"), ExpectedVersion::Any, vec![event("E", 1)])
+        .await;
+    assert!(matches!(refused, Err(Error::Closed)), "{refused:?}");
+}
