@@ -1,69 +1,249 @@
-//! The quickstart: append events, lose a race, read them back and follow the global log.
+//! The quickstart: a bank on the embedded sled store, step by step.
 //!
-//! Run it with `cargo run --example quickstart`.
+//! ```sh
+//! cargo run --example quickstart            # data in ./annals-data
+//! cargo run --example quickstart -- /tmp/x  # data elsewhere
+//! ```
+//!
+//! Each run opens two new accounts beside those of earlier runs, so running it again continues
+//! from the stored data: positions go on, the read model sees every run's accounts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use annals::{
-    subscribe_all, EventData, EventStore, ExpectedVersion, Filter, InMemoryStore, Position,
-    ReadStream, StreamId,
+    subscribe_all, CommandContext, EventStore, Filter, Position, Repository, SnapshotPolicy,
+    Version,
 };
-use futures::{StreamExt, TryStreamExt};
-use serde_json::json;
+use annals_examples::bank_account::{AccountCommand, BankAccount};
+use annals_sled::SledEventStore;
+use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let store = InMemoryStore::new();
-    let account = StreamId::new("account-42")?;
+    let path = std::env::args_os()
+        .nth(1)
+        .map_or_else(|| PathBuf::from("annals-data"), PathBuf::from);
+    run(&path).await?;
+    println!("\ndone: run it again to continue from the stored data, or inspect it with");
+    println!(
+        "  cargo run -p annals-cli -- --store sled:{} streams",
+        path.display()
+    );
+    Ok(())
+}
 
-    // A live reader of the global log, started before anything is written.
-    let mut live = subscribe_all(
+/// What a run did, for the test at the end of this file.
+#[derive(Debug)]
+struct Summary {
+    run: u64,
+    retries: u32,
+    refused: String,
+    snapshot: Option<Version>,
+    balances: BTreeMap<String, i64>,
+}
+
+async fn run(path: &Path) -> anyhow::Result<Summary> {
+    let store = SledEventStore::builder().path(&path).open().await?;
+    let before = store.last_position().await?;
+    let run = run_number(&store).await?;
+    println!("# Annals quickstart, run {run}");
+    println!(
+        "store: sled at {} ({})",
+        path.display(),
+        match before {
+            None => "new and empty".to_owned(),
+            Some(p) => format!("already holds events up to position {p}"),
+        }
+    );
+
+    // The repository: load (cache, or snapshot + later events), decide, append with the
+    // expected version, retry on conflict. Snapshots every 5 events.
+    let accounts: Repository<BankAccount, SledEventStore> = Repository::builder(store.clone())
+        .snapshot_policy(SnapshotPolicy::Every(5))
+        .build()?;
+    let ada = format!("ada{run}");
+    let bob = format!("bob{run}");
+    let context = || CommandContext::new().with_header("user", "quickstart");
+
+    println!("\n## Commands become events");
+    for (id, owner) in [(&ada, "Ada"), (&bob, "Bob")] {
+        let done = accounts
+            .execute(id, AccountCommand::open(owner), context())
+            .await?;
+        println!(
+            "open {id:<6} -> {:?} (stream account-{id}, version {})",
+            done.events, done.version
+        );
+    }
+    for (id, amount) in [(&ada, 100), (&bob, 50), (&ada, 25)] {
+        let done = accounts
+            .execute(id, AccountCommand::Deposit { amount }, context())
+            .await?;
+        println!(
+            "deposit {amount:>3} into {id:<6} -> balance {} at version {}",
+            done.state.balance(),
+            done.version
+        );
+    }
+    let done = accounts
+        .execute(&ada, AccountCommand::Withdraw { amount: 30 }, context())
+        .await?;
+    println!(
+        "withdraw  30 from {ada:<6} -> balance {}",
+        done.state.balance()
+    );
+
+    println!("\n## A command the aggregate refuses writes nothing");
+    let refused = match accounts
+        .execute(&bob, AccountCommand::Withdraw { amount: 80 }, context())
+        .await
+    {
+        Err(error) => match error.into_rejection() {
+            Some(reason) => reason.to_string(),
+            None => anyhow::bail!("the store failed instead of the account refusing"),
+        },
+        Ok(done) => anyhow::bail!("the overdraft was accepted: {:?}", done.events),
+    };
+    println!("withdraw  80 from {bob:<6} -> refused: {refused}");
+
+    println!("\n## Two writers race; the loser reloads and retries");
+    // A second repository stands for another process: its cached state of Ada goes stale
+    // when the first repository writes.
+    let elsewhere: Repository<BankAccount, SledEventStore> = Repository::new(store.clone());
+    let seen = elsewhere.load(&ada).await?;
+    accounts
+        .execute(&ada, AccountCommand::Deposit { amount: 10 }, context())
+        .await?;
+    let raced = elsewhere
+        .execute(&ada, AccountCommand::Withdraw { amount: 5 }, context())
+        .await?;
+    println!(
+        "the other writer decided at version {}, the stream had moved on: {} conflict retried, balance {} at version {}",
+        seen.version, raced.retries, raced.state.balance(), raced.version
+    );
+    anyhow::ensure!(raced.retries >= 1, "the race should have been retried");
+
+    println!("\n## Snapshots and replay");
+    let snapshot = accounts.take_snapshot(&ada).await?;
+    println!(
+        "snapshot of {ada} taken at version {}",
+        snapshot.map_or("-".into(), |v| v.to_string())
+    );
+    let fresh: Repository<BankAccount, SledEventStore> = Repository::new(store.clone());
+    let loaded = fresh.load(&ada).await?;
+    println!(
+        "a fresh load starts from the snapshot at version {} and replays {} events: balance {}",
+        loaded.snapshot.map_or("-".into(), |v| v.to_string()),
+        loaded.replayed,
+        loaded.state.balance()
+    );
+    let then = fresh.load_at(&ada, Version::new(2)).await?;
+    println!(
+        "{ada} as it was at version 2: balance {} (audit: folded from the log, {} events)",
+        then.state.balance(),
+        then.replayed
+    );
+    let changes = fresh.changes(&ada, Version::new(3), loaded.version).await?;
+    println!(
+        "from version 3 to {}: balance {} -> {}, {} events",
+        changes.to,
+        changes.before.balance(),
+        changes.after.balance(),
+        changes.events.len()
+    );
+
+    println!("\n## A read model follows the global log");
+    // Catch up from the first position, then it would follow live; here it stops at the end.
+    let end = store.last_position().await?.unwrap_or(Position::START);
+    let mut log = subscribe_all(
         store.clone(),
         Position::START,
         Filter::all().category("account"),
     );
-
-    let opened = store
-        .append(
-            &account,
-            ExpectedVersion::NoStream,
-            vec![
-                EventData::json("Opened", &json!({ "owner": "ada" }))?,
-                EventData::json("Deposited", &json!({ "amount": 100 }))?,
-            ],
-        )
-        .await?;
+    let mut balances: BTreeMap<String, i64> = BTreeMap::new();
+    let mut events = 0;
+    while let Some(event) = log.next().await {
+        let event = event?;
+        let id = event
+            .stream_id
+            .as_str()
+            .trim_start_matches("account-")
+            .to_owned();
+        let payload: serde_json::Value = serde_json::from_slice(&event.payload)?;
+        let amount = payload["amount"].as_i64().unwrap_or(0);
+        match event.event_type.as_str() {
+            "Opened" => {
+                balances.insert(id, 0);
+            }
+            "Deposited" => *balances.entry(id).or_default() += amount,
+            "Withdrawn" => *balances.entry(id).or_default() -= amount,
+            _ => {}
+        }
+        events += 1;
+        if event.position >= end {
+            break;
+        }
+    }
     println!(
-        "appended versions {}..={} of {account}",
-        opened.first_version, opened.last_version
+        "{events} account events folded into {} balances (every run so far):",
+        balances.len()
+    );
+    for (id, balance) in &balances {
+        println!("  {id:<8} {balance:>5}");
+    }
+    let ours = accounts.load(&ada).await?.state.balance();
+    anyhow::ensure!(
+        balances.get(&ada).copied() == Some(ours as i64),
+        "the read model disagrees with the aggregate"
     );
 
-    // A writer that still believes the stream is at version 1 loses the race.
-    let stale = store
-        .append(
-            &account,
-            ExpectedVersion::exact(1),
-            vec![EventData::json("Withdrawn", &json!({ "amount": 30 }))?],
-        )
-        .await;
-    println!("stale writer: {}", stale.expect_err("the stream moved on"));
+    store.close().await?;
+    Ok(Summary {
+        run,
+        retries: raced.retries,
+        refused,
+        snapshot,
+        balances,
+    })
+}
 
-    for event in store
-        .read_stream(&account, ReadStream::forward())
-        .try_collect::<Vec<_>>()
-        .await?
-    {
-        println!(
-            "  v{} {} {}",
-            event.version,
-            event.event_type,
-            String::from_utf8_lossy(&event.payload)
+/// This run's number: one more than the runs that already opened accounts.
+async fn run_number(store: &SledEventStore) -> anyhow::Result<u64> {
+    let mut streams = store.streams();
+    let mut accounts = 0;
+    while let Some(info) = streams.next().await {
+        if info?.stream_id.category() == "account" {
+            accounts += 1;
+        }
+    }
+    Ok(accounts / 2 + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The quickstart's main path, twice on the same data: the second run continues.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quickstart_runs_and_continues_from_stored_data() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = super::run(dir.path()).await.expect("first run");
+        assert_eq!(first.run, 1);
+        assert!(
+            first.refused.contains("insufficient funds"),
+            "{}",
+            first.refused
+        );
+        assert!(first.retries >= 1, "the race was retried");
+        assert_eq!(first.snapshot.map(|v| v.get()), Some(6));
+        assert_eq!(first.balances.get("ada1"), Some(&100));
+        assert_eq!(first.balances.get("bob1"), Some(&50));
+        let second = super::run(dir.path()).await.expect("second run");
+        assert_eq!(second.run, 2);
+        assert_eq!(
+            second.balances.len(),
+            4,
+            "the read model sees both runs: {:?}",
+            second.balances
         );
     }
-    for _ in 0..2 {
-        let event = live.next().await.expect("the subscription is live")?;
-        println!(
-            "subscriber saw {} at position {}",
-            event.event_type, event.position
-        );
-    }
-    Ok(())
 }
