@@ -26,3 +26,5 @@
 )]
 
 pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres;
