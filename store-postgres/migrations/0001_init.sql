@@ -59,7 +59,8 @@ CREATE TABLE __SCHEMA__.checkpoints (
 --
 -- 1. ids already stored → status 1, one row per stored id (the client decides: retry or
 --    idempotency conflict);
--- 2. lock the stream row and check the expected version in the same statement; on a mismatch
+-- 2. take the stream's advisory lock, then lock the stream row and check the expected version
+--    in the same statement; on a mismatch
 --    look for the ids again (a concurrent retry may have just committed them), else status 2
 --    with the actual version;
 -- 3. insert the batch with one multi-row INSERT from arrays → status 0 with the first version,
@@ -94,7 +95,7 @@ DECLARE
     n          bigint := cardinality(p_ids);
     v_new      bigint;
     v_actual   bigint;
-    v_xid      xid8 := pg_current_xact_id();
+    v_xid      xid8;
     v_first    bigint;
     v_last     bigint;
 BEGIN
@@ -105,6 +106,13 @@ BEGIN
     IF FOUND THEN
         RETURN;
     END IF;
+
+    -- Serialise appends to this stream *before* this transaction gets its id: the next append
+    -- to the stream then gets a larger transaction id, so a stream's versions are in global
+    -- order too. (A row lock would not do: taking one assigns the transaction id first.) The
+    -- two-key form keeps these locks apart from single-key advisory locks such as leases.
+    PERFORM pg_advisory_xact_lock(hashtext('__SCHEMA__'), hashtext(p_stream));
+    v_xid := pg_current_xact_id();
 
     IF p_expected = -1 OR p_expected = 0 THEN
         -- The stream may be new: insert its row, or lock the existing one if the check holds.
