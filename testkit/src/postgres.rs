@@ -22,7 +22,9 @@
 //! (`pg_ctl stop -m immediate`) and removes the directory. Nothing polls.
 //!
 //! The server runs with `fsync=off` and `full_page_writes=off`: a test server never needs to
-//! survive an operating-system crash, and a clean `pg_ctl restart` loses nothing with them.
+//! survive an operating-system crash, and a clean `pg_ctl restart` loses nothing with them. It
+//! also runs with `autovacuum=off`, so no background transaction the test did not start is ever
+//! running (which matters to stores whose readers wait for older transactions to end).
 //!
 //! ```no_run
 //! use annals_testkit::postgres::PgServer;
@@ -236,7 +238,7 @@ impl PgServer {
     fn pg_ctl_start(&self) -> io::Result<()> {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} \
-             -c fsync=off -c full_page_writes=off -c max_connections=200",
+             -c fsync=off -c full_page_writes=off -c max_connections=200 -c autovacuum=off",
             self.port,
             self.socket_dir().display()
         );

@@ -82,3 +82,18 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Waits until global readers of `store` can see `position` (every older transaction, of any
+/// test sharing the server, has ended).
+pub async fn wait_visible<S: annals::EventStore>(store: &S, position: annals::Position) {
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if store.last_position().await.expect("last position") >= Some(position) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the position never became visible");
+}
