@@ -32,6 +32,7 @@ pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
+    pub(crate) lookup: String,
     pub(crate) read_all: String,
     pub(crate) read_stream_forward: String,
     pub(crate) read_stream_backward: String,
@@ -57,9 +58,29 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Sql {
         let s = format!("\"{schema}\"");
         Sql {
+            // One statement: the expected-version check reads the stream's head and the insert
+            // writes after it; the unique (stream_id, version) key stops a concurrent writer
+            // that read the same head. Zero rows inserted means the check failed.
             append: format!(
-                "SELECT status, event_id, stream_id, version, xid, first_seq, last_seq \
-                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                "WITH cur AS (SELECT coalesce(max(version), 0) AS v FROM {s}.events WHERE stream_id = $1), \
+                 ins AS (INSERT INTO {s}.events (stream_id, version, event_id, event_type, \
+                   schema_version, content_type, payload, correlation_id, causation_id, \
+                   event_timestamp, headers) \
+                   SELECT $1, cur.v + u.ord, u.id, u.typ, u.sv, u.ct, u.pl, u.co, u.ca, u.ts, u.hd \
+                   FROM cur, unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::bytea[], \
+                     $8::uuid[], $9::uuid[], $10::timestamptz[], $11::jsonb[]) \
+                     WITH ORDINALITY AS u(id, typ, sv, ct, pl, co, ca, ts, hd, ord) \
+                   WHERE CASE WHEN $2::bigint = -1 THEN true WHEN $2::bigint = -2 THEN cur.v > 0 \
+                     ELSE cur.v = $2::bigint END \
+                   ORDER BY u.ord \
+                   RETURNING transaction_id, seq) \
+                 SELECT cur.v, (SELECT transaction_id FROM ins LIMIT 1), \
+                   (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins) \
+                 FROM cur"
+            ),
+            lookup: format!(
+                "SELECT event_id, stream_id, version, transaction_id, seq FROM {s}.events \
+                 WHERE event_id = ANY ($1)"
             ),
             read_all: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
@@ -76,7 +97,9 @@ impl Sql {
                 "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE stream_id = $1 AND version <= $2 \
                  ORDER BY version DESC LIMIT $3"
             ),
-            stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1"),
+            stream_version: format!(
+                "SELECT coalesce(max(version), 0) FROM {s}.events WHERE stream_id = $1"
+            ),
             last_position: format!(
                 "SELECT transaction_id, seq FROM {s}.events WHERE transaction_id < {HORIZON} \
                  ORDER BY transaction_id DESC, seq DESC LIMIT 1"
@@ -89,10 +112,8 @@ impl Sql {
                  ON true"
             ),
             streams: format!(
-                "SELECT s.stream_id, s.version, e.transaction_id, e.seq, e.recorded_at \
-                 FROM {s}.streams s JOIN {s}.events e \
-                 ON e.stream_id = s.stream_id AND e.version = s.version \
-                 ORDER BY s.stream_id COLLATE \"C\""
+                "SELECT DISTINCT ON (stream_id) stream_id, version, transaction_id, seq, recorded_at \
+                 FROM {s}.events ORDER BY stream_id, version DESC"
             ),
             save_snapshot: format!(
                 "INSERT INTO {s}.snapshots (stream_id, version, schema_version, content_type, payload, taken_at) \

@@ -31,6 +31,20 @@ use crate::types::{bits_to_i64, bits_to_u64, PgTime, Xid8};
 /// with the same event ids wins a unique-key race. Retrying is safe: appends are idempotent.
 const APPEND_ATTEMPTS: usize = 3;
 
+/// How often an append with [`ExpectedVersion::Any`] may lose the race for the next version to
+/// a concurrent append before giving up.
+const APPEND_RACES: usize = 100;
+
+/// Why the append statement wrote nothing.
+enum Refused {
+    /// The expected-version check failed at this version.
+    Check(Version),
+    /// Some event id is stored already.
+    Ids,
+    /// A concurrent append took the version first.
+    Race,
+}
+
 /// An event store on PostgreSQL. Clones share one pool and one background task.
 ///
 /// See the [crate docs](crate) for the schema, the global order and the wake-ups.
@@ -185,10 +199,15 @@ impl PgEventStore {
             &headers,
         ];
         let schema = self.inner.schema.as_str();
+        let n = events.len() as i64;
         // The error to give if no attempt answers: `AppendOutcomeUnknown` once an attempt was
         // sent and its connection died (until a later attempt learns the outcome).
         let mut unknown: Option<Error> = None;
-        for _ in 0..APPEND_ATTEMPTS {
+        let mut lost_connections = 0;
+        for _ in 0..APPEND_RACES {
+            if lost_connections >= APPEND_ATTEMPTS {
+                break;
+            }
             let client = match self.inner.pool.get().await {
                 Ok(client) => client,
                 Err(e) => return Err(unknown.unwrap_or_else(|| map_pool(e))),
@@ -199,6 +218,7 @@ impl PgEventStore {
                 Err(e) if is_connection_error(&e) => {
                     tracing::debug!(error = %e, "append: dead pooled connection, trying another");
                     unknown.get_or_insert_with(|| map(e, schema));
+                    lost_connections += 1;
                     continue;
                 }
                 Err(e) => {
@@ -206,93 +226,114 @@ impl PgEventStore {
                         .unwrap_or_else(|| map_append(e, schema, stream, Stage::BeforeWrite)))
                 }
             };
-            match client.query(&statement, &params).await {
-                Ok(rows) => return self.answer(rows, stream, expected, &events),
-                Err(e) if is_unique_violation(&e, "events_event_id_key") => {
-                    // A concurrent append stored some of these ids first; the next attempt
-                    // finds them and answers as a retry or an idempotency conflict.
-                    continue;
+            let outcome = client.query_one(&statement, &params).await;
+            let refused = match outcome {
+                Ok(row) => {
+                    let inserted: i64 = row.get(4);
+                    if inserted == n {
+                        let first_version = Version::new(row.get::<_, i64>(0) as u64 + 1);
+                        let xid: Xid8 = row.get(1);
+                        let first_seq: i64 = row.get(2);
+                        let last_seq: i64 = row.get(3);
+                        let result = AppendResult {
+                            first_version,
+                            last_version: first_version.advance(n as u64 - 1),
+                            first_position: Position::new(xid.0, first_seq as u64),
+                            last_position: Position::new(xid.0, last_seq as u64),
+                        };
+                        self.inner.notifier.notify(result.last_position);
+                        self.inner.committed.notify_one();
+                        return Ok(result);
+                    }
+                    // The expected-version check failed: a conflict, unless this is a retry.
+                    Refused::Check(Version::new(row.get::<_, i64>(0) as u64))
                 }
+                Err(e) if is_unique_violation(&e, "events_event_id_key") => Refused::Ids,
+                Err(e) if is_unique_violation(&e, "events_stream_version_key") => Refused::Race,
                 Err(e) if is_connection_error(&e) => {
                     tracing::debug!(error = %e, "append: connection lost in flight, trying again");
                     unknown = Some(map_append(e, schema, stream, Stage::Writing));
+                    lost_connections += 1;
+                    continue;
                 }
                 Err(e) => return Err(map_append(e, schema, stream, Stage::Writing)),
+            };
+            // Refused: were these ids stored already (a retry, or a concurrent twin)?
+            if let Some(answer) = self.lookup(&client, stream, &events).await? {
+                return answer;
+            }
+            match refused {
+                Refused::Check(actual) => {
+                    return Err(Error::VersionConflict {
+                        stream: stream.clone(),
+                        expected,
+                        actual,
+                    })
+                }
+                // The ids' first writer rolled back: try again.
+                Refused::Ids => continue,
+                // Another append took the next version first.
+                Refused::Race if expected == ExpectedVersion::Any => continue,
+                Refused::Race => {
+                    return Err(Error::VersionConflict {
+                        stream: stream.clone(),
+                        expected,
+                        actual: self.stream_version(stream).await?,
+                    })
+                }
             }
         }
         Err(unknown.unwrap_or_else(|| {
             Error::backend(
                 BACKEND,
-                format!("the append to `{stream}` kept racing with concurrent appends of the same event ids"),
+                format!("the append to `{stream}` lost {APPEND_RACES} races in a row to concurrent appends"),
             )
         }))
     }
 
-    /// Turns the append function's rows into the answer.
-    fn answer(
+    /// Looks up where the batch's event ids are stored: `None` when none is, else the answer
+    /// of [`resolve_retry`].
+    async fn lookup(
         &self,
-        rows: Vec<Row>,
+        client: &deadpool_postgres::Client,
         stream: &StreamId,
-        expected: ExpectedVersion,
         events: &[EventData],
-    ) -> Result<AppendResult> {
-        let malformed = || Error::backend(BACKEND, "the append function returned no rows");
-        let status: i32 = rows.first().ok_or_else(malformed)?.try_get(0).map_err(|e| map(e, &self.inner.schema))?;
-        match status {
-            0 => {
-                let row = &rows[0];
-                let first: i64 = row.get(3);
-                let xid: Xid8 = row.get(4);
-                let first_seq: i64 = row.get(5);
-                let last_seq: i64 = row.get(6);
-                let first_version = Version::new(first as u64);
-                let result = AppendResult {
-                    first_version,
-                    last_version: first_version.advance(events.len() as u64 - 1),
-                    first_position: Position::new(xid.0, first_seq as u64),
-                    last_position: Position::new(xid.0, last_seq as u64),
-                };
-                self.inner.notifier.notify(result.last_position);
-                self.inner.committed.notify_one();
-                Ok(result)
-            }
-            1 => {
-                let mut stored: HashMap<Uuid, StoredEventRef> = HashMap::new();
-                for row in &rows {
-                    let id: Uuid = row.get(1);
-                    let stream_text: &str = row.get(2);
-                    let version: i64 = row.get(3);
-                    let xid: Xid8 = row.get(4);
-                    let seq: i64 = row.get(5);
-                    stored.insert(
-                        id,
-                        StoredEventRef {
-                            stream_id: StreamId::new(stream_text)?,
-                            version: Version::new(version as u64),
-                            position: Position::new(xid.0, seq as u64),
-                        },
-                    );
-                }
-                let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
-                let found: Vec<Option<StoredEventRef>> = ids
-                    .iter()
-                    .map(|id| stored.get(id.as_uuid()).cloned())
-                    .collect();
-                resolve_retry(stream, &ids, &found)?.ok_or_else(malformed)
-            }
-            2 => {
-                let actual: i64 = rows[0].get(3);
-                Err(Error::VersionConflict {
-                    stream: stream.clone(),
-                    expected,
-                    actual: Version::new(actual as u64),
-                })
-            }
-            other => Err(Error::backend(
-                BACKEND,
-                format!("the append function returned the unknown status {other}"),
-            )),
+    ) -> Result<Option<Result<AppendResult>>> {
+        let schema = &self.inner.schema;
+        let ids: Vec<Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
+        let statement = client
+            .prepare_cached(&self.inner.sql.lookup)
+            .await
+            .map_err(|e| map_append(e, schema, stream, Stage::Writing))?;
+        let rows = client
+            .query(&statement, &[&ids])
+            .await
+            .map_err(|e| map_append(e, schema, stream, Stage::Writing))?;
+        if rows.is_empty() {
+            return Ok(None);
         }
+        let mut stored: HashMap<Uuid, StoredEventRef> = HashMap::new();
+        for row in &rows {
+            let id: Uuid = row.get(0);
+            let xid: Xid8 = row.get(3);
+            let seq: i64 = row.get(4);
+            stored.insert(
+                id,
+                StoredEventRef {
+                    stream_id: StreamId::new(row.get::<_, &str>(1))?,
+                    version: Version::new(row.get::<_, i64>(2) as u64),
+                    position: Position::new(xid.0, seq as u64),
+                },
+            );
+        }
+        let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+        let found: Vec<Option<StoredEventRef>> = ids
+            .iter()
+            .map(|id| stored.get(id.as_uuid()).cloned())
+            .collect();
+        Ok(Some(resolve_retry(stream, &ids, &found).and_then(|r| {
+            r.ok_or_else(|| Error::backend(BACKEND, "stored ids vanished during an append"))
+        })))
     }
 
     /// A paged read: `query(next, page)` runs one page; `advance` gives where the next page
@@ -618,7 +659,8 @@ impl EventStore for PgEventStore {
                 .query(&inner.sql.streams, &[])
                 .await
                 .map_err(|e| map(e, schema))?;
-            rows.iter()
+            let mut infos = rows
+                .iter()
                 .map(|r| {
                     let xid: Xid8 = r.get(2);
                     let seq: i64 = r.get(3);
@@ -630,7 +672,10 @@ impl EventStore for PgEventStore {
                         last_recorded_at: at.0,
                     })
                 })
-                .collect::<Result<Vec<_>>>()
+                .collect::<Result<Vec<StreamInfo>>>()?;
+            // Stream ids order by bytes, whatever the database's collation.
+            infos.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+            Ok(infos)
         })
         .flat_map(|listed| match listed {
             Ok(infos) => stream::iter(infos.into_iter().map(Ok).collect::<Vec<_>>()),

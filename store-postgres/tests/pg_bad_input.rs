@@ -155,11 +155,12 @@ async fn a_statement_timeout_is_a_timeout_error() {
     .await;
     let stream = StreamId::new("slow-1").expect("id");
     store.append(&stream, ExpectedVersion::NoStream, vec![event("E", 1)]).await.expect("append");
-    // Another session holds the stream's row, so the next append waits on it past the timeout.
+    // Another session blocks writes to the events table, so the next append waits past the
+    // timeout.
     let mut raw = raw_client(server()).await;
     let tx = raw.transaction().await.expect("begin");
     tx.execute(
-        &format!("SELECT 1 FROM \"{}\".streams WHERE stream_id = 'slow-1' FOR UPDATE", store.schema()),
+        &format!("LOCK TABLE \"{}\".events IN SHARE MODE", store.schema()),
         &[],
     )
     .await
