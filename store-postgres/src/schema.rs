@@ -32,6 +32,7 @@ pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
+    pub(crate) append_one: String,
     pub(crate) lookup: String,
     pub(crate) read_all: String,
     pub(crate) read_stream_forward: String,
@@ -77,6 +78,17 @@ impl Sql {
                  SELECT cur.v, (SELECT transaction_id FROM ins LIMIT 1), \
                    (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins) \
                  FROM cur"
+            ),
+            // The single-event append, without the batch machinery: the same check and key.
+            append_one: format!(
+                "INSERT INTO {s}.events (stream_id, version, event_id, event_type, schema_version, \
+                   content_type, payload, correlation_id, causation_id, event_timestamp, headers) \
+                 SELECT $1, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+                 FROM {s}.events WHERE stream_id = $1 \
+                 HAVING CASE WHEN $2::bigint = -1 THEN true \
+                   WHEN $2::bigint = -2 THEN coalesce(max(version), 0) > 0 \
+                   ELSE coalesce(max(version), 0) = $2::bigint END \
+                 RETURNING version, transaction_id, seq"
             ),
             lookup: format!(
                 "SELECT event_id, stream_id, version, transaction_id, seq FROM {s}.events \

@@ -185,7 +185,7 @@ impl PgEventStore {
             .map(|e| headers_to_json(&e.metadata))
             .collect();
         let stream_text = stream.as_str();
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let batch_params: [&(dyn ToSql + Sync); 11] = [
             &stream_text,
             &expected_code,
             &ids,
@@ -198,6 +198,25 @@ impl PgEventStore {
             &timestamps,
             &headers,
         ];
+        let single = events.len() == 1;
+        let one_params: [&(dyn ToSql + Sync); 11] = [
+            &stream_text,
+            &expected_code,
+            &ids[0],
+            &types[0],
+            &schema_versions[0],
+            &content_types[0],
+            &payloads[0],
+            &correlations[0],
+            &causations[0],
+            &timestamps[0],
+            &headers[0],
+        ];
+        let (sql, params) = if single {
+            (&self.inner.sql.append_one, &one_params)
+        } else {
+            (&self.inner.sql.append, &batch_params)
+        };
         let schema = self.inner.schema.as_str();
         let n = events.len() as i64;
         // The error to give if no attempt answers: `AppendOutcomeUnknown` once an attempt was
@@ -212,7 +231,7 @@ impl PgEventStore {
                 Ok(client) => client,
                 Err(e) => return Err(unknown.unwrap_or_else(|| map_pool(e))),
             };
-            let statement = match client.prepare_cached(&self.inner.sql.append).await {
+            let statement = match client.prepare_cached(sql).await {
                 Ok(statement) => statement,
                 // A pooled connection that died while idle: nothing was sent, try another.
                 Err(e) if is_connection_error(&e) => {
@@ -226,28 +245,20 @@ impl PgEventStore {
                         .unwrap_or_else(|| map_append(e, schema, stream, Stage::BeforeWrite)))
                 }
             };
-            let outcome = client.query_one(&statement, &params).await;
+            let outcome = client.query(&statement, params).await;
             let refused = match outcome {
-                Ok(row) => {
-                    let inserted: i64 = row.get(4);
-                    if inserted == n {
-                        let first_version = Version::new(row.get::<_, i64>(0) as u64 + 1);
-                        let xid: Xid8 = row.get(1);
-                        let first_seq: i64 = row.get(2);
-                        let last_seq: i64 = row.get(3);
-                        let result = AppendResult {
-                            first_version,
-                            last_version: first_version.advance(n as u64 - 1),
-                            first_position: Position::new(xid.0, first_seq as u64),
-                            last_position: Position::new(xid.0, last_seq as u64),
-                        };
+                Ok(rows) => match answer(&rows, single, n) {
+                    Some(result) => {
                         self.inner.notifier.notify(result.last_position);
                         self.inner.committed.notify_one();
                         return Ok(result);
                     }
                     // The expected-version check failed: a conflict, unless this is a retry.
-                    Refused::Check(Version::new(row.get::<_, i64>(0) as u64))
-                }
+                    None => Refused::Check(match rows.first() {
+                        Some(row) if !single => Version::new(row.get::<_, i64>(0) as u64),
+                        _ => self.version_on(&client, stream).await?,
+                    }),
+                },
                 Err(e) if is_unique_violation(&e, "events_event_id_key") => Refused::Ids,
                 Err(e) if is_unique_violation(&e, "events_stream_version_key") => Refused::Race,
                 Err(e) if is_connection_error(&e) => {
@@ -278,7 +289,7 @@ impl PgEventStore {
                     return Err(Error::VersionConflict {
                         stream: stream.clone(),
                         expected,
-                        actual: self.stream_version(stream).await?,
+                        actual: self.version_on(&client, stream).await?,
                     })
                 }
             }
@@ -289,6 +300,21 @@ impl PgEventStore {
                 format!("the append to `{stream}` lost {APPEND_RACES} races in a row to concurrent appends"),
             )
         }))
+    }
+
+    /// The stream's version, read on `client` (an append must not wait for a second pooled
+    /// connection while it holds one).
+    async fn version_on(&self, client: &deadpool_postgres::Client, stream: &StreamId) -> Result<Version> {
+        let schema = &self.inner.schema;
+        let statement = client
+            .prepare_cached(&self.inner.sql.stream_version)
+            .await
+            .map_err(|e| map(e, schema))?;
+        let row = client
+            .query_one(&statement, &[&stream.as_str()])
+            .await
+            .map_err(|e| map(e, schema))?;
+        Ok(Version::new(row.get::<_, i64>(0) as u64))
     }
 
     /// Looks up where the batch's event ids are stored: `None` when none is, else the answer
@@ -378,6 +404,27 @@ impl PgEventStore {
         .flatten()
         .boxed()
     }
+}
+
+/// The result of an append statement that inserted the batch, or `None` when its check failed.
+fn answer(rows: &[Row], single: bool, n: i64) -> Option<AppendResult> {
+    let row = rows.first()?;
+    let (first_version, xid, first_seq, last_seq) = if single {
+        let seq: i64 = row.get(2);
+        (row.get::<_, i64>(0), row.get::<_, Xid8>(1), seq, seq)
+    } else {
+        if row.get::<_, i64>(4) != n {
+            return None;
+        }
+        (row.get::<_, i64>(0) + 1, row.get(1), row.get(2), row.get(3))
+    };
+    let first_version = Version::new(first_version as u64);
+    Some(AppendResult {
+        first_version,
+        last_version: first_version.advance(n as u64 - 1),
+        first_position: Position::new(xid.0, first_seq as u64),
+        last_position: Position::new(xid.0, last_seq as u64),
+    })
 }
 
 /// Where a global read starts, as `(transaction id, seq)`, or `None` when nothing can follow.
@@ -624,12 +671,10 @@ impl EventStore for PgEventStore {
             .await
             .map_err(|e| map(e, schema))?;
         let row = client
-            .query_opt(&statement, &[&stream.as_str()])
+            .query_one(&statement, &[&stream.as_str()])
             .await
             .map_err(|e| map(e, schema))?;
-        Ok(Version::new(
-            row.map_or(0, |r| r.get::<_, i64>(0)) as u64,
-        ))
+        Ok(Version::new(row.get::<_, i64>(0) as u64))
     }
 
     async fn last_position(&self) -> Result<Option<Position>> {

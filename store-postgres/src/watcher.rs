@@ -23,6 +23,10 @@ use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 use crate::types::Xid8;
 
+/// The least time between two notifications sent for this process's commits (local subscribers
+/// are woken at once by the append itself; this only delays other processes).
+const NOTIFY_GAP: Duration = Duration::from_millis(5);
+
 pub(crate) struct Watcher {
     pub(crate) pool: Pool,
     pub(crate) listen_config: Option<Config>,
@@ -91,6 +95,9 @@ impl Watcher {
             if local {
                 pending = true;
                 self.notify_others().await;
+                // Commits that land during the gap share the next notification and check: the
+                // background work stays a few statements per gap however fast appends come.
+                tokio::time::sleep(NOTIFY_GAP).await;
             }
         }
     }
