@@ -124,9 +124,12 @@ async fn check(
     loop {
         tokio::time::sleep(interval).await;
         let alive = !client.is_closed()
-            && tokio::time::timeout(interval.max(Duration::from_secs(1)), client.simple_query(""))
-                .await
-                .is_ok_and(|r| r.is_ok());
+            && tokio::time::timeout(
+                interval.max(Duration::from_secs(1)),
+                client.simple_query(""),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
         if !alive {
             tracing::warn!(key, "annals-postgres: lease lost with its connection");
             let _ = lost.send(true);

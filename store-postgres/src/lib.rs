@@ -39,18 +39,26 @@
 //! - `events`: one row per event — `transaction_id xid8`, `seq bigserial`, stream id, version
 //!   (unique with the stream id), event id (unique: the idempotency key), type, schema version,
 //!   content type, `payload bytea`, correlation and causation ids, the writer's timestamp,
-//!   `headers jsonb`, `recorded_at`.
-//! - `streams`: each stream's current version. An append locks its stream's row with the
-//!   expected-version check as the `WHERE` of the same statement (an upsert for a stream that
-//!   may be new), so two appends at `Exact(5)` can never both succeed and the loser gets
-//!   [`Error::VersionConflict`](annals::Error::VersionConflict), never a unique violation.
+//!   `headers jsonb`, `recorded_at`; primary key `(transaction_id, seq)`, the global order.
 //! - `snapshots` and `checkpoints`.
 //!
-//! An append is one call of the `append_events` function: one statement, one round trip, one
-//! transaction. It looks the event ids up first (a retry answers with the first append's result
-//! through [`resolve_retry`](annals::store::resolve_retry); ids that match only in part are an
-//! [`Error::IdempotencyConflict`](annals::Error::IdempotencyConflict)), then checks and locks the
-//! stream, then inserts the whole batch with one multi-row `INSERT … SELECT FROM unnest(…)`.
+//! # Appends
+//!
+//! An append is **one statement** (one round trip, one transaction): an `INSERT … SELECT` that
+//! reads the stream's head (`max(version)`, from the unique index), checks the expected version
+//! against it and writes the batch after it — one multi-row insert from `unnest` of arrays, in
+//! batch order. A concurrent writer that read the same head collides on the unique
+//! `(stream_id, version)` key and waits for the first to commit, so two appends at `Exact(5)`
+//! can never both succeed; the loser's unique violation is turned into
+//! [`Error::VersionConflict`](annals::Error::VersionConflict) (or, for
+//! [`ExpectedVersion::Any`](annals::ExpectedVersion::Any), into another try), never returned.
+//!
+//! Idempotency costs nothing on the happy path: only when the statement writes nothing (a
+//! failed check, or a unique violation on an event id) does the store look the ids up; a
+//! complete earlier append answers with its first result through
+//! [`resolve_retry`](annals::store::resolve_retry), a partial match is an
+//! [`Error::IdempotencyConflict`](annals::Error::IdempotencyConflict). Nothing is ever
+//! silently dropped (`ON CONFLICT DO NOTHING` is not used).
 //!
 //! # The global order never skips
 //!
@@ -59,7 +67,8 @@
 //! numbers alone would let a reader pass position 100 and never see 99 commit later. Readers of
 //! the global log therefore only read rows whose transaction id is below
 //! `pg_snapshot_xmin(pg_current_snapshot())` — the oldest transaction still running — in
-//! `(transaction_id, seq)` order. Why that never skips:
+//! `(transaction_id, seq)` order, in pages, each starting after the last event of the one
+//! before. Why that never skips:
 //!
 //! 1. Transaction ids below the snapshot's `xmin` belong to transactions that have ended
 //!    (committed or rolled back), and every id handed out from now on is at least `xmin`. So
@@ -69,6 +78,10 @@
 //! 3. A reader moves forward only over rows it was given, all below the `xmin` of their
 //!    read; a later read's `xmin` is never smaller. Any row that appears later has a
 //!    transaction id at least that `xmin`, hence a position past everything already read.
+//! 4. A stream's versions are in global order too: an append that writes after version `v`
+//!    read `v` in its statement's snapshot, taken after the append that wrote `v` committed;
+//!    its transaction id is assigned later still (at its first insert), so it is larger. An
+//!    append that read an older head collides on the unique key and writes nothing.
 //!
 //! Positions stay below `i64::MAX` in both parts (`xid8` counts transactions, `seq` rows).
 //!
@@ -90,6 +103,9 @@
 //! rather than inside the append's transaction is deliberate: PostgreSQL serialises the commits
 //! of all notifying transactions behind one cluster-wide lock held through the commit's WAL
 //! flush, which would turn concurrent appends into one-at-a-time commits.
+//!
+//! Notifications for this process's commits are sent at most every 5 ms (commits meanwhile share
+//! one), so the background work stays small however fast appends come.
 //!
 //! Polling (every [`poll_interval`](PgEventStoreBuilder::poll_interval)) takes over while the
 //! LISTEN connection is down, until it is back, and while committed events are held back by an

@@ -166,10 +166,8 @@ impl PgEventStore {
         };
         let ids: Vec<Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let schema_versions: Vec<i32> = events
-            .iter()
-            .map(|e| i32::from(e.schema_version))
-            .collect();
+        let schema_versions: Vec<i32> =
+            events.iter().map(|e| i32::from(e.schema_version)).collect();
         let content_types: Vec<&str> = events.iter().map(|e| e.content_type.as_str()).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_ref()).collect();
         let correlations: Vec<Option<Uuid>> =
@@ -304,7 +302,11 @@ impl PgEventStore {
 
     /// The stream's version, read on `client` (an append must not wait for a second pooled
     /// connection while it holds one).
-    async fn version_on(&self, client: &deadpool_postgres::Client, stream: &StreamId) -> Result<Version> {
+    async fn version_on(
+        &self,
+        client: &deadpool_postgres::Client,
+        stream: &StreamId,
+    ) -> Result<Version> {
         let schema = &self.inner.schema;
         let statement = client
             .prepare_cached(&self.inner.sql.stream_version)
@@ -447,7 +449,8 @@ fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
 fn check_storable(events: &[EventData]) -> Result<()> {
     for event in events {
         let reason = if event.content_type.contains('\0') {
-            "the content type contains a NUL character (U+0000), which PostgreSQL text cannot store".to_owned()
+            "the content type contains a NUL character (U+0000), which PostgreSQL text cannot store"
+                .to_owned()
         } else if let Some((key, _)) = event
             .metadata
             .headers
@@ -489,7 +492,12 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent> {
     })?;
     let version = Version::new(row.try_get::<_, i64>(3).map_err(bad)? as u64);
     let at = |reason: String| {
-        Error::corrupt(Some(stream_id.clone()), Some(version), Some(position), reason)
+        Error::corrupt(
+            Some(stream_id.clone()),
+            Some(version),
+            Some(position),
+            reason,
+        )
     };
     let id: Uuid = row.try_get(4).map_err(|e| at(e.to_string()))?;
     let schema_version: i32 = row.try_get(6).map_err(|e| at(e.to_string()))?;

@@ -49,11 +49,21 @@ async fn raw_single(client: &tokio_postgres::Client, stream: &str, n: u64) {
     for v in 1..=n {
         let e = event("Raw", v);
         let params: [&(dyn ToSql + Sync); 10] = [
-            &stream, &(v as i64), e.id.as_uuid(), &e.event_type, &1i32, &e.content_type,
-            &e.payload.as_ref(), &e.metadata.correlation_id, &e.metadata.causation_id,
+            &stream,
+            &(v as i64),
+            e.id.as_uuid(),
+            &e.event_type,
+            &1i32,
+            &e.content_type,
+            &e.payload.as_ref(),
+            &e.metadata.correlation_id,
+            &e.metadata.causation_id,
             &serde_json::json!({}),
         ];
-        client.execute(&statement, &params).await.expect("raw insert");
+        client
+            .execute(&statement, &params)
+            .await
+            .expect("raw insert");
     }
 }
 
@@ -62,10 +72,17 @@ async fn raw_single(client: &tokio_postgres::Client, stream: &str, n: u64) {
 async fn append_rates() {
     let store = support::init(support::builder_on(server(), "rate").pool_size(16)).await;
     let setup = raw_client(server()).await;
-    setup.batch_execute(&format!("CREATE SCHEMA raw; SET search_path = raw; {RAW_DDL}")).await.expect("raw ddl");
+    setup
+        .batch_execute(&format!(
+            "CREATE SCHEMA raw; SET search_path = raw; {RAW_DDL}"
+        ))
+        .await
+        .expect("raw ddl");
     let raw = |_: ()| async {
         let c = raw_client(server()).await;
-        c.batch_execute("SET search_path = raw").await.expect("path");
+        c.batch_execute("SET search_path = raw")
+            .await
+            .expect("path");
         c
     };
     let mut lines = Vec::new();
@@ -79,17 +96,25 @@ async fn append_rates() {
     let stream = StreamId::new("single-1").expect("id");
     let t = Instant::now();
     for v in 0..SINGLE {
-        single_store.append(&stream, ExpectedVersion::exact(v), vec![event("S", v)]).await.expect("append");
+        single_store
+            .append(&stream, ExpectedVersion::exact(v), vec![event("S", v)])
+            .await
+            .expect("append");
     }
     let store_rate = rate(SINGLE, t.elapsed());
-    lines.push(format!("single, 1 connection: store {store_rate:.0}/s, raw {raw_rate:.0}/s, {:.0}%", 100.0 * store_rate / raw_rate));
+    lines.push(format!(
+        "single, 1 connection: store {store_rate:.0}/s, raw {raw_rate:.0}/s, {:.0}%",
+        100.0 * store_rate / raw_rate
+    ));
 
     // 2. Single-event appends, 8 connections to distinct streams.
     let t = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..CONCURRENT {
         let c = raw(()).await;
-        tasks.push(tokio::spawn(async move { raw_single(&c, &format!("raw-conc-{i}"), PER_CONNECTION).await }));
+        tasks.push(tokio::spawn(async move {
+            raw_single(&c, &format!("raw-conc-{i}"), PER_CONNECTION).await
+        }));
     }
     for task in tasks {
         task.await.expect("raw task");
@@ -102,7 +127,10 @@ async fn append_rates() {
         tasks.push(tokio::spawn(async move {
             let stream = StreamId::new(format!("conc-{i}")).expect("id");
             for v in 0..PER_CONNECTION {
-                store.append(&stream, ExpectedVersion::exact(v), vec![event("C", v)]).await.expect("append");
+                store
+                    .append(&stream, ExpectedVersion::exact(v), vec![event("C", v)])
+                    .await
+                    .expect("append");
             }
         }));
     }
@@ -110,7 +138,10 @@ async fn append_rates() {
         task.await.expect("store task");
     }
     let store_rate = rate(CONCURRENT * PER_CONNECTION, t.elapsed());
-    lines.push(format!("single, 8 connections: store {store_rate:.0}/s, raw {raw_rate:.0}/s, {:.0}%", 100.0 * store_rate / raw_rate));
+    lines.push(format!(
+        "single, 8 connections: store {store_rate:.0}/s, raw {raw_rate:.0}/s, {:.0}%",
+        100.0 * store_rate / raw_rate
+    ));
 
     // 3. 100-event batches, one connection.
     let statement = c.prepare(RAW_BATCH).await.expect("prepare");
@@ -121,21 +152,37 @@ async fn append_rates() {
         let ids: Vec<_> = events.iter().map(|e| *e.id.as_uuid()).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_ref()).collect();
-        let headers: Vec<serde_json::Value> = events.iter().map(|_| serde_json::json!({})).collect();
-        c.execute(&statement, &[&"raw-batch", &versions, &ids, &types, &payloads, &headers]).await.expect("raw batch");
+        let headers: Vec<serde_json::Value> =
+            events.iter().map(|_| serde_json::json!({})).collect();
+        c.execute(
+            &statement,
+            &[&"raw-batch", &versions, &ids, &types, &payloads, &headers],
+        )
+        .await
+        .expect("raw batch");
     }
     let raw_rate = rate(BATCHES * BATCH, t.elapsed());
     let stream = StreamId::new("batch-1").expect("id");
     let t = Instant::now();
     for b in 0..BATCHES {
         let events: Vec<_> = (0..BATCH).map(|i| event("B", i)).collect();
-        single_store.append(&stream, ExpectedVersion::exact(b * BATCH), events).await.expect("append");
+        single_store
+            .append(&stream, ExpectedVersion::exact(b * BATCH), events)
+            .await
+            .expect("append");
     }
     let store_rate = rate(BATCHES * BATCH, t.elapsed());
-    lines.push(format!("100-event batches: store {store_rate:.0} events/s, raw {raw_rate:.0} events/s, {:.0}%", 100.0 * store_rate / raw_rate));
+    lines.push(format!(
+        "100-event batches: store {store_rate:.0} events/s, raw {raw_rate:.0} events/s, {:.0}%",
+        100.0 * store_rate / raw_rate
+    ));
 
     // 4. Reading the whole log from the start in pages of 1,000.
-    let total: i64 = c.query_one("SELECT count(*) FROM raw_events", &[]).await.expect("count").get(0);
+    let total: i64 = c
+        .query_one("SELECT count(*) FROM raw_events", &[])
+        .await
+        .expect("count")
+        .get(0);
     let page = c.prepare(RAW_PAGE).await.expect("prepare");
     let t = Instant::now();
     let mut last = 0i64;
@@ -147,7 +194,14 @@ async fn append_rates() {
         }
         for row in &rows {
             let _: (i64, &str, i64, uuid::Uuid, &str, i32, &str, &[u8]) = (
-                row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5), row.get(6), row.get(7),
+                row.get(0),
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get(4),
+                row.get(5),
+                row.get(6),
+                row.get(7),
             );
             let _: serde_json::Value = row.get(11);
         }
@@ -156,12 +210,21 @@ async fn append_rates() {
     }
     let raw_rate = rate(read as u64, t.elapsed());
     assert_eq!(read as i64, total);
-    let reader = support::init(support::builder_on(server(), "rate").pool_size(2).schema(single_store.schema())).await;
+    let reader = support::init(
+        support::builder_on(server(), "rate")
+            .pool_size(2)
+            .schema(single_store.schema()),
+    )
+    .await;
     let t = Instant::now();
     let mut from = Position::START;
     let mut read = 0u64;
     loop {
-        let events: Vec<_> = reader.read_all(ReadAll::from(from).limit(1000)).try_collect().await.expect("read");
+        let events: Vec<_> = reader
+            .read_all(ReadAll::from(from).limit(1000))
+            .try_collect()
+            .await
+            .expect("read");
         let Some(last) = events.last() else { break };
         from = last.position.next();
         read += events.len() as u64;

@@ -14,7 +14,8 @@ use tokio::sync::Barrier;
 async fn sixteen_connections_race_on_one_stream() {
     const TASKS: usize = 16;
     const ROUNDS: u64 = 25;
-    let store = support::init(support::builder_on(support::server(), "race").pool_size(TASKS)).await;
+    let store =
+        support::init(support::builder_on(support::server(), "race").pool_size(TASKS)).await;
     let stream = StreamId::new("race-1").expect("id");
     let barrier = Arc::new(Barrier::new(TASKS));
     let mut tasks = Vec::new();
@@ -53,8 +54,16 @@ async fn sixteen_connections_race_on_one_stream() {
         lost += l;
     }
     won.sort_unstable();
-    assert_eq!(won, (1..=ROUNDS).collect::<Vec<_>>(), "each version won exactly once");
-    assert_eq!(lost, (TASKS as u64 - 1) * ROUNDS, "everyone else conflicted");
+    assert_eq!(
+        won,
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "each version won exactly once"
+    );
+    assert_eq!(
+        lost,
+        (TASKS as u64 - 1) * ROUNDS,
+        "everyone else conflicted"
+    );
     let versions: Vec<u64> = store
         .read_stream(&stream, ReadStream::forward())
         .map_ok(|e| e.version.get())
@@ -68,7 +77,8 @@ async fn sixteen_connections_race_on_one_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_connections_create_one_stream() {
     const TASKS: usize = 16;
-    let store = support::init(support::builder_on(support::server(), "create").pool_size(TASKS)).await;
+    let store =
+        support::init(support::builder_on(support::server(), "create").pool_size(TASKS)).await;
     let barrier = Arc::new(Barrier::new(TASKS));
     let mut tasks = Vec::new();
     for task in 0..TASKS {
@@ -79,7 +89,10 @@ async fn sixteen_connections_create_one_stream() {
                 .append(
                     &StreamId::new("new-1").expect("id"),
                     ExpectedVersion::NoStream,
-                    vec![support::event("Created", task as u64), support::event("Next", 0)],
+                    vec![
+                        support::event("Created", task as u64),
+                        support::event("Next", 0),
+                    ],
                 )
                 .await
         }));
@@ -96,7 +109,11 @@ async fn sixteen_connections_create_one_stream() {
         }
     }
     assert_eq!(wins, 1);
-    let all: Vec<_> = store.read_all(ReadAll::all()).try_collect().await.expect("read");
+    let all: Vec<_> = store
+        .read_all(ReadAll::all())
+        .try_collect()
+        .await
+        .expect("read");
     assert_eq!(all.len(), 2, "only the winner's batch is stored");
 }
 
@@ -105,7 +122,8 @@ async fn sixteen_connections_create_one_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_retries_of_one_batch_store_it_once() {
     const TASKS: usize = 8;
-    let store = support::init(support::builder_on(support::server(), "retry").pool_size(TASKS)).await;
+    let store =
+        support::init(support::builder_on(support::server(), "retry").pool_size(TASKS)).await;
     let batch: Vec<_> = (0..3).map(|i| support::event("Once", i)).collect();
     let barrier = Arc::new(Barrier::new(TASKS));
     let mut tasks = Vec::new();
@@ -114,7 +132,11 @@ async fn concurrent_retries_of_one_batch_store_it_once() {
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             store
-                .append(&StreamId::new("once-1").expect("id"), ExpectedVersion::Any, batch)
+                .append(
+                    &StreamId::new("once-1").expect("id"),
+                    ExpectedVersion::Any,
+                    batch,
+                )
                 .await
                 .expect("a retry is not an error")
         }));
@@ -124,7 +146,11 @@ async fn concurrent_retries_of_one_batch_store_it_once() {
         answers.push(t.await.expect("task"));
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
-    let all: Vec<_> = store.read_all(ReadAll::all()).try_collect().await.expect("read");
+    let all: Vec<_> = store
+        .read_all(ReadAll::all())
+        .try_collect()
+        .await
+        .expect("read");
     assert_eq!(all.len(), 3);
 }
 
@@ -135,14 +161,26 @@ async fn a_batch_keeps_its_order_in_the_global_log() {
     let batch: Vec<_> = (0..100).map(|i| support::event("Item", i)).collect();
     let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
     let r = store
-        .append(&StreamId::new("batch-1").expect("id"), ExpectedVersion::NoStream, batch)
+        .append(
+            &StreamId::new("batch-1").expect("id"),
+            ExpectedVersion::NoStream,
+            batch,
+        )
         .await
         .expect("append");
     // Other tests of this binary share the server: their open transactions may hold readers back.
     support::wait_visible(&store, r.last_position).await;
-    let all: Vec<_> = store.read_all(ReadAll::all()).try_collect().await.expect("read");
+    let all: Vec<_> = store
+        .read_all(ReadAll::all())
+        .try_collect()
+        .await
+        .expect("read");
     assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
     assert_eq!(all[0].position, r.first_position);
     assert_eq!(all[99].position, r.last_position);
-    assert!(all.iter().all(|e| e.position.commit() == r.first_position.commit()), "one transaction");
+    assert!(
+        all.iter()
+            .all(|e| e.position.commit() == r.first_position.commit()),
+        "one transaction"
+    );
 }

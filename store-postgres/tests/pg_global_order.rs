@@ -23,7 +23,9 @@ async fn a_late_commit_is_never_skipped() {
         tokio::spawn(async move {
             tokio::time::timeout(
                 HANG_GUARD,
-                live.take(2).map(|e| e.expect("subscription")).collect::<Vec<_>>(),
+                live.take(2)
+                    .map(|e| e.expect("subscription"))
+                    .collect::<Vec<_>>(),
             )
             .await
             .expect("the subscriber lost an event")
@@ -142,7 +144,7 @@ async fn concurrent_writers_never_make_a_reader_skip() {
         let store = store.clone();
         let written = written.clone();
         writers.push(tokio::spawn(async move {
-            let mut rng = Rng::new(0x5eed ^ (w + 1) * 7919);
+            let mut rng = Rng::new(0x5eed ^ ((w + 1) * 7919));
             let mut done = 0;
             while done < PER_WRITER {
                 let n = (1 + rng.below(5)).min(PER_WRITER - done);
@@ -175,7 +177,12 @@ async fn concurrent_writers_never_make_a_reader_skip() {
         }
         for e in &events {
             let last = versions.entry(e.stream_id.clone()).or_insert(0);
-            assert_eq!(e.version.get(), *last + 1, "{} skipped a version", e.stream_id);
+            assert_eq!(
+                e.version.get(),
+                *last + 1,
+                "{} skipped a version",
+                e.stream_id
+            );
             *last = e.version.get();
         }
     }

@@ -13,12 +13,26 @@ async fn one_owner_at_a_time() {
             .schema(store.schema()),
     )
     .await;
-    let lease = store.try_lease("partition-1").await.expect("try").expect("free");
+    let lease = store
+        .try_lease("partition-1")
+        .await
+        .expect("try")
+        .expect("free");
     assert!(!lease.is_lost());
-    assert!(other.try_lease("partition-1").await.expect("try").is_none(), "held by another session");
-    assert!(other.try_lease("partition-2").await.expect("try").is_some(), "names are independent");
+    assert!(
+        other.try_lease("partition-1").await.expect("try").is_none(),
+        "held by another session"
+    );
+    assert!(
+        other.try_lease("partition-2").await.expect("try").is_some(),
+        "names are independent"
+    );
     lease.release().await.expect("release");
-    let again = other.try_lease("partition-1").await.expect("try").expect("released");
+    let again = other
+        .try_lease("partition-1")
+        .await
+        .expect("try")
+        .expect("released");
     drop(again);
     // Dropping closes the connection, which releases the lock; wait for the server to see it.
     tokio::time::timeout(HANG_GUARD, async {
@@ -49,7 +63,9 @@ async fn a_lost_connection_is_noticed() {
         .expect("terminate")
         .get(0);
     assert!(killed, "the lease's session was found by its key");
-    tokio::time::timeout(HANG_GUARD, lease.lost()).await.expect("the loss was not noticed");
+    tokio::time::timeout(HANG_GUARD, lease.lost())
+        .await
+        .expect("the loss was not noticed");
     assert!(lease.is_lost());
     // Someone else can take it now.
     assert!(store.try_lease("relay").await.expect("try").is_some());

@@ -34,8 +34,12 @@ async fn a_restart_loses_nothing_acknowledged() {
     // Writers: each batch is retried with the same ids until it is acknowledged.
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (store, acked, errors, progress_tx) =
-            (store.clone(), acked.clone(), errors.clone(), progress_tx.clone());
+        let (store, acked, errors, progress_tx) = (
+            store.clone(),
+            acked.clone(),
+            errors.clone(),
+            progress_tx.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let stream = StreamId::new(format!("restart-{w}")).expect("id");
             let mut version = 0;
@@ -51,7 +55,9 @@ async fn a_restart_loses_nothing_acknowledged() {
                         .await
                     {
                         Ok(r) => break r,
-                        Err(e @ (Error::Unavailable { .. } | Error::AppendOutcomeUnknown { .. })) => {
+                        Err(
+                            e @ (Error::Unavailable { .. } | Error::AppendOutcomeUnknown { .. }),
+                        ) => {
                             errors.lock().expect("lock").push(e.to_string());
                             // Back off while the server is away.
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -59,7 +65,11 @@ async fn a_restart_loses_nothing_acknowledged() {
                         Err(other) => panic!("an unclear error during the restart: {other:?}"),
                     }
                 };
-                assert_eq!(result.first_version.get(), version + 1, "a retry answers the first append");
+                assert_eq!(
+                    result.first_version.get(),
+                    version + 1,
+                    "a retry answers the first append"
+                );
                 version += 2;
                 let mut acked = acked.lock().expect("lock");
                 acked.extend(ids);
@@ -90,7 +100,11 @@ async fn a_restart_loses_nothing_acknowledged() {
                         continue 'outer;
                     };
                     seen.insert(e.id);
-                    if store.save_checkpoint("restart-test", e.position).await.is_err() {
+                    if store
+                        .save_checkpoint("restart-test", e.position)
+                        .await
+                        .is_err()
+                    {
                         resumed += 1;
                         continue 'outer;
                     }
@@ -104,10 +118,13 @@ async fn a_restart_loses_nothing_acknowledged() {
     };
 
     // Restart once a third of the events is acknowledged.
-    tokio::time::timeout(HANG_GUARD, progress.wait_for(|n| *n >= (WRITERS * PER_WRITER / 3) as usize))
-        .await
-        .expect("writers made no progress")
-        .expect("progress");
+    tokio::time::timeout(
+        HANG_GUARD,
+        progress.wait_for(|n| *n >= (WRITERS * PER_WRITER / 3) as usize),
+    )
+    .await
+    .expect("writers made no progress")
+    .expect("progress");
     let restarter = server.clone();
     tokio::task::spawn_blocking(move || restarter.restart())
         .await
@@ -115,7 +132,10 @@ async fn a_restart_loses_nothing_acknowledged() {
         .expect("pg_ctl restart");
 
     for w in writers {
-        tokio::time::timeout(HANG_GUARD, w).await.expect("writer hung").expect("writer");
+        tokio::time::timeout(HANG_GUARD, w)
+            .await
+            .expect("writer hung")
+            .expect("writer");
     }
     let (seen, resumed) = tokio::time::timeout(HANG_GUARD, subscriber)
         .await
@@ -126,14 +146,25 @@ async fn a_restart_loses_nothing_acknowledged() {
     assert!(!errors.is_empty(), "no append saw the restart");
     let acked: HashSet<_> = acked.lock().expect("lock").iter().copied().collect();
     assert_eq!(acked.len(), (WRITERS * PER_WRITER) as usize);
-    let stored: Vec<_> = store.read_all(ReadAll::all()).try_collect().await.expect("read");
+    let stored: Vec<_> = store
+        .read_all(ReadAll::all())
+        .try_collect()
+        .await
+        .expect("read");
     let stored_ids: HashSet<_> = stored.iter().map(|e| e.id).collect();
     assert_eq!(stored.len(), stored_ids.len(), "no duplicate");
-    assert_eq!(stored_ids, acked, "every acknowledged event is stored, nothing else");
+    assert_eq!(
+        stored_ids, acked,
+        "every acknowledged event is stored, nothing else"
+    );
     assert_eq!(seen, acked, "the subscriber saw every event");
     eprintln!(
         "restart: {} append errors ({} distinct kinds), subscriber resumed {resumed} times",
         errors.len(),
-        errors.iter().map(|e| e.split(':').next().unwrap_or("")).collect::<HashSet<_>>().len()
+        errors
+            .iter()
+            .map(|e| e.split(':').next().unwrap_or(""))
+            .collect::<HashSet<_>>()
+            .len()
     );
 }

@@ -21,7 +21,9 @@ async fn second_store(first: &PgEventStore, poll: Duration) -> PgEventStore {
         .expect("build")
 }
 
-async fn next_type(live: &mut futures::stream::BoxStream<'static, annals::Result<annals::RecordedEvent>>) -> String {
+async fn next_type(
+    live: &mut futures::stream::BoxStream<'static, annals::Result<annals::RecordedEvent>>,
+) -> String {
     tokio::time::timeout(HANG_GUARD, live.next())
         .await
         .expect("no wake-up came")
@@ -39,13 +41,21 @@ async fn another_process_commit_wakes_subscribers() {
     let mut live = subscribe_all(reader.clone(), Position::START, Filter::all());
     // Let the reader's store settle (its first check) before relying on notifications.
     writer
-        .append(&StreamId::new("n-1").expect("id"), ExpectedVersion::Any, vec![event("First", 1)])
+        .append(
+            &StreamId::new("n-1").expect("id"),
+            ExpectedVersion::Any,
+            vec![event("First", 1)],
+        )
         .await
         .expect("append");
     assert_eq!(next_type(&mut live).await, "First");
     for i in 0..5 {
         writer
-            .append(&StreamId::new("n-1").expect("id"), ExpectedVersion::Any, vec![event("Next", i)])
+            .append(
+                &StreamId::new("n-1").expect("id"),
+                ExpectedVersion::Any,
+                vec![event("Next", i)],
+            )
             .await
             .expect("append");
         assert_eq!(next_type(&mut live).await, "Next");
@@ -59,7 +69,10 @@ async fn polling_covers_a_lost_listen_connection() {
     let reader = second_store(&writer, Duration::from_millis(20)).await;
     let mut live = subscribe_all(reader.clone(), Position::START, Filter::all());
     let stream = StreamId::new("f-1").expect("id");
-    writer.append(&stream, ExpectedVersion::Any, vec![event("Before", 0)]).await.expect("append");
+    writer
+        .append(&stream, ExpectedVersion::Any, vec![event("Before", 0)])
+        .await
+        .expect("append");
     assert_eq!(next_type(&mut live).await, "Before");
 
     // Cut every LISTEN connection of the server.
@@ -75,7 +88,10 @@ async fn polling_covers_a_lost_listen_connection() {
         .get(0);
     assert!(cut >= 1, "no LISTEN connection to cut");
     for i in 0..3 {
-        writer.append(&stream, ExpectedVersion::Any, vec![event("During", i)]).await.expect("append");
+        writer
+            .append(&stream, ExpectedVersion::Any, vec![event("During", i)])
+            .await
+            .expect("append");
         assert_eq!(next_type(&mut live).await, "During");
     }
 }
@@ -89,9 +105,15 @@ async fn held_back_readers_are_woken_when_a_foreign_transaction_ends() {
     let mut raw = raw_client(server()).await;
     let tx = raw.transaction().await.expect("begin");
     // Any transaction with an id holds the horizon: this one writes elsewhere.
-    tx.execute("SELECT pg_current_xact_id()", &[]).await.expect("take an id");
+    tx.execute("SELECT pg_current_xact_id()", &[])
+        .await
+        .expect("take an id");
     store
-        .append(&StreamId::new("h-1").expect("id"), ExpectedVersion::Any, vec![event("Held", 0)])
+        .append(
+            &StreamId::new("h-1").expect("id"),
+            ExpectedVersion::Any,
+            vec![event("Held", 0)],
+        )
         .await
         .expect("append");
     tx.commit().await.expect("commit");

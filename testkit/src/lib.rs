@@ -6,6 +6,8 @@
 //!   each taking a [`StoreFactory`](conformance::StoreFactory) that makes fresh stores, and
 //!   [`run_all`](conformance::run_all), which every store's tests call — once with the concrete
 //!   type and once through the `dyn` twin ([`conformance::dynamic`]).
+//! - `postgres` (feature `postgres`): `PgServer`, a throwaway PostgreSQL server on 127.0.0.1
+//!   and a free port, stopped and removed when it is dropped or when the test process ends.
 //!
 //! ```
 //! use annals::InMemoryStore;

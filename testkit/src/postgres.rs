@@ -312,10 +312,13 @@ impl PgServer {
     /// Starts the watchdog described in the module docs.
     fn arm_watchdog(&mut self) -> io::Result<()> {
         let mut stop = self.command("pg_ctl");
-        stop.arg("stop")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-m", "immediate", "-w", "-t", PG_CTL_WAIT_SECS]);
+        stop.arg("stop").arg("-D").arg(self.data_dir()).args([
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            PG_CTL_WAIT_SECS,
+        ]);
         let mut argv: Vec<&std::ffi::OsStr> = vec![stop.get_program()];
         argv.extend(stop.get_args());
         // `$0` is the directory to remove, `$@` the stop command.
@@ -335,10 +338,7 @@ impl PgServer {
             .stdin
             .take()
             .ok_or_else(|| io::Error::other("the watchdog has no stdin"))?;
-        *self
-            .watchdog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((child, stdin));
+        *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = Some((child, stdin));
         Ok(())
     }
 }
@@ -394,4 +394,3 @@ fn id_of(flag: &str) -> io::Result<u32> {
         .parse()
         .map_err(|_| io::Error::other("`id` printed no number"))
 }
-

@@ -21,7 +21,11 @@ fn starts_restarts_and_removes_itself() {
     assert_eq!(server.port(), port, "same port after a restart");
     TcpStream::connect(("127.0.0.1", port)).expect("listens again");
     let new_pid = std::fs::read_to_string(&pid_file).expect("pid file");
-    assert_ne!(new_pid.lines().next(), Some(pid.as_str()), "a new postmaster");
+    assert_ne!(
+        new_pid.lines().next(),
+        Some(pid.as_str()),
+        "a new postmaster"
+    );
 
     server.stop().expect("stop");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "stopped");

@@ -46,9 +46,10 @@ pub async fn init(builder: PgEventStoreBuilder) -> PgEventStore {
 
 /// A raw client on `server`, its connection driven by a task.
 pub async fn raw_client(server: &PgServer) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&server.connection_string(), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (client, connection) =
+        tokio_postgres::connect(&server.connection_string(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
     tokio::spawn(async move {
         let _ = connection.await;
     });
