@@ -49,10 +49,7 @@ pub(crate) fn map(e: tokio_postgres::Error, schema: &str) -> Error {
                 source: Box::new(e),
             };
         }
-        if code == &SqlState::UNDEFINED_TABLE
-            || code == &SqlState::INVALID_SCHEMA_NAME
-            || code == &SqlState::UNDEFINED_FUNCTION
-        {
+        if code == &SqlState::UNDEFINED_TABLE || code == &SqlState::INVALID_SCHEMA_NAME {
             return not_set_up(schema);
         }
         if code == &SqlState::CHARACTER_NOT_IN_REPERTOIRE
