@@ -7,6 +7,8 @@
 //!   [`run_all`](conformance::run_all), which every store's tests call — once with the concrete
 //!   type and once through the `dyn` twin ([`conformance::dynamic`]).
 //! - [`harness`]: given/when/then tests of aggregates, without a store.
+//! - `postgres` (feature `postgres`): `PgServer`, a throwaway PostgreSQL server on 127.0.0.1
+//!   and a free port, stopped and removed when it is dropped or when the test process ends.
 //!
 //! ```
 //! use annals::InMemoryStore;
@@ -28,3 +30,5 @@
 
 pub mod conformance;
 pub mod harness;
+#[cfg(feature = "postgres")]
+pub mod postgres;

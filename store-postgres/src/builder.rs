@@ -1,0 +1,298 @@
+//! [`PgEventStoreBuilder`]: where the store connects and how it behaves.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use annals::{Error, Limits, Result};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{Config, NoTls};
+
+use crate::error::BACKEND;
+use crate::schema::{validate_schema_name, Sql};
+use crate::store::{Inner, PgEventStore};
+use crate::watcher;
+
+enum Source {
+    Text(String),
+    Config(Box<Config>),
+    Pool(Pool),
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The text may hold a password.
+            Source::Text(_) => f.write_str("Text(..)"),
+            Source::Config(c) => f.debug_tuple("Config").field(c).finish(),
+            Source::Pool(p) => f.debug_tuple("Pool").field(&p.status()).finish(),
+        }
+    }
+}
+
+/// Builds a [`PgEventStore`]. [`new`](Self::new) documents every default.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use annals_postgres::PgEventStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> annals::Result<()> {
+/// let store = PgEventStore::builder()
+///     .connection_string("host=127.0.0.1 user=app dbname=app")
+///     .schema("billing")
+///     .pool_size(32)
+///     .statement_timeout(Duration::from_secs(5))
+///     .build()
+///     .await?;
+/// store.init().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PgEventStoreBuilder {
+    source: Option<Source>,
+    listen_config: Option<Config>,
+    schema: String,
+    limits: Limits,
+    pool_size: usize,
+    statement_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    poll_interval: Duration,
+    page_size: usize,
+    lease_check_interval: Duration,
+}
+
+impl Default for PgEventStoreBuilder {
+    fn default() -> Self {
+        PgEventStoreBuilder::new()
+    }
+}
+
+impl PgEventStoreBuilder {
+    /// A builder with the defaults:
+    ///
+    /// - no connection yet: give a [connection string](Self::connection_string), a
+    ///   [`Config`](Self::config) or a [pool](Self::pool);
+    /// - schema `annals`;
+    /// - the default [`Limits`];
+    /// - a pool of 16 connections (ignored with an existing pool);
+    /// - no statement timeout (the server's setting applies);
+    /// - a connect timeout of 10 s;
+    /// - a poll interval of 100 ms, used only while the LISTEN connection is down or while
+    ///   readers are held back by an open transaction;
+    /// - pages of 1,000 events for reads;
+    /// - leases check their connection every second.
+    pub fn new() -> Self {
+        PgEventStoreBuilder {
+            source: None,
+            listen_config: None,
+            schema: "annals".to_owned(),
+            limits: Limits::new(),
+            pool_size: 16,
+            statement_timeout: None,
+            connect_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            page_size: 1000,
+            lease_check_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Connects with a libpq-style connection string (`host=… user=… dbname=…`) or URL
+    /// (`postgresql://user@host/db`), without TLS.
+    #[must_use]
+    pub fn connection_string(mut self, text: impl Into<String>) -> Self {
+        self.source = Some(Source::Text(text.into()));
+        self
+    }
+
+    /// Connects with a `tokio-postgres` configuration, without TLS.
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.source = Some(Source::Config(Box::new(config)));
+        self
+    }
+
+    /// Uses an existing pool (its own settings, TLS included, apply; [`pool_size`](Self::pool_size),
+    /// [`statement_timeout`](Self::statement_timeout) and the connect timeout are ignored).
+    ///
+    /// A pool cannot hand out a connection that receives notifications, so give
+    /// [`listen_config`](Self::listen_config) too for LISTEN/NOTIFY wake-ups; without it the
+    /// store wakes subscribers by polling every [`poll_interval`](Self::poll_interval).
+    #[must_use]
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.source = Some(Source::Pool(pool));
+        self
+    }
+
+    /// The configuration of the dedicated LISTEN connection when the store uses an existing
+    /// [pool](Self::pool) (otherwise the store's own configuration is used).
+    #[must_use]
+    pub fn listen_config(mut self, config: Config) -> Self {
+        self.listen_config = Some(config);
+        self
+    }
+
+    /// The schema holding the store's tables, so several applications can share a database
+    /// (default `annals`). 1 to 63 characters of `a-z`, `0-9` and `_`, not starting with a digit.
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The limits appends are checked against.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The most connections the store's own pool opens (default 16). The LISTEN connection and
+    /// each held lease use one more.
+    #[must_use]
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Cancels any statement running longer than `timeout`; it then fails with
+    /// [`Error::Timeout`] (and an append so cancelled wrote nothing).
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// How long opening a connection may take (default 10 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the store checks for new events when it cannot rely on notifications
+    /// (default 100 ms).
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How many events one query of a read fetches (default 1,000).
+    #[must_use]
+    pub fn page_size(mut self, events: usize) -> Self {
+        self.page_size = events;
+        self
+    }
+
+    /// How often a held [lease](crate::PgLease) checks that its connection is alive
+    /// (default 1 s).
+    #[must_use]
+    pub fn lease_check_interval(mut self, interval: Duration) -> Self {
+        self.lease_check_interval = interval;
+        self
+    }
+
+    /// Makes the store and starts its background task (which must run on a Tokio runtime). It
+    /// connects lazily: a server that is down makes the first request fail with
+    /// [`Error::Unavailable`], not this call. Call [`PgEventStore::init`] once to create the
+    /// schema.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Format`] for a bad schema name, page or pool size, a missing connection or an
+    /// unparsable connection string; [`Error::Backend`] if the pool cannot be made.
+    pub async fn build(mut self) -> Result<PgEventStore> {
+        validate_schema_name(&self.schema)?;
+        if self.page_size == 0 || self.pool_size == 0 {
+            return Err(Error::Format(
+                "the page size and the pool size must be at least 1".into(),
+            ));
+        }
+        let (pool, own_config) = match self.source.take() {
+            None => {
+                return Err(Error::Format(
+                    "no connection string, config or pool was given to the store builder".into(),
+                ))
+            }
+            Some(Source::Pool(pool)) => (pool, None),
+            Some(Source::Text(text)) => {
+                let config = text.parse::<Config>().map_err(|e| {
+                    Error::Format(format!("invalid PostgreSQL connection string: {e}"))
+                })?;
+                own_pool(config, &self)?
+            }
+            Some(Source::Config(config)) => own_pool(*config, &self)?,
+        };
+        let listen_config = self.listen_config.or(own_config);
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
+        let committed = Arc::new(tokio::sync::Notify::new());
+        let notifier = annals::CommitNotifier::new();
+        let sql = Sql::new(&self.schema);
+        watcher::spawn(watcher::Watcher {
+            pool: pool.clone(),
+            listen_config,
+            channel: channel_name(&self.schema),
+            horizon_sql: sql.horizon.clone(),
+            schema: self.schema.clone(),
+            notifier: notifier.clone(),
+            committed: committed.clone(),
+            poll_interval: self.poll_interval,
+            shutdown: shutdown_rx,
+        });
+        Ok(PgEventStore::from_inner(Inner {
+            pool,
+            schema: self.schema,
+            sql,
+            limits: self.limits,
+            page_size: self.page_size,
+            notifier,
+            committed,
+            lease_check_interval: self.lease_check_interval,
+            _shutdown: shutdown,
+        }))
+    }
+}
+
+/// The LISTEN/NOTIFY channel of a schema.
+/// Channel names are identifiers of at most 63 bytes: a long schema name is hashed.
+pub(crate) fn channel_name(schema: &str) -> String {
+    let name = format!("annals_{schema}");
+    if name.len() <= 63 {
+        return name;
+    }
+    // FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
+    let hash = schema.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("annals_{}_{hash:016x}", &schema[..32])
+}
+
+/// A pool of the store's own, on `config` with the builder's settings.
+fn own_pool(mut config: Config, builder: &PgEventStoreBuilder) -> Result<(Pool, Option<Config>)> {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(builder.connect_timeout);
+    }
+    if let Some(timeout) = builder.statement_timeout {
+        let mut options = config.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!("-c statement_timeout={}", timeout.as_millis()));
+        config.options(options);
+    }
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(builder.pool_size)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::backend(BACKEND, e))?;
+    Ok((pool, Some(config)))
+}

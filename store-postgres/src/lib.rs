@@ -1,0 +1,162 @@
+//! # annals-postgres
+//!
+//! The PostgreSQL event store of [Annals](annals), for applications that outgrow one machine:
+//! [`PgEventStore`] implements [`EventStore`](annals::EventStore),
+//! [`SnapshotStore`](annals::SnapshotStore) and [`CheckpointStore`](annals::CheckpointStore) on
+//! `tokio-postgres` with a `deadpool-postgres` pool, for PostgreSQL 13 and later.
+//!
+//! # Usage
+//!
+//! ```no_run
+//! use annals::{EventData, EventStore, ExpectedVersion, StreamId};
+//! use annals_postgres::PgEventStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> annals::Result<()> {
+//! let store = PgEventStore::builder()
+//!     .connection_string("host=127.0.0.1 user=postgres dbname=app")
+//!     .schema("billing")
+//!     .build()
+//!     .await?;
+//! store.init().await?; // creates or migrates the schema; safe on every start
+//!
+//! let account = StreamId::new("account-42")?;
+//! store
+//!     .append(&account, ExpectedVersion::NoStream, vec![EventData::json("Opened", &())?])
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Schema
+//!
+//! [`init`](PgEventStore::init) runs the migrations in `store-postgres/migrations/` (see
+//! [`0001_init.sql`](https://github.com/annals-rs/annals/blob/main/store-postgres/migrations/0001_init.sql))
+//! in the store's schema (`annals` unless [set](PgEventStoreBuilder::schema)), and records the
+//! version in `schema_version`. A store used on a database where `init` never ran fails with
+//! [`Error::Format`](annals::Error::Format) saying so.
+//!
+//! - `events`: one row per event — `transaction_id xid8`, `seq bigserial`, stream id, version
+//!   (unique with the stream id), event id (unique: the idempotency key), type, schema version,
+//!   content type, `payload bytea`, correlation and causation ids, the writer's timestamp,
+//!   `headers jsonb`, `recorded_at`; primary key `(transaction_id, seq)`, the global order.
+//! - `snapshots` and `checkpoints`.
+//!
+//! # Appends
+//!
+//! An append is **one statement** (one round trip, one transaction): an `INSERT … SELECT` that
+//! reads the stream's head (`max(version)`, from the unique index), checks the expected version
+//! against it and writes the batch after it — one multi-row insert from `unnest` of arrays, in
+//! batch order. A concurrent writer that read the same head collides on the unique
+//! `(stream_id, version)` key and waits for the first to commit, so two appends at `Exact(5)`
+//! can never both succeed; the loser's unique violation is turned into
+//! [`Error::VersionConflict`](annals::Error::VersionConflict) (or, for
+//! [`ExpectedVersion::Any`](annals::ExpectedVersion::Any), into another try), never returned.
+//!
+//! Idempotency costs nothing on the happy path: only when the statement writes nothing (a
+//! failed check, or a unique violation on an event id) does the store look the ids up; a
+//! complete earlier append answers with its first result through
+//! [`resolve_retry`](annals::store::resolve_retry), a partial match is an
+//! [`Error::IdempotencyConflict`](annals::Error::IdempotencyConflict). Nothing is ever
+//! silently dropped (`ON CONFLICT DO NOTHING` is not used).
+//!
+//! # The global order never skips
+//!
+//! A position is `(transaction id, seq)`: [`Position::new(xid, seq)`](annals::Position::new).
+//! `seq` is drawn when a row is inserted, but transactions commit in another order, so sequence
+//! numbers alone would let a reader pass position 100 and never see 99 commit later. Readers of
+//! the global log therefore only read rows whose transaction id is below
+//! `pg_snapshot_xmin(pg_current_snapshot())` — the oldest transaction still running — in
+//! `(transaction_id, seq)` order, in pages, each starting after the last event of the one
+//! before. Why that never skips:
+//!
+//! 1. Transaction ids below the snapshot's `xmin` belong to transactions that have ended
+//!    (committed or rolled back), and every id handed out from now on is at least `xmin`. So
+//!    the set of committed rows below `xmin` is final: no row ever joins it.
+//! 2. The read's own snapshot (the same one `pg_current_snapshot()` describes) sees every
+//!    committed row below its `xmin`.
+//! 3. A reader moves forward only over rows it was given, all below the `xmin` of their
+//!    read; a later read's `xmin` is never smaller. Any row that appears later has a
+//!    transaction id at least that `xmin`, hence a position past everything already read.
+//! 4. A stream's versions are in global order too: an append that writes after version `v`
+//!    read `v` in its statement's snapshot, taken after the append that wrote `v` committed;
+//!    its transaction id is assigned later still (at its first insert), so it is larger. An
+//!    append that read an older head collides on the unique key and writes nothing.
+//!
+//! Positions stay below `i64::MAX` in both parts (`xid8` counts transactions, `seq` rows).
+//!
+//! ## What a long transaction does to subscriptions
+//!
+//! The horizon is the oldest running transaction *that has a transaction id*, in the whole
+//! cluster — whatever it touches. While one stays open, readers of the global log see nothing
+//! committed after it started: subscriptions stall (they lose nothing and resume at once when
+//! it ends). Writers are never slowed. Keep transactions short on a database that hosts an
+//! event store; read-only transactions have no transaction id and hold nothing back. Reading
+//! single streams ([`read_stream`](annals::EventStore::read_stream)) is not affected.
+//!
+//! # Wake-ups
+//!
+//! Subscribers ([`annals::subscribe_all`]) sleep on the store's commit signal. An append wakes
+//! this process's subscribers as soon as it commits. For other processes, the store's
+//! background task sends `pg_notify` after the commit (one for any number of commits that
+//! arrived meanwhile) and listens on a dedicated connection. Notifying *after* the commit
+//! rather than inside the append's transaction is deliberate: PostgreSQL serialises the commits
+//! of all notifying transactions behind one cluster-wide lock held through the commit's WAL
+//! flush, which would turn concurrent appends into one-at-a-time commits.
+//!
+//! Notifications for this process's commits are sent at most every 5 ms (commits meanwhile share
+//! one), so the background work stays small however fast appends come.
+//!
+//! Polling (every [`poll_interval`](PgEventStoreBuilder::poll_interval)) takes over while the
+//! LISTEN connection is down, until it is back, and while committed events are held back by an
+//! open transaction (whose end notifies nobody). If a writing process dies between its commit
+//! and its `pg_notify`, other processes see those events at the next commit.
+//!
+//! # Errors
+//!
+//! | failure | error |
+//! | --- | --- |
+//! | server down, connection refused | [`Error::Unavailable`](annals::Error::Unavailable) (nothing written) |
+//! | connection lost while an append was in flight | [`Error::AppendOutcomeUnknown`](annals::Error::AppendOutcomeUnknown): retry with the same event ids |
+//! | [statement timeout](PgEventStoreBuilder::statement_timeout) (SQLSTATE 57014) | [`Error::Timeout`](annals::Error::Timeout) (nothing written) |
+//! | schema missing | [`Error::Format`](annals::Error::Format): call `init()` |
+//! | text PostgreSQL cannot store (U+0000 in a header or content type) | [`Error::InvalidEvent`](annals::Error::InvalidEvent) (nothing written) |
+//! | anything else | [`Error::Backend`](annals::Error::Backend) |
+//!
+//! An append whose connection dies is tried again on a fresh connection (appends are
+//! idempotent, so this is safe): the caller learns its fate whenever the server is reachable.
+//!
+//! # Leases
+//!
+//! [`PgLease`] is "one owner at a time" on a session advisory lock, for projection partitions
+//! and relays; it notices when its connection is lost.
+//!
+//! # Supported Rust versions
+//!
+//! The minimum supported Rust version is 1.85.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+mod builder;
+mod error;
+mod lease;
+mod schema;
+mod store;
+mod types;
+mod watcher;
+
+pub use builder::PgEventStoreBuilder;
+pub use lease::{lease_key, PgLease};
+pub use schema::SCHEMA_VERSION;
+pub use store::PgEventStore;
+
+/// The pool type [`PgEventStoreBuilder::pool`] takes (re-exported `deadpool-postgres`).
+pub use deadpool_postgres;
+/// The PostgreSQL client (re-exported `tokio-postgres`).
+pub use tokio_postgres;

@@ -1,0 +1,248 @@
+//! The schema: its name, its migrations and the SQL of every statement the store runs.
+
+use annals::{Error, Result};
+
+use crate::error::{map, BACKEND};
+
+/// The migrations, in order: `(version, DDL)`. `__SCHEMA__` stands for the quoted schema name.
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// The schema version this crate creates and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Checks a schema name: ASCII lower-case letters, digits and `_`, not starting with a digit,
+/// at most 63 bytes (PostgreSQL's identifier limit), so it never needs escaping.
+pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Format(format!(
+            "invalid schema name {name:?}: use 1 to 63 characters of a-z, 0-9 and _, not starting with a digit"
+        )))
+    }
+}
+
+/// The SQL of every statement, with the schema name filled in.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub(crate) append: String,
+    pub(crate) append_one: String,
+    pub(crate) lookup: String,
+    pub(crate) read_all: String,
+    pub(crate) read_stream_forward: String,
+    pub(crate) read_stream_backward: String,
+    pub(crate) stream_version: String,
+    pub(crate) last_position: String,
+    pub(crate) horizon: String,
+    pub(crate) streams: String,
+    pub(crate) save_snapshot: String,
+    pub(crate) load_snapshot: String,
+    pub(crate) save_checkpoint: String,
+    pub(crate) load_checkpoint: String,
+}
+
+/// The columns of an event row, in the order `row_to_event` reads them.
+const EVENT_COLUMNS: &str = "transaction_id, seq, stream_id, version, event_id, event_type, \
+     schema_version, content_type, payload, correlation_id, causation_id, event_timestamp, \
+     headers, recorded_at";
+
+/// The line readers of the global log never cross: every transaction below it has ended.
+const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
+
+impl Sql {
+    pub(crate) fn new(schema: &str) -> Sql {
+        let s = format!("\"{schema}\"");
+        Sql {
+            // One statement: the expected-version check reads the stream's head and the insert
+            // writes after it; the unique (stream_id, version) key stops a concurrent writer
+            // that read the same head. Zero rows inserted means the check failed.
+            append: format!(
+                "WITH cur AS (SELECT coalesce(max(version), 0) AS v FROM {s}.events WHERE stream_id = $1), \
+                 ins AS (INSERT INTO {s}.events (stream_id, version, event_id, event_type, \
+                   schema_version, content_type, payload, correlation_id, causation_id, \
+                   event_timestamp, headers) \
+                   SELECT $1, cur.v + u.ord, u.id, u.typ, u.sv, u.ct, u.pl, u.co, u.ca, u.ts, u.hd \
+                   FROM cur, unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::bytea[], \
+                     $8::uuid[], $9::uuid[], $10::timestamptz[], $11::jsonb[]) \
+                     WITH ORDINALITY AS u(id, typ, sv, ct, pl, co, ca, ts, hd, ord) \
+                   WHERE CASE WHEN $2::bigint = -1 THEN true WHEN $2::bigint = -2 THEN cur.v > 0 \
+                     ELSE cur.v = $2::bigint END \
+                   ORDER BY u.ord \
+                   RETURNING transaction_id, seq) \
+                 SELECT cur.v, (SELECT transaction_id FROM ins LIMIT 1), \
+                   (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins) \
+                 FROM cur"
+            ),
+            // The single-event append, without the batch machinery: the same check and key.
+            append_one: format!(
+                "INSERT INTO {s}.events (stream_id, version, event_id, event_type, schema_version, \
+                   content_type, payload, correlation_id, causation_id, event_timestamp, headers) \
+                 SELECT $1, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+                 FROM {s}.events WHERE stream_id = $1 \
+                 HAVING CASE WHEN $2::bigint = -1 THEN true \
+                   WHEN $2::bigint = -2 THEN coalesce(max(version), 0) > 0 \
+                   ELSE coalesce(max(version), 0) = $2::bigint END \
+                 RETURNING version, transaction_id, seq"
+            ),
+            lookup: format!(
+                "SELECT event_id, stream_id, version, transaction_id, seq FROM {s}.events \
+                 WHERE event_id = ANY ($1)"
+            ),
+            read_all: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE (transaction_id, seq) >= ($1, $2) AND transaction_id < {HORIZON} \
+                 AND (cardinality($3::text[]) = 0 OR split_part(stream_id, '-', 1) = ANY ($3)) \
+                 AND (cardinality($4::text[]) = 0 OR event_type = ANY ($4)) \
+                 ORDER BY transaction_id, seq LIMIT $5"
+            ),
+            read_stream_forward: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE stream_id = $1 AND version >= $2 \
+                 ORDER BY version LIMIT $3"
+            ),
+            read_stream_backward: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE stream_id = $1 AND version <= $2 \
+                 ORDER BY version DESC LIMIT $3"
+            ),
+            stream_version: format!(
+                "SELECT coalesce(max(version), 0) FROM {s}.events WHERE stream_id = $1"
+            ),
+            last_position: format!(
+                "SELECT transaction_id, seq FROM {s}.events WHERE transaction_id < {HORIZON} \
+                 ORDER BY transaction_id DESC, seq DESC LIMIT 1"
+            ),
+            horizon: format!(
+                "SELECT coalesce((SELECT transaction_id < {HORIZON} FROM {s}.events \
+                   ORDER BY transaction_id DESC, seq DESC LIMIT 1), true), v.transaction_id, v.seq \
+                 FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT transaction_id, seq FROM {s}.events \
+                   WHERE transaction_id < {HORIZON} ORDER BY transaction_id DESC, seq DESC LIMIT 1) AS v \
+                 ON true"
+            ),
+            streams: format!(
+                "SELECT DISTINCT ON (stream_id) stream_id, version, transaction_id, seq, recorded_at \
+                 FROM {s}.events ORDER BY stream_id, version DESC"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots (stream_id, version, schema_version, content_type, payload, taken_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_id) DO UPDATE SET \
+                 version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
+                 content_type = EXCLUDED.content_type, payload = EXCLUDED.payload, taken_at = EXCLUDED.taken_at"
+            ),
+            load_snapshot: format!(
+                "SELECT version, schema_version, content_type, payload, taken_at \
+                 FROM {s}.snapshots WHERE stream_id = $1"
+            ),
+            save_checkpoint: format!(
+                "INSERT INTO {s}.checkpoints (name, commit_pos, prepare) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET commit_pos = EXCLUDED.commit_pos, \
+                 prepare = EXCLUDED.prepare, updated_at = now()"
+            ),
+            load_checkpoint: format!(
+                "SELECT commit_pos, prepare FROM {s}.checkpoints WHERE name = $1"
+            ),
+        }
+    }
+}
+
+/// Creates the schema or brings it up to [`SCHEMA_VERSION`], in one transaction, serialised
+/// with any other `init` of the same schema by an advisory lock.
+pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<i32> {
+    let quoted = format!("\"{schema}\"");
+    let tx = client.transaction().await.map_err(|e| map(e, schema))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('annals.init:' || $1::text, 0))",
+        &[&schema],
+    )
+    .await
+    .map_err(|e| map(e, schema))?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {quoted}; \
+         CREATE TABLE IF NOT EXISTS {quoted}.schema_version ( \
+           version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .map_err(|e| map(e, schema))?;
+    let current: i32 = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {quoted}.schema_version"),
+            &[],
+        )
+        .await
+        .map_err(|e| map(e, schema))?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(newer(schema, current));
+    }
+    for (version, ddl) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(&ddl.replace("__SCHEMA__", &quoted))
+            .await
+            .map_err(|e| {
+                Error::backend(
+                    BACKEND,
+                    format!("migration {version} of schema `{schema}` failed: {e}"),
+                )
+            })?;
+        tx.execute(
+            &format!("INSERT INTO {quoted}.schema_version (version) VALUES ($1)"),
+            &[version],
+        )
+        .await
+        .map_err(|e| map(e, schema))?;
+        tracing::info!(schema, version, "annals-postgres: applied migration");
+    }
+    tx.commit().await.map_err(|e| map(e, schema))?;
+    Ok(SCHEMA_VERSION)
+}
+
+/// The schema's recorded version, or `None` when it is not set up.
+pub(crate) async fn version(client: &tokio_postgres::Client, schema: &str) -> Result<Option<i32>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass(quote_ident($1::text) || '.schema_version') IS NOT NULL",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| map(e, schema))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            &format!("SELECT max(version) FROM \"{schema}\".schema_version"),
+            &[],
+        )
+        .await
+        .map_err(|e| map(e, schema))?;
+    Ok(row.get(0))
+}
+
+pub(crate) fn newer(schema: &str, found: i32) -> Error {
+    Error::Format(format!(
+        "the Annals schema `{schema}` is at version {found}, newer than this annals-postgres \
+         knows ({SCHEMA_VERSION}): upgrade annals-postgres"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names() {
+        for ok in ["annals", "app_1", "_x", &"a".repeat(63)] {
+            assert!(validate_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1x", "Annals", "a-b", "a\"b", "a b", &"a".repeat(64)] {
+            assert!(
+                matches!(validate_schema_name(bad), Err(Error::Format(_))),
+                "{bad}"
+            );
+        }
+    }
+}

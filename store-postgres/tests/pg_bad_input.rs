@@ -1,0 +1,270 @@
+//! Bad input and unusable servers give clear, distinct errors and write nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use annals::{Error, EventData, EventStore, ExpectedVersion, Limit, Limits, ReadAll, StreamId};
+use annals_postgres::PgEventStore;
+use futures::TryStreamExt;
+use support::{event, raw_client, server};
+
+async fn count(store: &PgEventStore) -> usize {
+    let client = store.pool().get().await.expect("connection");
+    let n: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM \"{}\".events", store.schema()),
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    n as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_stream_ids_and_oversized_payloads_are_refused() {
+    for bad in ["", "a\u{0}b", "tab\there", &"x".repeat(256)] {
+        assert!(
+            matches!(StreamId::new(bad), Err(Error::InvalidStreamId { .. })),
+            "{bad:?}"
+        );
+    }
+    let store = support::init(
+        support::builder_on(server(), "limits").limits(Limits::new().max_payload_bytes(1024)),
+    )
+    .await;
+    let stream = StreamId::new("bad-1").expect("id");
+    let big = EventData::new("Big", "application/octet-stream", vec![1u8; 1025]);
+    match store
+        .append(&stream, ExpectedVersion::Any, vec![event("Ok", 1), big])
+        .await
+    {
+        Err(Error::LimitExceeded {
+            limit: Limit::PayloadBytes,
+            value: 1025,
+            max: 1024,
+        }) => {}
+        other => panic!("expected a payload limit error, got {other:?}"),
+    }
+    assert_eq!(count(&store).await, 0, "nothing written");
+}
+
+/// PostgreSQL text and jsonb cannot hold U+0000, the one Unicode scalar value a Rust `String`
+/// header can carry that PostgreSQL cannot store: a clear error, not a server error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_postgres_cannot_store_is_a_clear_error() {
+    let store = support::fresh_store("nul").await;
+    let stream = StreamId::new("nul-1").expect("id");
+    let cases = [
+        (
+            "a NUL in a header value",
+            event("E", 1).with_header("user", "ad\u{0}a"),
+        ),
+        (
+            "a NUL in a header key",
+            event("E", 1).with_header("us\u{0}er", "ada"),
+        ),
+        (
+            "a NUL in the content type",
+            EventData::new("E", "application/\u{0}json", &b"{}"[..]),
+        ),
+    ];
+    for (what, bad) in cases {
+        let id = bad.id;
+        match store
+            .append(&stream, ExpectedVersion::Any, vec![event("Fine", 0), bad])
+            .await
+        {
+            Err(Error::InvalidEvent { event_id, reason }) => {
+                assert_eq!(event_id, Some(id), "{what}");
+                assert!(reason.contains("NUL"), "{what}: {reason}");
+            }
+            other => panic!("{what}: expected InvalidEvent, got {other:?}"),
+        }
+    }
+    assert_eq!(count(&store).await, 0, "nothing written");
+    // Any other Unicode is fine, and the store still works.
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("E", 1).with_header("ключ", "\u{1F600}\u{7f}")],
+        )
+        .await
+        .expect("append");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_the_schema_says_to_call_init() {
+    let store = support::builder_on(server(), "missing")
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(store.schema_version().await.expect("version"), None);
+    let stream = StreamId::new("missing-1").expect("id");
+    let expect_init = |what: &str, result: Result<(), Error>| match result {
+        Err(Error::Format(message)) => {
+            assert!(message.contains("init()"), "{what}: {message}");
+            assert!(message.contains(store.schema()), "{what}: {message}");
+        }
+        other => panic!("{what}: expected Error::Format, got {other:?}"),
+    };
+    expect_init(
+        "append",
+        store
+            .append(&stream, ExpectedVersion::Any, vec![event("E", 1)])
+            .await
+            .map(drop),
+    );
+    expect_init(
+        "stream_version",
+        store.stream_version(&stream).await.map(drop),
+    );
+    expect_init(
+        "read_all",
+        store
+            .read_all(ReadAll::all())
+            .try_collect::<Vec<_>>()
+            .await
+            .map(drop),
+    );
+    expect_init("last_position", store.last_position().await.map(drop));
+    assert_eq!(
+        store.init().await.expect("init"),
+        annals_postgres::SCHEMA_VERSION
+    );
+    assert_eq!(
+        store.init().await.expect("init again"),
+        annals_postgres::SCHEMA_VERSION
+    );
+    assert_eq!(
+        store.schema_version().await.expect("version"),
+        Some(annals_postgres::SCHEMA_VERSION)
+    );
+    store
+        .append(&stream, ExpectedVersion::Any, vec![event("E", 1)])
+        .await
+        .expect("append after init");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_from_a_newer_version_is_refused() {
+    let store = support::fresh_store("newer").await;
+    let client = raw_client(server()).await;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".schema_version (version) VALUES (99)",
+                store.schema()
+            ),
+            &[],
+        )
+        .await
+        .expect("insert");
+    match store.init().await {
+        Err(Error::Format(message)) => assert!(message.contains("99"), "{message}"),
+        other => panic!("expected Error::Format, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_builder_settings_are_refused() {
+    for schema in ["", "Bad", "a-b", "9x", "x\"; DROP TABLE y"] {
+        let built = PgEventStore::builder()
+            .connection_string(server().connection_string())
+            .schema(schema)
+            .build()
+            .await;
+        assert!(matches!(built, Err(Error::Format(_))), "{schema:?}");
+    }
+    let built = PgEventStore::builder()
+        .connection_string("host=127.0.0.1 port=notaport")
+        .build()
+        .await;
+    assert!(matches!(built, Err(Error::Format(_))));
+    assert!(matches!(
+        PgEventStore::builder().build().await,
+        Err(Error::Format(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_is_unavailable() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let store = PgEventStore::connect(&format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    ))
+    .await
+    .expect("building connects lazily");
+    let stream = StreamId::new("down-1").expect("id");
+    let result = store
+        .append(&stream, ExpectedVersion::Any, vec![event("E", 1)])
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Unavailable {
+                backend: "postgres",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(matches!(store.init().await, Err(Error::Unavailable { .. })));
+    let read = store.read_all(ReadAll::all()).try_collect::<Vec<_>>().await;
+    assert!(matches!(read, Err(Error::Unavailable { .. })), "{read:?}");
+}
+
+/// A statement that runs past the statement timeout is cancelled: a timeout error, nothing
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_is_a_timeout_error() {
+    let store = support::init(
+        support::builder_on(server(), "timeout").statement_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    let stream = StreamId::new("slow-1").expect("id");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event("E", 1)])
+        .await
+        .expect("append");
+    // Another session blocks writes to the events table, so the next append waits past the
+    // timeout.
+    let mut raw = raw_client(server()).await;
+    let tx = raw.transaction().await.expect("begin");
+    tx.execute(
+        &format!("LOCK TABLE \"{}\".events IN SHARE MODE", store.schema()),
+        &[],
+    )
+    .await
+    .expect("lock");
+    let result = store
+        .append(&stream, ExpectedVersion::exact(1), vec![event("E", 2)])
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Timeout {
+                backend: "postgres",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        store.stream_version(&stream).await.expect("version").get(),
+        1,
+        "nothing written"
+    );
+    store
+        .append(&stream, ExpectedVersion::exact(1), vec![event("E", 2)])
+        .await
+        .expect("append after");
+}

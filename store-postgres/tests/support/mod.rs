@@ -1,0 +1,100 @@
+//! Shared helpers of the PostgreSQL store's tests: one throwaway server per test binary, one
+//! fresh schema per store.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use annals::{EventData, Metadata};
+use annals_postgres::{PgEventStore, PgEventStoreBuilder};
+use annals_testkit::postgres::PgServer;
+
+/// A guard against hangs, never a speed assertion.
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// The server of this test binary.
+pub fn server() -> &'static PgServer {
+    PgServer::shared()
+}
+
+/// A schema name no other store of this binary uses.
+pub fn fresh_schema(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A builder on `server` with a fresh schema and a short poll interval.
+pub fn builder_on(server: &PgServer, prefix: &str) -> PgEventStoreBuilder {
+    PgEventStore::builder()
+        .connection_string(server.connection_string())
+        .schema(fresh_schema(prefix))
+        .poll_interval(Duration::from_millis(20))
+        .lease_check_interval(Duration::from_millis(100))
+}
+
+/// A store on the shared server, on a fresh schema, initialised.
+pub async fn fresh_store(prefix: &str) -> PgEventStore {
+    init(builder_on(server(), prefix)).await
+}
+
+/// Builds and initialises.
+pub async fn init(builder: PgEventStoreBuilder) -> PgEventStore {
+    let store = builder.build().await.expect("build the store");
+    store.init().await.expect("init the schema");
+    store
+}
+
+/// A raw client on `server`, its connection driven by a task.
+pub async fn raw_client(server: &PgServer) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&server.connection_string(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// An event with a JSON payload `{"n": n}`.
+pub fn event(event_type: &str, n: u64) -> EventData {
+    EventData::json(event_type, &serde_json::json!({ "n": n }))
+        .expect("json")
+        .with_metadata(Metadata::now())
+}
+
+/// A small deterministic pseudo-random generator (xorshift), so runs can be replayed by seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Waits until global readers of `store` can see `position` (every older transaction, of any
+/// test sharing the server, has ended).
+pub async fn wait_visible<S: annals::EventStore>(store: &S, position: annals::Position) {
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if store.last_position().await.expect("last position") >= Some(position) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the position never became visible");
+}
