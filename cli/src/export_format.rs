@@ -132,13 +132,22 @@ impl ExportWriter {
             created_at: Timestamp::now().to_string(),
             from: from.to_string(),
         };
-        writeln!(out, "{}", serde_json::to_string(&header).map_err(json_failure)?)?;
-        Ok(ExportWriter { out, count: 0, crc: crc32fast::Hasher::new() })
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&header).map_err(json_failure)?
+        )?;
+        Ok(ExportWriter {
+            out,
+            count: 0,
+            crc: crc32fast::Hasher::new(),
+        })
     }
 
     /// Appends one event.
     pub fn write(&mut self, event: &RecordedEvent) -> CliResult {
-        let e = serde_json::to_string(&ExportedEvent::from_recorded(event)).map_err(json_failure)?;
+        let e =
+            serde_json::to_string(&ExportedEvent::from_recorded(event)).map_err(json_failure)?;
         let c = crc32fast::hash(e.as_bytes());
         self.crc.update(&c.to_le_bytes());
         writeln!(self.out, "{{\"e\":{e},\"c\":{c}}}")?;
@@ -148,9 +157,20 @@ impl ExportWriter {
 
     /// Writes the trailer and syncs the file; returns the number of events.
     pub fn finish(mut self) -> CliResult<u64> {
-        let trailer = Trailer { end: true, events: self.count, crc: self.crc.finalize() };
-        writeln!(self.out, "{}", serde_json::to_string(&trailer).map_err(json_failure)?)?;
-        let file = self.out.into_inner().map_err(|e| Failure::from(e.into_error()))?;
+        let trailer = Trailer {
+            end: true,
+            events: self.count,
+            crc: self.crc.finalize(),
+        };
+        writeln!(
+            self.out,
+            "{}",
+            serde_json::to_string(&trailer).map_err(json_failure)?
+        )?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Failure::from(e.into_error()))?;
         file.sync_all()?;
         Ok(self.count)
     }
@@ -175,7 +195,10 @@ pub struct Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("path", &self.path).field("line", &self.number).finish()
+        f.debug_struct("Reader")
+            .field("path", &self.path)
+            .field("line", &self.number)
+            .finish()
     }
 }
 
@@ -274,10 +297,9 @@ impl Iterator for Reader {
             Ok(None) => {
                 self.done = true;
                 // Nothing may follow the trailer.
-                match self.lines.next() {
-                    None => None,
-                    Some(_) => Some(Err(self.corrupt("lines follow the trailer"))),
-                }
+                self.lines
+                    .next()
+                    .map(|_| Err(self.corrupt("lines follow the trailer")))
             }
             Err(e) => {
                 self.done = true;

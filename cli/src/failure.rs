@@ -19,17 +19,26 @@ pub type CliResult<T = ()> = Result<T, Failure>;
 impl Failure {
     /// Something asked for does not exist, or a check found a problem (exit 1).
     pub fn not_found(message: impl Into<String>) -> Self {
-        Failure { code: 1, message: message.into() }
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
     }
 
     /// A check found problems (exit 1).
     pub fn problems(message: impl Into<String>) -> Self {
-        Failure { code: 1, message: message.into() }
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
     }
 
     /// Bad usage or a store that cannot be reached (exit 2).
     pub fn usage(message: impl Into<String>) -> Self {
-        Failure { code: 2, message: message.into() }
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
     }
 
     /// The exit code.
@@ -65,10 +74,16 @@ impl From<annals::Error> for Failure {
     fn from(error: annals::Error) -> Self {
         use annals::Error as E;
         let code = match &error {
-            E::Unavailable { .. } | E::Timeout { .. } | E::Format(_) | E::InvalidStreamId { .. } => 2,
+            E::Unavailable { .. }
+            | E::Timeout { .. }
+            | E::Format(_)
+            | E::InvalidStreamId { .. } => 2,
             _ => 1,
         };
-        Failure { code, message: one_line(&error) }
+        Failure {
+            code,
+            message: one_line(&error),
+        }
     }
 }
 
@@ -79,7 +94,7 @@ impl From<std::io::Error> for Failure {
 }
 
 /// An error and its sources on one line: `outer: cause: root cause`.
-pub fn one_line(error: &dyn std::error::Error) -> String {
+pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -38,7 +38,9 @@ use std::sync::Arc;
 use clap::Parser;
 
 pub use args::Cli;
-pub use export_format::{ExportWriter, ExportedEvent, Reader as ExportReader, FORMAT, FORMAT_VERSION};
+pub use export_format::{
+    ExportWriter, ExportedEvent, Reader as ExportReader, FORMAT, FORMAT_VERSION,
+};
 pub use failure::{CliResult, Failure};
 pub use open::{open, OpenedStore};
 pub use registry::{Registry, ReplayPoint, ReplayedState, Replayer};
@@ -101,7 +103,10 @@ impl App {
             }
         };
         init_logs(cli.verbose);
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("annals: cannot start the async runtime: {e}");
@@ -124,14 +129,21 @@ impl App {
         let creates = matches!(cli.command, Command::Import { .. });
         let store = open(url, creates).await?;
         let out = Out::new(cli.json);
-        let cx = Context { store: &store, out: &out };
+        let cx = Context {
+            store: &store,
+            out: &out,
+        };
         let registry = &self.registry;
         let result = match &cli.command {
-            Command::Streams { category } => commands::inspect::streams(&cx, category.as_deref()).await,
-            Command::Show(args) => commands::inspect::show(&cx, registry, args).await,
-            Command::Tail { category, from, count } => {
-                commands::tail::tail(&cx, registry, category.clone(), *from, *count).await
+            Command::Streams { category } => {
+                commands::inspect::streams(&cx, category.as_deref()).await
             }
+            Command::Show(args) => commands::inspect::show(&cx, registry, args).await,
+            Command::Tail {
+                category,
+                from,
+                count,
+            } => commands::tail::tail(&cx, registry, category.clone(), *from, *count).await,
             Command::Replay(args) => commands::replay::replay(&cx, registry, args).await,
             Command::Verify { max_problems } => commands::verify::verify(&cx, *max_problems).await,
             Command::Export { file, from } => commands::export::export(&cx, file, *from).await,

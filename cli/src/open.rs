@@ -27,7 +27,9 @@ enum Backend {
 
 impl std::fmt::Debug for OpenedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedStore").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("OpenedStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,17 +47,29 @@ pub async fn open(url: &str, create: bool) -> CliResult<OpenedStore> {
     if let Some(path) = url.strip_prefix("sled:") {
         let path = PathBuf::from(path.strip_prefix("//").unwrap_or(path));
         if path.as_os_str().is_empty() {
-            return Err(Failure::usage(format!("store URL `{url}` names no path: use sled:<path>")));
+            return Err(Failure::usage(format!(
+                "store URL `{url}` names no path: use sled:<path>"
+            )));
         }
         if !create && !path.exists() {
-            return Err(Failure::usage(format!("no sled store at {}", path.display())));
+            return Err(Failure::usage(format!(
+                "no sled store at {}",
+                path.display()
+            )));
         }
         let store = annals_sled::SledEventStore::builder()
             .path(&path)
             .open()
             .await
-            .map_err(|e| Failure::usage(crate::failure::one_line(&e)).context(format!("opening sled store {}", path.display())))?;
-        return Ok(OpenedStore { url: url.to_owned(), any: store.clone().into_any(), backend: Backend::Sled(store) });
+            .map_err(|e| {
+                Failure::usage(crate::failure::one_line(&e))
+                    .context(format!("opening sled store {}", path.display()))
+            })?;
+        return Ok(OpenedStore {
+            url: url.to_owned(),
+            any: store.clone().into_any(),
+            backend: Backend::Sled(store),
+        });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return open_postgres(url, create).await;
@@ -79,22 +93,37 @@ async fn open_postgres(url: &str, create: bool) -> CliResult<OpenedStore> {
         .await
         .map_err(|e| Failure::usage(crate::failure::one_line(&e)).context(&place))?;
     if create {
-        store.init().await.map_err(|e| Failure::usage(crate::failure::one_line(&e)).context(&place))?;
+        store
+            .init()
+            .await
+            .map_err(|e| Failure::usage(crate::failure::one_line(&e)).context(&place))?;
     }
-    Ok(OpenedStore { url: url.to_owned(), any: store.into_any(), backend: Backend::Postgres })
+    Ok(OpenedStore {
+        url: url.to_owned(),
+        any: store.into_any(),
+        backend: Backend::Postgres,
+    })
 }
 
 #[cfg(not(feature = "postgres"))]
 async fn open_postgres(url: &str, _create: bool) -> CliResult<OpenedStore> {
-    Err(Failure::usage(format!("`{}`: this build has no PostgreSQL support (feature `postgres`)", redact(url))))
+    Err(Failure::usage(format!(
+        "`{}`: this build has no PostgreSQL support (feature `postgres`)",
+        redact(url)
+    )))
 }
 
 /// Splits a `schema=` query parameter off a PostgreSQL URL.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 fn split_schema(url: &str) -> (&str, Option<&str>) {
-    let Some((base, query)) = url.split_once('?') else { return (url, None) };
+    let Some((base, query)) = url.split_once('?') else {
+        return (url, None);
+    };
     let schema = query.split('&').find_map(|kv| kv.strip_prefix("schema="));
-    let rest: Vec<&str> = query.split('&').filter(|kv| !kv.starts_with("schema=")).collect();
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.starts_with("schema="))
+        .collect();
     if rest.is_empty() {
         (base, schema)
     } else {
@@ -130,7 +159,7 @@ impl OpenedStore {
                         stream: p.stream.as_ref().map(ToString::to_string),
                         version: p.version.map(|v| v.get()),
                         position: p.position.map(|p| p.to_string()),
-                        problem: p.problem.clone(),
+                        problem: format!("{:?}: {}", p.kind, p.detail),
                     })
                     .collect())
             }

@@ -10,24 +10,27 @@ use crate::failure::CliResult;
 
 /// Where command output goes, and in which form.
 #[derive(Debug)]
-pub struct Out {
+pub(crate) struct Out {
     json: bool,
     stdout: std::io::Stdout,
 }
 
 impl Out {
     /// Output in JSON lines when `json`, else text.
-    pub fn new(json: bool) -> Self {
-        Out { json, stdout: std::io::stdout() }
+    pub(crate) fn new(json: bool) -> Self {
+        Out {
+            json,
+            stdout: std::io::stdout(),
+        }
     }
 
     /// Whether the output is JSON lines.
-    pub fn is_json(&self) -> bool {
+    pub(crate) fn is_json(&self) -> bool {
         self.json
     }
 
     /// Prints `value` as one JSON line (JSON mode) or `text` (text mode).
-    pub fn emit(&self, value: &Value, text: impl FnOnce() -> String) -> CliResult {
+    pub(crate) fn emit(&self, value: &Value, text: impl FnOnce() -> String) -> CliResult {
         let mut lock = self.stdout.lock();
         let written = if self.json {
             writeln!(lock, "{value}")
@@ -44,7 +47,7 @@ impl Out {
 }
 
 /// A payload as JSON when its content type is JSON (or `decoded` gives it), else base64.
-pub fn payload_json(event: &RecordedEvent, decoded: Option<Value>) -> (Value, &'static str) {
+pub(crate) fn payload_json(event: &RecordedEvent, decoded: Option<Value>) -> (Value, &'static str) {
     if let Some(value) = decoded {
         return (value, "json");
     }
@@ -60,7 +63,7 @@ pub fn payload_json(event: &RecordedEvent, decoded: Option<Value>) -> (Value, &'
 }
 
 /// An event with all its metadata as a JSON object.
-pub fn event_json(event: &RecordedEvent, decoded: Option<Value>) -> Value {
+pub(crate) fn event_json(event: &RecordedEvent, decoded: Option<Value>) -> Value {
     let (payload, encoding) = payload_json(event, decoded);
     json!({
         "stream_id": event.stream_id,
@@ -81,7 +84,7 @@ pub fn event_json(event: &RecordedEvent, decoded: Option<Value>) -> Value {
 }
 
 /// An event as human text: one header line, then metadata and payload lines.
-pub fn event_text(event: &RecordedEvent, decoded: Option<Value>) -> String {
+pub(crate) fn event_text(event: &RecordedEvent, decoded: Option<Value>) -> String {
     let (payload, encoding) = payload_json(event, decoded);
     let mut text = format!(
         "{} v{} @{} {} (schema {}, {})\n  id {}  recorded {}  timestamp {}",

@@ -62,7 +62,8 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Adds a replayer; a later one for the same category replaces the earlier.
     pub fn insert(&mut self, replayer: Arc<dyn Replayer>) {
-        self.by_category.insert(replayer.category().to_owned(), replayer);
+        self.by_category
+            .insert(replayer.category().to_owned(), replayer);
     }
 
     /// The replayer for `stream`'s category.

@@ -18,13 +18,17 @@ pub struct AggregateReplayer<A> {
 
 impl<A> std::fmt::Debug for AggregateReplayer<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AggregateReplayer").field("type", &std::any::type_name::<A>()).finish()
+        f.debug_struct("AggregateReplayer")
+            .field("type", &std::any::type_name::<A>())
+            .finish()
     }
 }
 
 impl<A> Default for AggregateReplayer<A> {
     fn default() -> Self {
-        AggregateReplayer { _aggregate: PhantomData }
+        AggregateReplayer {
+            _aggregate: PhantomData,
+        }
     }
 }
 
@@ -54,16 +58,25 @@ where
                 .as_str()
                 .strip_prefix(A::TYPE)
                 .and_then(|rest| rest.strip_prefix('-'))
-                .ok_or_else(|| Failure::usage(format!("stream `{stream}` is not of category `{}`", A::TYPE)))?;
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "stream `{stream}` is not of category `{}`",
+                        A::TYPE
+                    ))
+                })?;
             let repository: Repository<A, AnyStore> = Repository::new(store.clone());
             let loaded = match point {
                 ReplayPoint::Latest => repository.load(id).await,
                 ReplayPoint::Version(v) => repository.load_at(id, v).await,
                 ReplayPoint::AsOf(t) => repository.load_as_of(id, t).await,
             }?;
-            let state = serde_json::to_value(&loaded.state)
-                .map_err(|e| Failure::problems(format!("cannot show the state of `{stream}` as JSON: {e}")))?;
-            Ok(ReplayedState { version: loaded.version, state })
+            let state = serde_json::to_value(&loaded.state).map_err(|e| {
+                Failure::problems(format!("cannot show the state of `{stream}` as JSON: {e}"))
+            })?;
+            Ok(ReplayedState {
+                version: loaded.version,
+                state,
+            })
         }
         .boxed()
     }
@@ -71,7 +84,9 @@ where
     fn decode_event(&self, event: &RecordedEvent) -> Option<Value> {
         let decoded = match event.content_type.as_str() {
             annals::CONTENT_TYPE_JSON => A::Event::decode(&Json, &event.event_type, &event.payload),
-            annals::CONTENT_TYPE_BINCODE => A::Event::decode(&Bincode, &event.event_type, &event.payload),
+            annals::CONTENT_TYPE_BINCODE => {
+                A::Event::decode(&Bincode, &event.event_type, &event.payload)
+            }
             _ => return None,
         }
         .ok()?;

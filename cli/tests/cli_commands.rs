@@ -20,16 +20,29 @@ async fn streams_show_stats_and_tail() {
     let streams = json_lines(&out);
     let summary: Vec<(String, u64)> = streams
         .iter()
-        .map(|s| (s["stream_id"].as_str().unwrap().to_owned(), s["version"].as_u64().unwrap()))
+        .map(|s| {
+            (
+                s["stream_id"].as_str().unwrap().to_owned(),
+                s["version"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
-        [("account-1".into(), 4), ("account-2".into(), 2), ("account-3".into(), 3), ("order-1".into(), 2)]
+        [
+            ("account-1".into(), 4),
+            ("account-2".into(), 2),
+            ("account-3".into(), 3),
+            ("order-1".into(), 2)
+        ]
     );
     let out = annals(&url, &["--json", "streams", "--category", "order"]);
     assert_eq!(json_lines(&out).len(), 1);
 
-    let out = annals(&url, &["--json", "show", "account-1", "--from", "2", "--to", "3"]);
+    let out = annals(
+        &url,
+        &["--json", "show", "account-1", "--from", "2", "--to", "3"],
+    );
     let events = json_lines(&out);
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["version"], 2);
@@ -39,12 +52,18 @@ async fn streams_show_stats_and_tail() {
     assert_eq!(events[0]["payload_encoding"], "json");
     let out = annals(&url, &["--json", "show", "order-1"]);
     let events = json_lines(&out);
-    assert_eq!(events[0]["payload_encoding"], "base64", "raw bytes are shown as base64");
+    assert_eq!(
+        events[0]["payload_encoding"], "base64",
+        "raw bytes are shown as base64"
+    );
     assert_eq!(events[0]["payload"], "AAEC/w==");
     let text = annals(&url, &["show", "account-2"]);
     let (code, stdout, _) = outcome(&text);
     assert_eq!(code, 0);
-    assert!(stdout.contains("account-2 v1") && stdout.contains("Opened"), "{stdout}");
+    assert!(
+        stdout.contains("account-2 v1") && stdout.contains("Opened"),
+        "{stdout}"
+    );
 
     let out = annals(&url, &["--json", "stats"]);
     let stats = &json_lines(&out)[0];
@@ -53,9 +72,27 @@ async fn streams_show_stats_and_tail() {
     assert_eq!(stats["categories"], 2);
     assert_eq!(stats["per_category"]["account"]["events"], 9);
 
-    let out = annals(&url, &["--json", "tail", "--from", "0", "--category", "order", "--count", "2"]);
+    let out = annals(
+        &url,
+        &[
+            "--json",
+            "tail",
+            "--from",
+            "0",
+            "--category",
+            "order",
+            "--count",
+            "2",
+        ],
+    );
     let tailed = json_lines(&out);
-    assert_eq!(tailed.iter().map(|e| e["event_type"].as_str().unwrap()).collect::<Vec<_>>(), ["Placed", "Shipped"]);
+    assert_eq!(
+        tailed
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["Placed", "Shipped"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +104,10 @@ async fn missing_things_and_bad_input_give_clear_errors_and_exit_codes() {
 
     let (code, _, err) = outcome(&annals(&url, &["show", "account-404"]));
     assert_eq!(code, 1);
-    assert!(err.contains("account-404") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("account-404") && err.contains("does not exist"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
     let (code, _, err) = outcome(&annals("mongodb://x", &["streams"]));
@@ -81,13 +121,19 @@ async fn missing_things_and_bad_input_give_clear_errors_and_exit_codes() {
 
     let (code, _, err) = outcome(&annals(&url, &["replay", "account-1"]));
     assert_eq!(code, 2);
-    assert!(err.contains("no aggregate type is registered for category `account`"), "{err}");
+    assert!(
+        err.contains("no aggregate type is registered for category `account`"),
+        "{err}"
+    );
 
     let (code, _, err) = outcome(&annals(&url, &["show", ""]));
     assert_eq!(code, 2, "{err}");
 
     let (code, _, err) = outcome(&annals("postgres://annals@127.0.0.1:1/none", &["streams"]));
-    assert_eq!(code, 2, "an unreachable server is a connection error: {err}");
+    assert_eq!(
+        code, 2,
+        "an unreachable server is a connection error: {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -103,16 +149,26 @@ async fn verify_is_clean_then_catches_a_flipped_byte() {
     assert_eq!(lines.last().unwrap()["ok"], true);
     assert_eq!(lines.last().unwrap()["events"], 11);
 
-    annals_sled::testing::corrupt_event(&db, 5).await.expect("plant corruption");
+    support::corrupt_record_containing(&db, b"MARKER-TO-CORRUPT");
     let out = annals(&url, &["--json", "verify"]);
     let (code, _, err) = outcome(&out);
     assert_eq!(code, 1, "verify must fail: {err}");
     let lines = json_lines(&out);
-    let problems: Vec<_> = lines.iter().filter(|l| l.get("problem").is_some()).collect();
+    let problems: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("problem").is_some())
+        .collect();
     assert!(!problems.is_empty());
     assert!(
-        problems.iter().any(|p| p["problem"]["position"] == "5"),
-        "the problem names the position: {problems:?}"
+        problems.iter().any(|p| p["problem"]["stream"] == "order-1"
+            && p["problem"]["version"] == 2
+            && p["problem"]["position"] == "11"),
+        "a problem names the record (order-1 v2 at 11): {problems:?}"
+    );
+    let (_, stdout, _) = outcome(&annals(&url, &["verify"]));
+    assert!(
+        stdout.contains("PROBLEM stream order-1, version 2"),
+        "{stdout}"
     );
 }
 
@@ -149,7 +205,13 @@ async fn export_then_import_gives_identical_show_output_and_is_idempotent() {
     // Again: nothing changes.
     let out = annals(&copy, &["--json", "import", file.to_str().unwrap()]);
     let result = &json_lines(&out)[0];
-    assert_eq!((result["imported"].as_u64(), result["already_present"].as_u64()), (Some(0), Some(11)));
+    assert_eq!(
+        (
+            result["imported"].as_u64(),
+            result["already_present"].as_u64()
+        ),
+        (Some(0), Some(11))
+    );
     let stats = &json_lines(&annals(&copy, &["--json", "stats"]))[0];
     assert_eq!(stats["events"], 11);
 
@@ -162,7 +224,10 @@ async fn export_then_import_gives_identical_show_output_and_is_idempotent() {
     let fresh = sled_url(&dir.path().join("fresh"));
     let (code, _, err) = outcome(&annals(&fresh, &["import", bad.to_str().unwrap()]));
     assert_eq!(code, 1);
-    assert!(err.contains("corrupt export file") && err.contains("line 10"), "{err}");
+    assert!(
+        err.contains("corrupt export file") && err.contains("line 10"),
+        "{err}"
+    );
     let stats = &json_lines(&annals(&fresh, &["--json", "stats"]))[0];
     assert_eq!(stats["events"], 0, "nothing written from a corrupt file");
     // A truncated file too.

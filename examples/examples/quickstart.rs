@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// What a run did, for the test at the end of this file.
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug)]
 struct Summary {
     run: u64,
@@ -44,7 +45,7 @@ struct Summary {
 }
 
 async fn run(path: &Path) -> anyhow::Result<Summary> {
-    let store = SledEventStore::builder().path(&path).open().await?;
+    let store = SledEventStore::builder().path(path).open().await?;
     let before = store.last_position().await?;
     let run = run_number(&store).await?;
     println!("# Annals quickstart, run {run}");

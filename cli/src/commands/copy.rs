@@ -8,7 +8,6 @@ use crate::failure::{CliResult, Failure};
 /// Collects consecutive events of one stream into batches and appends each with the version
 /// its first event had at the source, so versions are kept exactly. Re-appending events that
 /// are already there is a no-op (appends are idempotent by event id).
-#[derive(Debug)]
 pub(crate) struct Copier {
     target: AnyStore,
     max_batch: usize,
@@ -19,6 +18,15 @@ pub(crate) struct Copier {
     pub(crate) written: u64,
     /// Events found already present (a re-run).
     pub(crate) present: u64,
+}
+
+impl std::fmt::Debug for Copier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copier")
+            .field("written", &self.written)
+            .field("present", &self.present)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Copier {
@@ -36,7 +44,12 @@ impl Copier {
     }
 
     /// Adds the event `data` at `version` of `stream`.
-    pub(crate) async fn push(&mut self, stream: StreamId, version: Version, data: EventData) -> CliResult {
+    pub(crate) async fn push(
+        &mut self,
+        stream: StreamId,
+        version: Version,
+        data: EventData,
+    ) -> CliResult {
         let continues = self.stream.as_ref() == Some(&stream)
             && self.first_version.get() + self.batch.len() as u64 == version.get()
             && self.batch.len() < self.max_batch;
@@ -51,7 +64,9 @@ impl Copier {
 
     /// Appends what is batched.
     pub(crate) async fn flush(&mut self) -> CliResult {
-        let Some(stream) = self.stream.clone() else { return Ok(()) };
+        let Some(stream) = self.stream.clone() else {
+            return Ok(());
+        };
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -61,8 +76,12 @@ impl Copier {
             Err(Error::IdempotencyConflict { .. }) => {
                 // Part of this batch was copied by an earlier run in other batches: go one by one.
                 for (i, event) in batch.into_iter().enumerate() {
-                    let expected = ExpectedVersion::Exact(Version::new(self.first_version.get() - 1 + i as u64));
-                    self.append(&stream, expected, vec![event]).await.map_err(|e| self.failure(&stream, e))?;
+                    let expected = ExpectedVersion::Exact(Version::new(
+                        self.first_version.get() - 1 + i as u64,
+                    ));
+                    self.append(&stream, expected, vec![event])
+                        .await
+                        .map_err(|e| self.failure(&stream, e))?;
                 }
                 Ok(())
             }
@@ -70,7 +89,12 @@ impl Copier {
         }
     }
 
-    async fn append(&mut self, stream: &StreamId, expected: ExpectedVersion, batch: Vec<EventData>) -> Result<(), Error> {
+    async fn append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        batch: Vec<EventData>,
+    ) -> Result<(), Error> {
         let count = batch.len() as u64;
         let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
         let head = self.target.stream_version(stream).await?;

@@ -35,9 +35,10 @@ pub(crate) async fn export(cx: &Context<'_>, file: &Path, from: Option<Position>
             return Err(e);
         }
     };
-    cx.out.emit(&json!({ "exported": count, "file": file.display().to_string() }), || {
-        format!("exported {count} events to {}", file.display())
-    })
+    cx.out.emit(
+        &json!({ "exported": count, "file": file.display().to_string() }),
+        || format!("exported {count} events to {}", file.display()),
+    )
 }
 
 /// `annals import <file>`.
@@ -50,13 +51,21 @@ pub(crate) async fn import(cx: &Context<'_>, file: &Path) -> CliResult {
     for event in Reader::open(file)? {
         let event = event?;
         let data = event.to_event_data().map_err(Failure::problems)?;
-        copier.push(event.stream_id.clone(), event.version, data).await?;
+        copier
+            .push(event.stream_id.clone(), event.version, data)
+            .await?;
         progress.inc(1);
     }
     copier.flush().await?;
     progress.finish_and_clear();
     let (written, present) = (copier.written, copier.present);
-    cx.out.emit(&json!({ "imported": written, "already_present": present, "events": total }), || {
-        format!("imported {written} events ({present} were already present) from {}", file.display())
-    })
+    cx.out.emit(
+        &json!({ "imported": written, "already_present": present, "events": total }),
+        || {
+            format!(
+                "imported {written} events ({present} were already present) from {}",
+                file.display()
+            )
+        },
+    )
 }

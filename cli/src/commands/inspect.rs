@@ -24,11 +24,21 @@ pub(crate) async fn streams(cx: &Context<'_>, category: Option<&str>) -> CliResu
                 "last_position": info.last_position.to_string(),
                 "last_recorded_at": info.last_recorded_at.to_string(),
             }),
-            || format!("{:<40} v{:<8} {}", info.stream_id, info.version, info.last_recorded_at),
+            || {
+                format!(
+                    "{:<40} v{:<8} {}",
+                    info.stream_id, info.version, info.last_recorded_at
+                )
+            },
         )?;
     }
     if listed == 0 && !cx.out.is_json() {
-        eprintln!("no streams{}", category.map(|c| format!(" in category `{c}`")).unwrap_or_default());
+        eprintln!(
+            "no streams{}",
+            category
+                .map(|c| format!(" in category `{c}`"))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -38,7 +48,9 @@ pub(crate) async fn show(cx: &Context<'_>, registry: &Registry, args: &ShowArgs)
     let stream = StreamId::new(&args.stream).map_err(|e| Failure::usage(e.to_string()))?;
     let head = cx.store.any.stream_version(&stream).await?;
     if head.is_empty() {
-        return Err(Failure::not_found(format!("stream `{stream}` does not exist")));
+        return Err(Failure::not_found(format!(
+            "stream `{stream}` does not exist"
+        )));
     }
     let from = args.from.unwrap_or(Version::FIRST).max(Version::FIRST);
     let to = args.to.unwrap_or(head).min(head);
@@ -48,12 +60,16 @@ pub(crate) async fn show(cx: &Context<'_>, registry: &Registry, args: &ShowArgs)
         )));
     }
     let limit = (to.get() - from.get() + 1) as usize;
-    let mut events = cx.store.any.read_stream(&stream, ReadStream::forward().from(from).limit(limit));
+    let mut events = cx
+        .store
+        .any
+        .read_stream(&stream, ReadStream::forward().from(from).limit(limit));
     while let Some(event) = events.try_next().await? {
         let decoded = registry.decode_event(&event);
-        cx.out.emit(&crate::output::event_json(&event, decoded.clone()), || {
-            crate::output::event_text(&event, decoded)
-        })?;
+        cx.out
+            .emit(&crate::output::event_json(&event, decoded.clone()), || {
+                crate::output::event_text(&event, decoded)
+            })?;
     }
     Ok(())
 }

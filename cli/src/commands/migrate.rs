@@ -15,7 +15,9 @@ const CHECKPOINT_EVERY: u64 = 1_000;
 
 /// `annals migrate --to <URL>`.
 pub(crate) async fn migrate(cx: &Context<'_>, to: &str) -> CliResult {
-    let target = crate::open::open(to, true).await.map_err(|e| e.context(format!("target {to}")))?;
+    let target = crate::open::open(to, true)
+        .await
+        .map_err(|e| e.context(format!("target {to}")))?;
     let source = cx.store.any.clone();
     // Where an interrupted run got to, kept in the target.
     let checkpoint = format!("annals.migrate:{}", cx.store.url);
@@ -32,7 +34,13 @@ pub(crate) async fn migrate(cx: &Context<'_>, to: &str) -> CliResult {
     let mut last = None;
     while let Some(event) = events.try_next().await? {
         let position = event.position;
-        copier.push(event.stream_id.clone(), event.version, event.to_event_data()).await?;
+        copier
+            .push(
+                event.stream_id.clone(),
+                event.version,
+                event.to_event_data(),
+            )
+            .await?;
         last = Some(position);
         since += 1;
         if since >= CHECKPOINT_EVERY {
@@ -60,9 +68,12 @@ pub(crate) async fn migrate(cx: &Context<'_>, to: &str) -> CliResult {
     }
 
     let comparison = compare(&source, &target.any).await?;
-    let ok = comparison.mismatches.is_empty() && comparison.source_events == comparison.target_events;
+    let ok =
+        comparison.mismatches.is_empty() && comparison.source_events == comparison.target_events;
     for stream in comparison.mismatches.iter().take(20) {
-        cx.out.emit(&json!({ "mismatch": stream }), || format!("MISMATCH stream {stream}"))?;
+        cx.out.emit(&json!({ "mismatch": stream }), || {
+            format!("MISMATCH stream {stream}")
+        })?;
     }
     cx.out.emit(
         &json!({
@@ -92,7 +103,9 @@ pub(crate) async fn migrate(cx: &Context<'_>, to: &str) -> CliResult {
     if ok {
         Ok(())
     } else {
-        Err(Failure::problems("the target differs from the source after migration"))
+        Err(Failure::problems(
+            "the target differs from the source after migration",
+        ))
     }
 }
 
@@ -121,7 +134,10 @@ async fn compare(source: &AnyStore, target: &AnyStore) -> CliResult<Comparison> 
     while let Some(info) = streams.try_next().await? {
         comparison.source_streams += 1;
         comparison.source_events += info.version.get();
-        let (a, b) = (stream_checksum(source, &info.stream_id).await?, stream_checksum(target, &info.stream_id).await?);
+        let (a, b) = (
+            stream_checksum(source, &info.stream_id).await?,
+            stream_checksum(target, &info.stream_id).await?,
+        );
         if a != b {
             comparison.mismatches.push(info.stream_id);
         }
@@ -146,7 +162,8 @@ pub(crate) async fn stream_checksum(store: &AnyStore, stream: &StreamId) -> CliR
         hasher.update(&e.schema_version.to_le_bytes());
         hasher.update(&(e.payload.len() as u64).to_le_bytes());
         hasher.update(&e.payload);
-        let metadata = serde_json::to_vec(&e.metadata).map_err(|e| Failure::problems(e.to_string()))?;
+        let metadata =
+            serde_json::to_vec(&e.metadata).map_err(|e| Failure::problems(e.to_string()))?;
         hasher.update(&metadata);
     }
     Ok((count, hasher.finalize()))

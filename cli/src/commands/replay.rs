@@ -23,7 +23,9 @@ pub(crate) async fn replay(cx: &Context<'_>, registry: &Registry, args: &ReplayA
     };
     let head = cx.store.any.stream_version(&stream).await?;
     if head.is_empty() {
-        return Err(Failure::not_found(format!("stream `{stream}` does not exist")));
+        return Err(Failure::not_found(format!(
+            "stream `{stream}` does not exist"
+        )));
     }
     if let Some(version) = args.at_version {
         if version > head || version.is_empty() {
@@ -34,10 +36,16 @@ pub(crate) async fn replay(cx: &Context<'_>, registry: &Registry, args: &ReplayA
     }
     if let Some((a, b)) = args.diff {
         if b > head {
-            return Err(Failure::not_found(format!("stream `{stream}` is at version {head}; there is no version {b}")));
+            return Err(Failure::not_found(format!(
+                "stream `{stream}` is at version {head}; there is no version {b}"
+            )));
         }
-        let before = replayer.replay(&cx.store.any, &stream, ReplayPoint::Version(a)).await?;
-        let after = replayer.replay(&cx.store.any, &stream, ReplayPoint::Version(b)).await?;
+        let before = replayer
+            .replay(&cx.store.any, &stream, ReplayPoint::Version(a))
+            .await?;
+        let after = replayer
+            .replay(&cx.store.any, &stream, ReplayPoint::Version(b))
+            .await?;
         let mut changes = Vec::new();
         diff_values("", &before.state, &after.state, &mut changes);
         let events: Vec<Value> = cx
@@ -89,10 +97,17 @@ fn diff_values(path: &str, before: &Value, after: &Value, out: &mut Vec<Value>) 
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for key in keys {
                 let sub = format!("{path}/{key}");
-                diff_values(&sub, a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), out);
+                diff_values(
+                    &sub,
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
             }
         }
-        (a, b) if a != b => out.push(json!({ "path": if path.is_empty() { "/" } else { path }, "before": a, "after": b })),
+        (a, b) if a != b => out.push(
+            json!({ "path": if path.is_empty() { "/" } else { path }, "before": a, "after": b }),
+        ),
         _ => {}
     }
 }

@@ -18,7 +18,9 @@ pub(crate) async fn stats(cx: &Context<'_>) -> CliResult {
     while let Some(event) = events.try_next().await? {
         count += 1;
         bytes += event.payload.len() as u64;
-        let entry = categories.entry(event.stream_id.category().to_owned()).or_default();
+        let entry = categories
+            .entry(event.stream_id.category().to_owned())
+            .or_default();
         entry.1 += 1;
         if event.version.get() == 1 {
             entry.0 += 1;

@@ -16,7 +16,12 @@ pub(crate) async fn tail(
 ) -> CliResult {
     let from = match from {
         Some(p) => p,
-        None => cx.store.any.last_position().await?.map_or(Position::START, Position::next),
+        None => cx
+            .store
+            .any
+            .last_position()
+            .await?
+            .map_or(Position::START, Position::next),
     };
     let filter = category.map_or_else(Filter::all, |c| Filter::all().category(c));
     let mut events = subscribe_all(cx.store.any.clone(), from, filter);
@@ -33,8 +38,9 @@ pub(crate) async fn tail(
         let event = event?;
         seen += 1;
         let decoded = registry.decode_event(&event);
-        cx.out.emit(&crate::output::event_json(&event, decoded.clone()), || {
-            crate::output::event_text(&event, decoded)
-        })?;
+        cx.out
+            .emit(&crate::output::event_json(&event, decoded.clone()), || {
+                crate::output::event_text(&event, decoded)
+            })?;
     }
 }

@@ -39,7 +39,12 @@ impl Problem {
 
     pub(crate) fn of_error(error: &Error) -> Self {
         match error {
-            Error::Corrupt { stream, version, position, reason } => Problem {
+            Error::Corrupt {
+                stream,
+                version,
+                position,
+                reason,
+            } => Problem {
                 stream: stream.as_ref().map(ToString::to_string),
                 version: version.map(Version::get),
                 position: position.map(|p| p.to_string()),
@@ -57,7 +62,11 @@ impl Problem {
 
 /// The number of events in the store: the sum of every stream's version.
 pub(crate) async fn total_events(cx: &Context<'_>) -> annals::Result<u64> {
-    cx.store.any.streams().try_fold(0u64, |n, s| async move { Ok(n + s.version.get()) }).await
+    cx.store
+        .any
+        .streams()
+        .try_fold(0u64, |n, s| async move { Ok(n + s.version.get()) })
+        .await
 }
 
 /// `annals verify`.
@@ -86,7 +95,10 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
                             stream: Some(event.stream_id.to_string()),
                             version: Some(event.version.get()),
                             position: Some(event.position.to_string()),
-                            problem: format!("position does not increase (previous {})", last.unwrap_or_default()),
+                            problem: format!(
+                                "position does not increase (previous {})",
+                                last.unwrap_or_default()
+                            ),
                         });
                     }
                     last = Some(event.position);
@@ -107,10 +119,15 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
                     let problem = Problem::of_error(&error);
                     // Skip past a corrupt record when we know where it is; else stop here.
                     let resume = match &error {
-                        Error::Corrupt { position: Some(p), .. } if *p >= from => Some(p.next()),
+                        Error::Corrupt {
+                            position: Some(p), ..
+                        } if *p >= from => Some(p.next()),
                         _ => None,
                     };
-                    if !problems.iter().any(|p| p.problem == problem.problem && p.position == problem.position) {
+                    if !problems
+                        .iter()
+                        .any(|p| p.problem == problem.problem && p.position == problem.position)
+                    {
                         problems.push(problem);
                     }
                     match resume {
@@ -137,7 +154,10 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
                 stream: Some(info.stream_id.to_string()),
                 version: Some(info.version.get()),
                 position: None,
-                problem: format!("the stream is at version {}, but the log holds {seen} of its events", info.version),
+                problem: format!(
+                    "the stream is at version {}, but the log holds {seen} of its events",
+                    info.version
+                ),
             });
         }
         match cx.store.any.load_snapshot(&info.stream_id).await {
@@ -145,7 +165,10 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
                 stream: Some(info.stream_id.to_string()),
                 version: Some(snapshot.version.get()),
                 position: None,
-                problem: format!("snapshot at version {} is ahead of the stream (version {})", snapshot.version, info.version),
+                problem: format!(
+                    "snapshot at version {} is ahead of the stream (version {})",
+                    snapshot.version, info.version
+                ),
             }),
             Ok(_) => {}
             Err(e) => problems.push(Problem::of_error(&e)),
@@ -153,7 +176,8 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
     }
 
     for problem in problems.iter().take(max_problems) {
-        cx.out.emit(&json!({ "problem": problem }), || problem.text())?;
+        cx.out
+            .emit(&json!({ "problem": problem }), || problem.text())?;
     }
     let summary = json!({
         "ok": problems.is_empty(),
@@ -165,12 +189,18 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
         if problems.is_empty() {
             format!("ok: {checked} events in {stream_count} streams verified")
         } else {
-            format!("{} problems found ({checked} events in {stream_count} streams read)", problems.len())
+            format!(
+                "{} problems found ({checked} events in {stream_count} streams read)",
+                problems.len()
+            )
         }
     })?;
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Failure::problems(format!("verify found {} problems", problems.len())))
+        Err(Failure::problems(format!(
+            "verify found {} problems",
+            problems.len()
+        )))
     }
 }

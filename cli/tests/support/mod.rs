@@ -39,10 +39,22 @@ pub fn json_lines(output: &Output) -> Vec<Value> {
 
 /// A sled store at `dir` with three accounts, an order and a snapshot: 12 events.
 pub async fn fill_sled(dir: &Path) {
-    let store = SledEventStore::builder().path(dir).open().await.expect("open sled");
-    for (stream, amounts) in [("account-1", vec![10, 20, 30]), ("account-2", vec![5]), ("account-3", vec![1, 2])] {
+    let store = SledEventStore::builder()
+        .path(dir)
+        .open()
+        .await
+        .expect("open sled");
+    for (stream, amounts) in [
+        ("account-1", vec![10, 20, 30]),
+        ("account-2", vec![5]),
+        ("account-3", vec![1, 2]),
+    ] {
         let stream = StreamId::new(stream).unwrap();
-        let mut events = vec![EventData::json("Opened", &serde_json::json!({ "owner": stream.as_str() })).unwrap()];
+        let mut events =
+            vec![
+                EventData::json("Opened", &serde_json::json!({ "owner": stream.as_str() }))
+                    .unwrap(),
+            ];
         for amount in amounts {
             events.push(
                 EventData::json("Deposited", &serde_json::json!({ "amount": amount }))
@@ -50,15 +62,47 @@ pub async fn fill_sled(dir: &Path) {
                     .with_header("user", "tester"),
             );
         }
-        store.append(&stream, ExpectedVersion::NoStream, events).await.expect("append");
+        store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+            .expect("append");
     }
     let order = StreamId::new("order-1").unwrap();
     store
-        .append(&order, ExpectedVersion::NoStream, vec![
-            EventData::new("Placed", "application/octet-stream", vec![0u8, 1, 2, 255]),
-            EventData::json("Shipped", &serde_json::json!({})).unwrap(),
-        ])
+        .append(
+            &order,
+            ExpectedVersion::NoStream,
+            vec![
+                EventData::new("Placed", "application/octet-stream", vec![0u8, 1, 2, 255]),
+                EventData::json(
+                    "Shipped",
+                    &serde_json::json!({ "carrier": "MARKER-TO-CORRUPT" }),
+                )
+                .unwrap(),
+            ],
+        )
         .await
         .expect("append");
     store.close().await.expect("close");
+}
+
+/// Flips one byte of the stored record holding `marker`, through raw sled, wherever the store's
+/// layout keeps it. The store must be closed.
+pub fn corrupt_record_containing(dir: &Path, marker: &[u8]) {
+    let db = sled::open(dir).expect("open raw sled");
+    let mut hit = false;
+    for name in db.tree_names() {
+        let tree = db.open_tree(&name).expect("tree");
+        for entry in tree.iter() {
+            let (key, value) = entry.expect("entry");
+            if let Some(at) = value.windows(marker.len()).position(|w| w == marker) {
+                let mut damaged = value.to_vec();
+                damaged[at] ^= 0x20;
+                tree.insert(key, damaged).expect("insert");
+                hit = true;
+            }
+        }
+    }
+    assert!(hit, "no record holds the marker");
+    db.flush().expect("flush");
 }
