@@ -143,8 +143,3 @@ pub use store::{
     subscribe_all, AnyStore, CheckpointStore, CommitNotifier, CommitWatch, Direction, DynStore,
     EventStore, Filter, IntoAnyStore, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamInfo,
 };
-
-/// The README's Rust examples, compiled and run as doc tests so the README stays true.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

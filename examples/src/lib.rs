@@ -12,3 +12,8 @@
 )]
 
 pub mod bank_account;
+
+/// The README's Rust examples, compiled and run as doc tests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
