@@ -261,12 +261,7 @@ fn stream(name: String) -> anyhow::Result<StreamId> {
     Ok(StreamId::new(name)?)
 }
 
-fn line(
-    scenario: String,
-    (annals, baseline): (f64, f64),
-    target: f64,
-    rounds: usize,
-) -> Line {
+fn line(scenario: String, (annals, baseline): (f64, f64), target: f64, rounds: usize) -> Line {
     Line {
         scenario,
         unit: "events/s",

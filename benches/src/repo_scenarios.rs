@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use annals::codec::{Codec, Json};
 use annals::{
-    CommandContext, DomainEvent, EventData, EventStore, ExpectedVersion, Repository,
-    SnapshotStore, StreamId, Timestamp,
+    CommandContext, DomainEvent, EventData, EventStore, ExpectedVersion, Repository, SnapshotStore,
+    StreamId, Timestamp,
 };
 use annals_examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
 use annals_sled::SledEventStore;
