@@ -6,7 +6,7 @@
 //! ratio. `BENCHMARKS.md` at the repository root explains every scenario and its baseline.
 //!
 //! A scenario is a value implementing [`Scenario`]; [`all_scenarios`] lists them. To add one
-//! (a PostgreSQL store, repository commands), implement the trait in its own module and add it
+//! (a new store, a new layer), implement the trait in its own module and add it
 //! to that list.
 
 #![forbid(unsafe_code)]
@@ -21,6 +21,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub mod payload;
+pub mod pg_scenarios;
+pub mod repo_scenarios;
 pub mod sled_scenarios;
 
 /// How a report run is sized.
@@ -123,8 +125,8 @@ pub trait Scenario: Send + Sync {
 pub fn all_scenarios() -> Vec<Box<dyn Scenario>> {
     let mut list: Vec<Box<dyn Scenario>> = Vec::new();
     list.extend(sled_scenarios::scenarios());
-    // Repository-command scenarios (issue 7) and PostgreSQL scenarios plug in here, each from
-    // its own module: `list.extend(repository_scenarios::scenarios());`
+    list.extend(pg_scenarios::scenarios());
+    list.extend(repo_scenarios::scenarios());
     list
 }
 

@@ -234,6 +234,7 @@ impl PgEventStoreBuilder {
             pool: pool.clone(),
             listen_config,
             channel: channel_name(&self.schema),
+            token: uuid::Uuid::now_v7().simple().to_string(),
             horizon_sql: sql.horizon.clone(),
             schema: self.schema.clone(),
             notifier: notifier.clone(),

@@ -47,7 +47,9 @@
 //! An append is **one statement** (one round trip, one transaction): an `INSERT … SELECT` that
 //! reads the stream's head (`max(version)`, from the unique index), checks the expected version
 //! against it and writes the batch after it — one multi-row insert from `unnest` of arrays, in
-//! batch order. A concurrent writer that read the same head collides on the unique
+//! batch order. A single event at an exact version (`Exact(n)`, `NoStream`) skips reading the
+//! head: it is inserted at `n + 1` when the row at `n` exists, and the unique key refuses it
+//! when the stream is already past `n`. A concurrent writer that read the same head collides on the unique
 //! `(stream_id, version)` key and waits for the first to commit, so two appends at `Exact(5)`
 //! can never both succeed; the loser's unique violation is turned into
 //! [`Error::VersionConflict`](annals::Error::VersionConflict) (or, for

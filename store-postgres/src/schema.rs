@@ -33,6 +33,7 @@ pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
 pub(crate) struct Sql {
     pub(crate) append: String,
     pub(crate) append_one: String,
+    pub(crate) append_one_exact: String,
     pub(crate) lookup: String,
     pub(crate) read_all: String,
     pub(crate) read_stream_forward: String,
@@ -88,6 +89,18 @@ impl Sql {
                  HAVING CASE WHEN $2::bigint = -1 THEN true \
                    WHEN $2::bigint = -2 THEN coalesce(max(version), 0) > 0 \
                    ELSE coalesce(max(version), 0) = $2::bigint END \
+                 RETURNING version, transaction_id, seq"
+            ),
+            // The single-event append at an exact version (`$2` ≥ 0, 0 for `NoStream`): the row
+            // goes in at version `$2 + 1` when the row at `$2` exists. The unique
+            // (stream_id, version) key refuses it when the stream is already past `$2`, so the
+            // check costs one index probe instead of reading the stream's head.
+            append_one_exact: format!(
+                "INSERT INTO {s}.events (stream_id, version, event_id, event_type, schema_version, \
+                   content_type, payload, correlation_id, causation_id, event_timestamp, headers) \
+                 SELECT $1, $2::bigint + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+                 WHERE $2::bigint = 0 \
+                   OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint) \
                  RETURNING version, transaction_id, seq"
             ),
             lookup: format!(

@@ -210,7 +210,9 @@ impl PgEventStore {
             &timestamps[0],
             &headers[0],
         ];
-        let (sql, params) = if single {
+        let (sql, params) = if single && (0..i64::MAX).contains(&expected_code) {
+            (&self.inner.sql.append_one_exact, &one_params)
+        } else if single {
             (&self.inner.sql.append_one, &one_params)
         } else {
             (&self.inner.sql.append, &batch_params)

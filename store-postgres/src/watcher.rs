@@ -3,7 +3,8 @@
 //!
 //! - **Local commits** wake local subscribers at once (in `append`) and reach this task, which
 //!   sends one `pg_notify` for any number of commits that arrived meanwhile, for the other
-//!   processes' stores.
+//!   processes' stores. Its payload is this store's token, so the notification coming back to
+//!   this store's own LISTEN connection is ignored instead of costing another check.
 //! - **Other processes' commits** arrive as notifications on a dedicated LISTEN connection.
 //! - **Held-back readers**: after any commit, this task checks whether every committed event
 //!   is below the readers' horizon; while one is not (an older transaction is still open), it
@@ -31,6 +32,9 @@ pub(crate) struct Watcher {
     pub(crate) pool: Pool,
     pub(crate) listen_config: Option<Config>,
     pub(crate) channel: String,
+    /// This store's notification payload: its own notifications come back to its LISTEN
+    /// connection, and are ignored there (the commit that sent one was already checked).
+    pub(crate) token: String,
     pub(crate) horizon_sql: String,
     pub(crate) schema: String,
     pub(crate) notifier: CommitNotifier,
@@ -58,7 +62,7 @@ impl Watcher {
         loop {
             if listener.is_none() {
                 if let Some(config) = &self.listen_config {
-                    match listen(config, &self.channel).await {
+                    match listen(config, &self.channel, &self.token).await {
                         Ok(l) => {
                             tracing::debug!(channel = %self.channel, "annals-postgres: listening");
                             listener = Some(l);
@@ -107,7 +111,7 @@ impl Watcher {
     async fn notify_others(&self) {
         if let Ok(client) = self.pool.get().await {
             if let Err(e) = client
-                .execute("SELECT pg_notify($1, '')", &[&self.channel])
+                .execute("SELECT pg_notify($1, $2)", &[&self.channel, &self.token])
                 .await
             {
                 tracing::debug!(error = %e, "annals-postgres: pg_notify failed");
@@ -148,13 +152,20 @@ async fn next_signal(listener: &mut Option<Listener>) -> Option<()> {
 }
 
 /// Opens the dedicated LISTEN connection.
-async fn listen(config: &Config, channel: &str) -> Result<Listener, tokio_postgres::Error> {
+async fn listen(
+    config: &Config,
+    channel: &str,
+    token: &str,
+) -> Result<Listener, tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
+    let token = token.to_owned();
     let (tx, signals) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
+                // This store's own notification: nothing it does not know already.
+                Ok(AsyncMessage::Notification(n)) if n.payload() == token => {}
                 Ok(AsyncMessage::Notification(_)) => {
                     // A full channel already holds a wake-up: coalesce.
                     let _ = tx.try_send(());

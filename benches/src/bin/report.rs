@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use annals_benches::{all_scenarios, sled_scenarios, Settings};
+use annals_benches::{all_scenarios, pg_scenarios, sled_scenarios, Settings};
 
 const USAGE: &str =
     "usage: report [--quick] [--json] [--only PREFIX] [--rounds N]\n\n\
@@ -83,6 +83,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // The PostgreSQL scenarios' server, if one was started.
+    drop(runtime);
+    pg_scenarios::stop_server();
     if !json {
         println!("total time {:.1} s", started.elapsed().as_secs_f64());
     }
