@@ -227,7 +227,7 @@ impl PgEventStoreBuilder {
         };
         let listen_config = self.listen_config.or(own_config);
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
-        let committed = Arc::new(tokio::sync::Notify::new());
+        let local = Arc::new(watcher::LocalCommits::default());
         let notifier = annals::CommitNotifier::new();
         let sql = Sql::new(&self.schema);
         watcher::spawn(watcher::Watcher {
@@ -238,7 +238,7 @@ impl PgEventStoreBuilder {
             horizon_sql: sql.horizon.clone(),
             schema: self.schema.clone(),
             notifier: notifier.clone(),
-            committed: committed.clone(),
+            local: local.clone(),
             poll_interval: self.poll_interval,
             shutdown: shutdown_rx,
         });
@@ -249,7 +249,7 @@ impl PgEventStoreBuilder {
             limits: self.limits,
             page_size: self.page_size,
             notifier,
-            committed,
+            local,
             lease_check_interval: self.lease_check_interval,
             _shutdown: shutdown,
         }))

@@ -32,6 +32,7 @@ pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub(crate) append: String,
+    pub(crate) append_exact: String,
     pub(crate) append_one: String,
     pub(crate) append_one_exact: String,
     pub(crate) lookup: String,
@@ -56,6 +57,22 @@ const EVENT_COLUMNS: &str = "transaction_id, seq, stream_id, version, event_id, 
 /// The line readers of the global log never cross: every transaction below it has ended.
 const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())";
 
+/// The columns of a batch insert from `unnest` of the array parameters `$3`–`$11`.
+const UNNEST: &str = "unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::bytea[], \
+     $8::uuid[], $9::uuid[], $10::timestamptz[], $11::jsonb[]) \
+     WITH ORDINALITY AS u(id, typ, sv, ct, pl, co, ca, ts, hd, ord)";
+
+/// The columns an append inserts.
+const INSERT_COLUMNS: &str = "stream_id, version, event_id, event_type, schema_version, \
+     content_type, payload, correlation_id, causation_id, event_timestamp, headers";
+
+/// Whether the append's transaction (id `x`) is proven visible to readers once it commits:
+/// no transaction with a smaller id was running when its statement's snapshot was taken
+/// (see `LocalCommits::committed`).
+fn settled(x: &str) -> String {
+    format!("{x} <= {HORIZON}")
+}
+
 impl Sql {
     pub(crate) fn new(schema: &str) -> Sql {
         let s = format!("\"{schema}\"");
@@ -65,43 +82,58 @@ impl Sql {
             // that read the same head. Zero rows inserted means the check failed.
             append: format!(
                 "WITH cur AS (SELECT coalesce(max(version), 0) AS v FROM {s}.events WHERE stream_id = $1), \
-                 ins AS (INSERT INTO {s}.events (stream_id, version, event_id, event_type, \
-                   schema_version, content_type, payload, correlation_id, causation_id, \
-                   event_timestamp, headers) \
+                 ins AS (INSERT INTO {s}.events ({INSERT_COLUMNS}) \
                    SELECT $1, cur.v + u.ord, u.id, u.typ, u.sv, u.ct, u.pl, u.co, u.ca, u.ts, u.hd \
-                   FROM cur, unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::bytea[], \
-                     $8::uuid[], $9::uuid[], $10::timestamptz[], $11::jsonb[]) \
-                     WITH ORDINALITY AS u(id, typ, sv, ct, pl, co, ca, ts, hd, ord) \
+                   FROM cur, {UNNEST} \
                    WHERE CASE WHEN $2::bigint = -1 THEN true WHEN $2::bigint = -2 THEN cur.v > 0 \
                      ELSE cur.v = $2::bigint END \
                    ORDER BY u.ord \
                    RETURNING transaction_id, seq) \
                  SELECT cur.v, (SELECT transaction_id FROM ins LIMIT 1), \
-                   (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins) \
-                 FROM cur"
+                   (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins), \
+                   coalesce({}, false) \
+                 FROM cur",
+                settled("(SELECT transaction_id FROM ins LIMIT 1)")
+            ),
+            // The batch append at an exact version (`$2` ≥ 0, 0 for `NoStream`), with the
+            // single-probe check of `append_one_exact`: rows go in at `$2 + 1…` when the row at
+            // `$2` exists, and the unique (stream_id, version) key refuses them when the stream
+            // is already past `$2`.
+            append_exact: format!(
+                "WITH ins AS (INSERT INTO {s}.events ({INSERT_COLUMNS}) \
+                   SELECT $1, $2::bigint + u.ord, u.id, u.typ, u.sv, u.ct, u.pl, u.co, u.ca, u.ts, u.hd \
+                   FROM {UNNEST} \
+                   WHERE $2::bigint = 0 \
+                     OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint) \
+                   ORDER BY u.ord \
+                   RETURNING transaction_id, seq) \
+                 SELECT $2::bigint, (SELECT transaction_id FROM ins LIMIT 1), \
+                   (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins), \
+                   coalesce({}, false)",
+                settled("(SELECT transaction_id FROM ins LIMIT 1)")
             ),
             // The single-event append, without the batch machinery: the same check and key.
             append_one: format!(
-                "INSERT INTO {s}.events (stream_id, version, event_id, event_type, schema_version, \
-                   content_type, payload, correlation_id, causation_id, event_timestamp, headers) \
+                "INSERT INTO {s}.events ({INSERT_COLUMNS}) \
                  SELECT $1, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
                  FROM {s}.events WHERE stream_id = $1 \
                  HAVING CASE WHEN $2::bigint = -1 THEN true \
                    WHEN $2::bigint = -2 THEN coalesce(max(version), 0) > 0 \
                    ELSE coalesce(max(version), 0) = $2::bigint END \
-                 RETURNING version, transaction_id, seq"
+                 RETURNING version, transaction_id, seq, {}",
+                settled("transaction_id")
             ),
             // The single-event append at an exact version (`$2` ≥ 0, 0 for `NoStream`): the row
             // goes in at version `$2 + 1` when the row at `$2` exists. The unique
             // (stream_id, version) key refuses it when the stream is already past `$2`, so the
             // check costs one index probe instead of reading the stream's head.
             append_one_exact: format!(
-                "INSERT INTO {s}.events (stream_id, version, event_id, event_type, schema_version, \
-                   content_type, payload, correlation_id, causation_id, event_timestamp, headers) \
+                "INSERT INTO {s}.events ({INSERT_COLUMNS}) \
                  SELECT $1, $2::bigint + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
                  WHERE $2::bigint = 0 \
                    OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint) \
-                 RETURNING version, transaction_id, seq"
+                 RETURNING version, transaction_id, seq, {}",
+                settled("transaction_id")
             ),
             lookup: format!(
                 "SELECT event_id, stream_id, version, transaction_id, seq FROM {s}.events \

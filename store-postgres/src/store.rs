@@ -62,7 +62,7 @@ pub(crate) struct Inner {
     pub(crate) page_size: usize,
     pub(crate) notifier: CommitNotifier,
     /// Tells the background task that this process committed an append.
-    pub(crate) committed: Arc<tokio::sync::Notify>,
+    pub(crate) local: Arc<crate::watcher::LocalCommits>,
     pub(crate) lease_check_interval: Duration,
     /// Dropped with the last clone: stops the background task.
     pub(crate) _shutdown: tokio::sync::oneshot::Sender<()>,
@@ -145,6 +145,20 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
+        let (result, settled) = self.write(stream, expected, events).await?;
+        self.inner.notifier.notify(result.last_position);
+        self.inner.local.committed(settled);
+        Ok(result)
+    }
+
+    /// Runs the append; on success also says whether it proved its events visible to readers
+    /// (see `LocalCommits::committed`; never for a retry answered from the stored events).
+    async fn write(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<(AppendResult, bool)> {
         self.inner.limits.check(&events)?;
         check_storable(&events)?;
         let expected_code: i64 = match expected {
@@ -210,12 +224,12 @@ impl PgEventStore {
             &timestamps[0],
             &headers[0],
         ];
-        let (sql, params) = if single && (0..i64::MAX).contains(&expected_code) {
-            (&self.inner.sql.append_one_exact, &one_params)
-        } else if single {
-            (&self.inner.sql.append_one, &one_params)
-        } else {
-            (&self.inner.sql.append, &batch_params)
+        let exact = (0..i64::MAX).contains(&expected_code);
+        let (sql, params) = match (single, exact) {
+            (true, true) => (&self.inner.sql.append_one_exact, &one_params),
+            (true, false) => (&self.inner.sql.append_one, &one_params),
+            (false, true) => (&self.inner.sql.append_exact, &batch_params),
+            (false, false) => (&self.inner.sql.append, &batch_params),
         };
         let schema = self.inner.schema.as_str();
         let n = events.len() as i64;
@@ -248,14 +262,11 @@ impl PgEventStore {
             let outcome = client.query(&statement, params).await;
             let refused = match outcome {
                 Ok(rows) => match answer(&rows, single, n) {
-                    Some(result) => {
-                        self.inner.notifier.notify(result.last_position);
-                        self.inner.committed.notify_one();
-                        return Ok(result);
-                    }
+                    Some(answer) => return Ok(answer),
                     // The expected-version check failed: a conflict, unless this is a retry.
+                    // Only the head-reading batch statement returns the head it read.
                     None => Refused::Check(match rows.first() {
-                        Some(row) if !single => Version::new(row.get::<_, i64>(0) as u64),
+                        Some(row) if !single && !exact => Version::new(row.get::<_, i64>(0) as u64),
                         _ => self.version_on(&client, stream).await?,
                     }),
                 },
@@ -271,7 +282,8 @@ impl PgEventStore {
             };
             // Refused: were these ids stored already (a retry, or a concurrent twin)?
             if let Some(answer) = self.lookup(&client, stream, &events).await? {
-                return answer;
+                // Nothing proves where the horizon stands: let the background task check.
+                return answer.map(|result| (result, false));
             }
             match refused {
                 Refused::Check(actual) => {
@@ -303,7 +315,7 @@ impl PgEventStore {
     }
 
     /// The stream's version, read on `client` (an append must not wait for a second pooled
-    /// connection while it holds one).
+    /// connection while it holds one). [`EventStore::stream_version`] runs it on a pooled one.
     async fn version_on(
         &self,
         client: &deadpool_postgres::Client,
@@ -410,25 +422,40 @@ impl PgEventStore {
     }
 }
 
-/// The result of an append statement that inserted the batch, or `None` when its check failed.
-fn answer(rows: &[Row], single: bool, n: i64) -> Option<AppendResult> {
+/// The result of an append statement that inserted the batch, with whether the append proved
+/// its events visible to readers (see `LocalCommits::committed`), or `None` when its check
+/// failed.
+fn answer(rows: &[Row], single: bool, n: i64) -> Option<(AppendResult, bool)> {
     let row = rows.first()?;
-    let (first_version, xid, first_seq, last_seq) = if single {
+    let (first_version, xid, first_seq, last_seq, settled) = if single {
         let seq: i64 = row.get(2);
-        (row.get::<_, i64>(0), row.get::<_, Xid8>(1), seq, seq)
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, Xid8>(1),
+            seq,
+            seq,
+            row.get(3),
+        )
     } else {
         if row.get::<_, i64>(4) != n {
             return None;
         }
-        (row.get::<_, i64>(0) + 1, row.get(1), row.get(2), row.get(3))
+        (
+            row.get::<_, i64>(0) + 1,
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(5),
+        )
     };
     let first_version = Version::new(first_version as u64);
-    Some(AppendResult {
+    let result = AppendResult {
         first_version,
         last_version: first_version.advance(n as u64 - 1),
         first_position: Position::new(xid.0, first_seq as u64),
         last_position: Position::new(xid.0, last_seq as u64),
-    })
+    };
+    Some((result, settled))
 }
 
 /// Where a global read starts, as `(transaction id, seq)`, or `None` when nothing can follow.
@@ -674,17 +701,8 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version> {
-        let schema = &self.inner.schema;
         let client = self.inner.pool.get().await.map_err(map_pool)?;
-        let statement = client
-            .prepare_cached(&self.inner.sql.stream_version)
-            .await
-            .map_err(|e| map(e, schema))?;
-        let row = client
-            .query_one(&statement, &[&stream.as_str()])
-            .await
-            .map_err(|e| map(e, schema))?;
-        Ok(Version::new(row.get::<_, i64>(0) as u64))
+        self.version_on(&client, stream).await
     }
 
     async fn last_position(&self) -> Result<Option<Position>> {
@@ -856,5 +874,90 @@ impl CheckpointStore for PgEventStore {
             .await
             .map_err(|e| map(e, schema))?;
         Ok(row.map(|r| Position::new(bits_to_u64(r.get(0)), bits_to_u64(r.get(1)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use annals_testkit::postgres::PgServer;
+
+    fn event(n: u64) -> EventData {
+        EventData::json("Settled", &n).expect("event")
+    }
+
+    /// The proof that lets a local commit skip the background horizon check must never be
+    /// given while an older transaction is open (readers would stall until some later commit),
+    /// and must be given when nothing older is open (else the skip never happens). Every
+    /// statement shape: single/batch × exact/any.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_is_settled_only_when_no_older_transaction_is_open() {
+        let server = PgServer::shared();
+        let store = PgEventStore::builder()
+            .connection_string(server.connection_string())
+            .schema("settled")
+            .build()
+            .await
+            .expect("build");
+        store.init().await.expect("init");
+        let cases: [(&str, ExpectedVersion, usize); 4] = [
+            ("one-exact", ExpectedVersion::NoStream, 1),
+            ("one-any", ExpectedVersion::Any, 1),
+            ("batch-exact", ExpectedVersion::NoStream, 3),
+            ("batch-any", ExpectedVersion::Any, 3),
+        ];
+        let (holder, connection) =
+            tokio_postgres::connect(&server.connection_string(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        for (name, first_expected, n) in cases {
+            let stream = StreamId::new(name).expect("id");
+            let mut expected = first_expected;
+            let mut next = 0;
+            let mut append = |expected: ExpectedVersion| {
+                let events: Vec<EventData> = (0..n).map(|_| event(next)).collect();
+                next += 1;
+                let store = store.clone();
+                let stream = stream.clone();
+                async move {
+                    store
+                        .write(&stream, expected, events)
+                        .await
+                        .expect("append")
+                }
+            };
+            let advance = |expected: ExpectedVersion, result: &AppendResult| match expected {
+                ExpectedVersion::Any => ExpectedVersion::Any,
+                _ => ExpectedVersion::Exact(result.last_version),
+            };
+            // Nothing older open: the store's own background statements take ids too, so a
+            // single append may find one running; one in 50 must be settled.
+            let mut settled_once = false;
+            for _ in 0..50 {
+                let (result, settled) = append(expected).await;
+                expected = advance(expected, &result);
+                if settled {
+                    settled_once = true;
+                    break;
+                }
+            }
+            assert!(settled_once, "{name}: no append was ever settled");
+            // An older transaction with an id is open: never settled.
+            holder.batch_execute("BEGIN").await.expect("begin");
+            holder
+                .execute("SELECT pg_current_xact_id()", &[])
+                .await
+                .expect("take an id");
+            for _ in 0..5 {
+                let (result, settled) = append(expected).await;
+                expected = advance(expected, &result);
+                assert!(
+                    !settled,
+                    "{name}: settled while an older transaction is open"
+                );
+            }
+            holder.batch_execute("COMMIT").await.expect("commit");
+        }
     }
 }

@@ -6,13 +6,20 @@
 //!   processes' stores. Its payload is this store's token, so the notification coming back to
 //!   this store's own LISTEN connection is ignored instead of costing another check.
 //! - **Other processes' commits** arrive as notifications on a dedicated LISTEN connection.
-//! - **Held-back readers**: after any commit, this task checks whether every committed event
-//!   is below the readers' horizon; while one is not (an older transaction is still open), it
-//!   polls every poll interval and wakes subscribers when the horizon moves. Nobody notifies
-//!   when a *foreign* transaction that holds the horizon back ends.
+//! - **Held-back readers**: after another process's commit, and after a local commit that could
+//!   not prove itself visible (see [`LocalCommits::committed`]), this task checks whether every
+//!   committed event is below the readers' horizon; while one is not (an older transaction is
+//!   still open), it polls every poll interval and wakes subscribers when the horizon moves.
+//!   Nobody notifies when a *foreign* transaction that holds the horizon back ends.
 //! - **Fallback**: while the LISTEN connection is down (or there is none), it polls every poll
 //!   interval and tries to reconnect.
+//!
+//! The notification and the check run on the LISTEN connection while it is up (prepared once),
+//! never on the pool: they never take a connection an append is waiting for, so a pool of one
+//! connection really is one connection for appends. Only while it is down do they borrow a
+//! pooled connection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +27,49 @@ use annals::{CommitNotifier, Position};
 use deadpool_postgres::Pool;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Config, NoTls, Statement};
 
 use crate::types::Xid8;
 
 /// The least time between two notifications sent for this process's commits (local subscribers
 /// are woken at once by the append itself; this only delays other processes).
 const NOTIFY_GAP: Duration = Duration::from_millis(5);
+
+/// The name the LISTEN connection reports in `pg_stat_activity.application_name`, unless its
+/// configuration names one already.
+pub(crate) const LISTENER_NAME: &str = "annals-postgres listener";
+
+/// What appends tell the background task.
+#[derive(Debug, Default)]
+pub(crate) struct LocalCommits {
+    /// Some local commit happened since the task last looked: notify other processes.
+    signal: Notify,
+    /// Some local commit could not prove its events visible to readers: check the horizon.
+    unsettled: AtomicBool,
+}
+
+impl LocalCommits {
+    /// Records a local commit. `settled` is whether the append proved that every transaction
+    /// with a smaller id than its own had ended when its statement's snapshot was taken
+    /// (`transaction_id <= pg_snapshot_xmin(pg_current_snapshot())`).
+    ///
+    /// Why a settled commit needs no horizon check: ids below a snapshot's `xmin` belong to
+    /// transactions that had ended when it was taken, and an ended transaction stays ended. So
+    /// once the append itself has committed (it has, when this is called), no transaction with
+    /// an id up to the append's own is running, and every later snapshot has an `xmin` above
+    /// that id: the readers' horizon has passed the append's events, which the append's own
+    /// wake-up (sent before this call) lets subscribers read. Anything the check could find
+    /// beyond them is another commit, whose own append, or whose process's notification,
+    /// accounts for it.
+    pub(crate) fn committed(&self, settled: bool) {
+        if !settled {
+            self.unsettled.store(true, Ordering::Release);
+        }
+        // Without a waiter this only stores a permit: no wake-up while the task sleeps out its
+        // notification gap.
+        self.signal.notify_one();
+    }
+}
 
 pub(crate) struct Watcher {
     pub(crate) pool: Pool,
@@ -38,7 +81,7 @@ pub(crate) struct Watcher {
     pub(crate) horizon_sql: String,
     pub(crate) schema: String,
     pub(crate) notifier: CommitNotifier,
-    pub(crate) committed: Arc<Notify>,
+    pub(crate) local: Arc<LocalCommits>,
     pub(crate) poll_interval: Duration,
     pub(crate) shutdown: oneshot::Receiver<()>,
 }
@@ -47,12 +90,18 @@ pub(crate) fn spawn(watcher: Watcher) {
     tokio::spawn(watcher.run());
 }
 
-/// A live LISTEN connection: its client (dropping it closes the connection) and the channel its
-/// connection task signals notifications on (closed when the connection ends).
+/// A live LISTEN connection: its client (dropping it closes the connection), the channel its
+/// connection task signals notifications on (closed when the connection ends), and the two
+/// background statements prepared on it.
 struct Listener {
-    _client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
     signals: mpsc::Receiver<()>,
+    notify: Statement,
+    /// Prepared at the first check: the schema may not exist before `init()`.
+    horizon: Option<Statement>,
 }
+
+const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2)";
 
 impl Watcher {
     async fn run(mut self) {
@@ -75,9 +124,12 @@ impl Watcher {
                     }
                 }
             }
+            if self.local.unsettled.swap(false, Ordering::AcqRel) {
+                pending = true;
+            }
             let polling = pending || listener.is_none();
             if polling {
-                match self.check(&mut frontier).await {
+                match self.check(listener.as_mut(), &mut frontier).await {
                     Some(all_visible) => pending = !all_visible,
                     None => pending = true,
                 }
@@ -86,7 +138,7 @@ impl Watcher {
             let mut local = false;
             tokio::select! {
                 _ = &mut self.shutdown => return,
-                _ = self.committed.notified() => local = true,
+                _ = self.local.signal.notified() => local = true,
                 signal = next_signal(&mut listener) => {
                     if signal.is_none() {
                         tracing::debug!("annals-postgres: LISTEN connection lost; polling until it is back");
@@ -97,10 +149,10 @@ impl Watcher {
                 _ = tokio::time::sleep(self.poll_interval), if polling => {}
             }
             if local {
-                pending = true;
-                self.notify_others().await;
-                // Commits that land during the gap share the next notification and check: the
-                // background work stays a few statements per gap however fast appends come.
+                self.notify_others(listener.as_ref()).await;
+                // Commits that land during the gap share the next notification (and check, if
+                // one needs it): the background work stays a few statements per gap however
+                // fast appends come.
                 tokio::time::sleep(NOTIFY_GAP).await;
             }
         }
@@ -108,22 +160,58 @@ impl Watcher {
 
     /// Sends one notification for other processes' stores (best effort: a failure only delays
     /// them until the next commit or their own polling).
-    async fn notify_others(&self) {
-        if let Ok(client) = self.pool.get().await {
-            if let Err(e) = client
-                .execute("SELECT pg_notify($1, $2)", &[&self.channel, &self.token])
-                .await
-            {
-                tracing::debug!(error = %e, "annals-postgres: pg_notify failed");
-            }
+    async fn notify_others(&self, listener: Option<&Listener>) {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.channel, &self.token];
+        let sent = match listener {
+            Some(l) => l.client.execute(&l.notify, &params).await,
+            None => match self.pool.get().await {
+                Ok(client) => match client.prepare_cached(NOTIFY_SQL).await {
+                    Ok(statement) => client.execute(&statement, &params).await,
+                    Err(e) => Err(e),
+                },
+                Err(_) => return,
+            },
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "annals-postgres: pg_notify failed");
         }
     }
 
     /// Reads the readers' frontier; wakes subscribers when it moved. Returns whether every
     /// committed event is visible to readers, or `None` when the server could not be asked.
-    async fn check(&self, frontier: &mut Position) -> Option<bool> {
-        let client = self.pool.get().await.ok()?;
-        let row = match client.query_one(&self.horizon_sql, &[]).await {
+    async fn check(
+        &self,
+        listener: Option<&mut Listener>,
+        frontier: &mut Position,
+    ) -> Option<bool> {
+        let answer = match listener {
+            Some(l) => {
+                let statement = match &l.horizon {
+                    Some(statement) => statement.clone(),
+                    None => match l.client.prepare(&self.horizon_sql).await {
+                        Ok(statement) => l.horizon.insert(statement).clone(),
+                        Err(e) => {
+                            tracing::trace!(schema = %self.schema, error = %e, "annals-postgres: horizon check failed");
+                            return None;
+                        }
+                    },
+                };
+                let answer = l.client.query_one(&statement, &[]).await;
+                if answer.is_err() {
+                    // Prepared again next time, in case the schema changed under it.
+                    l.horizon = None;
+                }
+                answer
+            }
+            None => {
+                let client = self.pool.get().await.ok()?;
+                match client.prepare_cached(&self.horizon_sql).await {
+                    Ok(statement) => client.query_one(&statement, &[]).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let row = match answer {
             Ok(row) => row,
             Err(e) => {
                 tracing::trace!(schema = %self.schema, error = %e, "annals-postgres: horizon check failed");
@@ -157,6 +245,10 @@ async fn listen(
     channel: &str,
     token: &str,
 ) -> Result<Listener, tokio_postgres::Error> {
+    let mut config = config.clone();
+    if config.get_application_name().is_none() {
+        config.application_name(LISTENER_NAME);
+    }
     let (client, mut connection) = config.connect(NoTls).await?;
     let token = token.to_owned();
     let (tx, signals) = mpsc::channel(1);
@@ -179,8 +271,11 @@ async fn listen(
     client
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .await?;
+    let notify = client.prepare(NOTIFY_SQL).await?;
     Ok(Listener {
-        _client: client,
+        client,
         signals,
+        notify,
+        horizon: None,
     })
 }

@@ -80,7 +80,7 @@ async fn polling_covers_a_lost_listen_connection() {
     let cut: i64 = admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()",
+             WHERE application_name = 'annals-postgres listener' AND pid <> pg_backend_pid()",
             &[],
         )
         .await
