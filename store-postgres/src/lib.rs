@@ -107,7 +107,16 @@
 //! flush, which would turn concurrent appends into one-at-a-time commits.
 //!
 //! Notifications for this process's commits are sent at most every 5 ms (commits meanwhile share
-//! one), so the background work stays small however fast appends come.
+//! one), so the background work stays small however fast appends come. They, and the checks of
+//! the readers' horizon, run on the LISTEN connection (while it is up), never on the pool, so
+//! they never make an append wait for a connection.
+//!
+//! An append's statement also reports whether its transaction id is at most the `xmin` of its
+//! own snapshot, i.e. no transaction with a smaller id was running. Such an append needs no
+//! horizon check: transactions that had ended stay ended, so once it commits every later
+//! snapshot's `xmin` is above its id and readers see its events, which its own wake-up points
+//! them to. Otherwise (an older transaction was open) the background task checks, and polls
+//! until the horizon passes.
 //!
 //! Polling (every [`poll_interval`](PgEventStoreBuilder::poll_interval)) takes over while the
 //! LISTEN connection is down, until it is back, and while committed events are held back by an
