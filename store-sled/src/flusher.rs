@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use annals::{CommitNotifier, Error, Position, Result, StreamId};
 use tokio::sync::watch;
 
+use crate::overlay::{Overlay, INDEX_AT};
 use crate::writer::Writer;
 use crate::Durability;
 
@@ -35,6 +36,8 @@ struct Wanted {
     generation: u64,
     /// Appends wait in the writer's queue for this thread to commit them.
     queued: bool,
+    /// The overlay of unindexed commits is large enough to be indexed.
+    index: bool,
     closing: bool,
 }
 
@@ -66,6 +69,7 @@ impl Flusher {
                 written: last_position,
                 generation: 0,
                 queued: false,
+                index: false,
                 closing: false,
             }),
             wake: Condvar::new(),
@@ -82,13 +86,15 @@ impl Flusher {
     pub(crate) fn spawn(
         self: &Arc<Self>,
         db: sled::Db,
+        tree: sled::Tree,
+        overlay: Arc<Overlay>,
         writer: Arc<Writer>,
         last_position: u64,
     ) -> Result<JoinHandle<()>> {
         let flusher = self.clone();
         std::thread::Builder::new()
             .name("annals-sled-flusher".into())
-            .spawn(move || flusher.run(&db, &writer, last_position))
+            .spawn(move || flusher.run(&db, &tree, &overlay, &writer, last_position))
             .map_err(|e| Error::backend("sled", e))
     }
 
@@ -96,6 +102,16 @@ impl Flusher {
     pub(crate) fn queued(&self) {
         self.lock().queued = true;
         self.wake.notify_one();
+    }
+
+    /// The overlay grew past [`INDEX_AT`](crate::overlay::INDEX_AT): index it.
+    pub(crate) fn index_wanted(&self) {
+        let mut wanted = self.lock();
+        if !wanted.index {
+            wanted.index = true;
+            drop(wanted);
+            self.wake.notify_one();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Wanted> {
@@ -165,16 +181,31 @@ impl Flusher {
         self.wake.notify_one();
     }
 
-    fn run(&self, db: &sled::Db, writer: &Writer, mut flushed: u64) {
+    /// Writes the index entries of every visible commit; a failure is retried next time.
+    fn index(&self, tree: &sled::Tree, overlay: &Overlay) {
+        let visible = self.visible.load(Ordering::Acquire);
+        if let Err(error) = overlay.index(tree, visible) {
+            tracing::error!(%error, "writing index entries failed; will retry");
+        }
+    }
+
+    fn run(
+        &self,
+        db: &sled::Db,
+        tree: &sled::Tree,
+        overlay: &Overlay,
+        writer: &Writer,
+        mut flushed: u64,
+    ) {
         let mut served = 0u64;
         let mut last_flush = Instant::now();
         loop {
-            let (generation, closing) = {
+            let (generation, closing, index) = {
                 let mut wanted = self.lock();
                 loop {
                     let behind = wanted.written > flushed;
                     let asked = wanted.generation > served;
-                    if wanted.closing || asked || wanted.queued {
+                    if wanted.closing || asked || wanted.queued || wanted.index {
                         break;
                     }
                     match self.durability {
@@ -198,7 +229,8 @@ impl Flusher {
                     }
                 }
                 wanted.queued = false;
-                (wanted.generation, wanted.closing)
+                let index = std::mem::replace(&mut wanted.index, false);
+                (wanted.generation, wanted.closing, index)
             };
             // Everything that queued while the last flush ran: one group, one batch.
             let group = writer.take_queued();
@@ -206,7 +238,15 @@ impl Flusher {
                 writer.commit(group);
             }
             let target = self.lock().written;
-            if target > flushed || generation > served || closing {
+            let behind = target > flushed
+                && (self.durability == Durability::Flush
+                    || Instant::now() >= last_flush + self.interval);
+            let flush = behind || generation > served || closing;
+            if self.durability != Durability::Flush && (index || flush) {
+                // Everything written is visible: index it, and let the flush carry it.
+                self.index(tree, overlay);
+            }
+            if flush {
                 let span = tracing::debug_span!(
                     "sled.flush",
                     position = target,
@@ -249,9 +289,21 @@ impl Flusher {
                     }
                 }
             }
+            if self.durability == Durability::Flush && (index || overlay.events() >= INDEX_AT) {
+                // After the flush: only durable commits are indexed; the next flush carries it.
+                self.index(tree, overlay);
+            }
             if closing {
                 let wanted = self.lock();
                 if wanted.written <= flushed && wanted.generation <= served && writer.is_idle() {
+                    drop(wanted);
+                    // Leave nothing to redo at the next open.
+                    if overlay.events() > 0 {
+                        self.index(tree, overlay);
+                        if let Err(error) = db.flush() {
+                            tracing::error!(%error, "flushing the indexes at close failed");
+                        }
+                    }
                     return;
                 }
             }

@@ -71,7 +71,9 @@
 mod builder;
 mod flusher;
 mod format;
+mod overlay;
 mod read;
+mod recover;
 mod store;
 mod verify;
 mod writer;

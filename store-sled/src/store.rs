@@ -13,8 +13,10 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::flusher::Flusher;
-use crate::format::{self, FORMAT_VERSION, LOG, TREE};
+use crate::format::{self, FORMAT_VERSION, TREE};
+use crate::overlay::Overlay;
 use crate::read;
+use crate::recover;
 use crate::verify::{self, VerifyReport};
 use crate::writer::{Encoded, Pending, Writer};
 use crate::{sled_error, Durability, SledStoreBuilder};
@@ -32,6 +34,8 @@ pub struct SledEventStore {
 #[derive(Debug)]
 struct Inner {
     tree: sled::Tree,
+    /// Commits written but not indexed yet; reads and the writer consult it.
+    overlay: Arc<Overlay>,
     writer: Arc<Writer>,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<JoinHandle<()>>>,
@@ -78,14 +82,8 @@ impl SledEventStore {
         };
         let db = config.open().map_err(open_error)?;
         let tree = check_format(&db)?;
-        let last = match tree.scan_prefix([LOG]).next_back() {
-            None => 0,
-            Some(entry) => {
-                let (key, _) = entry.map_err(sled_error)?;
-                format::parse_log_key(&key)
-                    .ok_or_else(|| Error::corrupt(None, None, None, "malformed global log key"))?
-            }
-        };
+        let last = recover::recover(&db, &tree)?;
+        let overlay = Arc::new(Overlay::new(last));
         let visible = Arc::new(AtomicU64::new(last));
         let notifier = CommitNotifier::new();
         notifier.notify(Position::sequence(last));
@@ -103,12 +101,15 @@ impl SledEventStore {
             b.durability,
             visible.clone(),
             notifier.clone(),
+            overlay.clone(),
         ));
-        let flusher_thread = flusher.spawn(db, writer.clone(), last)?;
+        let flusher_thread =
+            flusher.spawn(db, tree.clone(), overlay.clone(), writer.clone(), last)?;
         tracing::debug!(path = ?b.path, position = last, "opened sled store");
         Ok(SledEventStore {
             inner: Arc::new(Inner {
                 tree,
+                overlay,
                 writer,
                 flusher,
                 flusher_thread: Mutex::new(Some(flusher_thread)),
@@ -185,8 +186,9 @@ impl SledEventStore {
     /// Only when sled itself fails to read; damaged records are [problems](VerifyReport::problems).
     pub async fn verify(&self) -> Result<VerifyReport> {
         let tree = self.inner.tree.clone();
+        let overlay = self.inner.overlay.clone();
         let visible = self.inner.visible.load(Ordering::Acquire);
-        tokio::task::spawn_blocking(move || verify::run(&tree, visible))
+        tokio::task::spawn_blocking(move || verify::run(&tree, &overlay, visible))
             .await
             .map_err(|e| Error::backend("sled", e))?
     }
@@ -222,7 +224,9 @@ fn check_format(db: &sled::Db) -> Result<sled::Tree> {
             }
             if version != FORMAT_VERSION {
                 return Err(Error::Format(format!(
-                    "unknown store format {version}; this build reads format {FORMAT_VERSION}"
+                    "the store was written in format {version} by an older, unreleased \
+                     annals-sled; this build reads format {FORMAT_VERSION} only and does not \
+                     convert it"
                 )));
             }
         }
@@ -300,6 +304,7 @@ impl EventStore for SledEventStore {
     ) -> BoxStream<'static, Result<RecordedEvent>> {
         read::stream(
             self.inner.tree.clone(),
+            self.inner.overlay.clone(),
             stream.clone(),
             options,
             self.visible(),
@@ -311,7 +316,12 @@ impl EventStore for SledEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version> {
-        let head = read::visible_head(&self.inner.tree, stream, self.visible())?;
+        let head = read::head_at(
+            &self.inner.tree,
+            &self.inner.overlay,
+            stream,
+            self.visible(),
+        )?;
         Ok(Version::new(head.map_or(0, |h| h.version)))
     }
 
@@ -321,7 +331,11 @@ impl EventStore for SledEventStore {
     }
 
     fn streams(&self) -> BoxStream<'static, Result<StreamInfo>> {
-        read::streams(self.inner.tree.clone(), self.visible())
+        read::streams(
+            self.inner.tree.clone(),
+            self.inner.overlay.clone(),
+            self.visible(),
+        )
     }
 
     fn watch_commits(&self) -> CommitWatch {
