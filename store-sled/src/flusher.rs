@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use annals::{CommitNotifier, Error, Position, Result, StreamId};
 use tokio::sync::watch;
 
+use crate::format;
 use crate::overlay::{Overlay, INDEX_AT};
 use crate::writer::Writer;
 use crate::Durability;
@@ -36,8 +37,7 @@ struct Wanted {
     generation: u64,
     /// Appends wait in the writer's queue for this thread to commit them.
     queued: bool,
-    /// The overlay of unindexed commits is large enough to be indexed.
-    index: bool,
+
     closing: bool,
 }
 
@@ -69,7 +69,6 @@ impl Flusher {
                 written: last_position,
                 generation: 0,
                 queued: false,
-                index: false,
                 closing: false,
             }),
             wake: Condvar::new(),
@@ -102,16 +101,6 @@ impl Flusher {
     pub(crate) fn queued(&self) {
         self.lock().queued = true;
         self.wake.notify_one();
-    }
-
-    /// The overlay grew past [`INDEX_AT`](crate::overlay::INDEX_AT): index it.
-    pub(crate) fn index_wanted(&self) {
-        let mut wanted = self.lock();
-        if !wanted.index {
-            wanted.index = true;
-            drop(wanted);
-            self.wake.notify_one();
-        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Wanted> {
@@ -181,14 +170,6 @@ impl Flusher {
         self.wake.notify_one();
     }
 
-    /// Writes the index entries of every visible commit; a failure is retried next time.
-    fn index(&self, tree: &sled::Tree, overlay: &Overlay) {
-        let visible = self.visible.load(Ordering::Acquire);
-        if let Err(error) = overlay.index(tree, visible) {
-            tracing::error!(%error, "writing index entries failed; will retry");
-        }
-    }
-
     fn run(
         &self,
         db: &sled::Db,
@@ -198,14 +179,15 @@ impl Flusher {
         mut flushed: u64,
     ) {
         let mut served = 0u64;
+        let mut marked = overlay.written();
         let mut last_flush = Instant::now();
         loop {
-            let (generation, closing, index) = {
+            let (generation, closing) = {
                 let mut wanted = self.lock();
                 loop {
                     let behind = wanted.written > flushed;
                     let asked = wanted.generation > served;
-                    if wanted.closing || asked || wanted.queued || wanted.index {
+                    if wanted.closing || asked || wanted.queued {
                         break;
                     }
                     match self.durability {
@@ -229,8 +211,7 @@ impl Flusher {
                     }
                 }
                 wanted.queued = false;
-                let index = std::mem::replace(&mut wanted.index, false);
-                (wanted.generation, wanted.closing, index)
+                (wanted.generation, wanted.closing)
             };
             // Everything that queued while the last flush ran: one group, one batch.
             let group = writer.take_queued();
@@ -242,10 +223,6 @@ impl Flusher {
                 && (self.durability == Durability::Flush
                     || Instant::now() >= last_flush + self.interval);
             let flush = behind || generation > served || closing;
-            if self.durability != Durability::Flush && (index || flush) {
-                // Everything written is visible: index it, and let the flush carry it.
-                self.index(tree, overlay);
-            }
             if flush {
                 let span = tracing::debug_span!(
                     "sled.flush",
@@ -255,6 +232,8 @@ impl Flusher {
                 );
                 let _enter = span.enter();
                 let started = Instant::now();
+                // Index entries written before this flush are durable after it.
+                let indexed = overlay.written();
                 let outcome = db.flush();
                 let took = started.elapsed();
                 span.record("flush_us", took.as_micros() as u64);
@@ -262,6 +241,17 @@ impl Flusher {
                 match outcome {
                     Ok(bytes) => {
                         span.record("bytes", bytes as u64);
+                        if indexed > marked {
+                            // The marker rides on the next flush; until then the older one
+                            // makes an open redo a little more (idempotent) work.
+                            match tree.insert(format::META_INDEXED, format::indexed_value(indexed))
+                            {
+                                Ok(_) => marked = indexed,
+                                Err(error) => {
+                                    tracing::error!(%error, "writing the index marker failed")
+                                }
+                            }
+                        }
                         flushed = target;
                         served = generation;
                         // Visible before anyone is answered: an answered caller reads its write.
@@ -289,20 +279,27 @@ impl Flusher {
                     }
                 }
             }
-            if self.durability == Durability::Flush && (index || overlay.events() >= INDEX_AT) {
-                // After the flush: only durable commits are indexed; the next flush carries it.
-                self.index(tree, overlay);
+            if self.durability == Durability::Flush && overlay.events() >= INDEX_AT {
+                // Only visible — here, durable — commits are indexed.
+                overlay.wake_indexer();
             }
             if closing {
                 let wanted = self.lock();
                 if wanted.written <= flushed && wanted.generation <= served && writer.is_idle() {
                     drop(wanted);
-                    // Leave nothing to redo at the next open.
-                    if overlay.events() > 0 {
-                        self.index(tree, overlay);
-                        if let Err(error) = db.flush() {
-                            tracing::error!(%error, "flushing the indexes at close failed");
-                        }
+                    // Leave nothing to redo at the next open: index, flush, mark, flush.
+                    let visible = self.visible.load(Ordering::Acquire);
+                    let done = overlay
+                        .index(tree, visible)
+                        .and_then(|()| db.flush().map_err(crate::sled_error))
+                        .and_then(|_| {
+                            let marker = format::indexed_value(overlay.written());
+                            tree.insert(format::META_INDEXED, marker)
+                                .map_err(crate::sled_error)?;
+                            db.flush().map_err(crate::sled_error)
+                        });
+                    if let Err(error) = done {
+                        tracing::error!(%error, "indexing at close failed; the next open redoes it");
                     }
                     return;
                 }

@@ -1,10 +1,10 @@
 //! The on-disk format: keys, values, checksums. `FORMAT.md` describes the same layout in prose;
 //! change both together, and bump [`FORMAT_VERSION`] for any change an older build would misread.
 //!
-//! Every kind of record lives in ONE sled tree, told apart by a one-byte key prefix. sled applies
-//! a batch atomically (also across a crash) only within one tree, so keeping the log, the stream
-//! index, the heads and the id index in the same tree is what makes one append — one batch —
-//! all-or-nothing, indexes included.
+//! Every kind of record lives in ONE sled tree, told apart by a one-byte key prefix. An append
+//! is one commit record (`W`) — one sled insert, atomic by itself. The stream index, heads and
+//! id index are derived from the commit records and written later in one batch (same tree, so
+//! that batch and its `Mindexed` marker are atomic together); see `overlay.rs` and `recover.rs`.
 
 use std::collections::BTreeMap;
 

@@ -14,11 +14,13 @@
 //! entries past the end of the log, if any ever survived, are dropped (see `store.rs`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use annals::store::StoredEventRef;
-use annals::{EventId, Position, Result, StreamId, Timestamp, Version};
+use annals::{Error, EventId, Position, Result, StreamId, Timestamp, Version};
 
 use crate::format::{self, Head};
 use crate::sled_error;
@@ -60,8 +62,6 @@ impl CommitInfo {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Every index entry of a position up to this one is in sled.
-    indexed: u64,
     /// Unindexed commits, in position order.
     commits: VecDeque<Arc<CommitInfo>>,
     /// The same, per stream, in version order.
@@ -78,17 +78,77 @@ pub(crate) struct Overlay {
     /// Held while index entries are written, so one indexer runs at a time (and `verify` sees
     /// the indexes still).
     indexing: Mutex<()>,
+    /// Every index entry of a position up to this one is written to sled (not yet flushed,
+    /// maybe). The `Mindexed` marker follows it after a flush (see `flusher.rs`).
+    written: AtomicU64,
+    /// The indexer thread's wake-up: (asked to index, closing).
+    wanted: Mutex<(bool, bool)>,
+    wake: Condvar,
 }
 
 impl Overlay {
     pub(crate) fn new(indexed: u64) -> Overlay {
         Overlay {
-            state: RwLock::new(State {
-                indexed,
-                ..State::default()
-            }),
+            state: RwLock::new(State::default()),
             indexing: Mutex::new(()),
+            written: AtomicU64::new(indexed),
+            wanted: Mutex::new((false, false)),
+            wake: Condvar::new(),
         }
+    }
+
+    /// Every index entry up to this position is written to sled.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    fn wanted(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the indexer thread to index what is visible.
+    pub(crate) fn wake_indexer(&self) {
+        let mut wanted = self.wanted();
+        if !wanted.0 {
+            wanted.0 = true;
+            drop(wanted);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stops the indexer thread (after its current round).
+    pub(crate) fn stop_indexer(&self) {
+        self.wanted().1 = true;
+        self.wake.notify_one();
+    }
+
+    /// Starts the indexer thread: it writes index entries with plain sled inserts, which run
+    /// beside the writer's (an `apply_batch` would take sled's global write lock and stop every
+    /// append while it runs).
+    pub(crate) fn spawn_indexer(
+        self: &Arc<Self>,
+        tree: sled::Tree,
+        visible: Arc<AtomicU64>,
+    ) -> Result<JoinHandle<()>> {
+        let overlay = self.clone();
+        std::thread::Builder::new()
+            .name("annals-sled-indexer".into())
+            .spawn(move || loop {
+                {
+                    let mut wanted = overlay.wanted();
+                    while !wanted.0 && !wanted.1 {
+                        wanted = overlay.wake.wait(wanted).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if wanted.1 {
+                        return;
+                    }
+                    wanted.0 = false;
+                }
+                if let Err(error) = overlay.index(&tree, visible.load(Ordering::Acquire)) {
+                    tracing::error!(%error, "writing index entries failed; will retry");
+                }
+            })
+            .map_err(|e| Error::backend("sled", e))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -207,9 +267,16 @@ impl Overlay {
         );
         let _enter = span.enter();
         let started = Instant::now();
-        let mut batch = sled::Batch::default();
-        index_batch(&mut batch, commits.iter().map(|c| &**c), last);
-        tree.apply_batch(batch).map_err(sled_error)?;
+        let mut failed = None;
+        index_entries(commits.iter().map(|c| &**c), |key, value| {
+            if failed.is_none() {
+                failed = tree.insert(key, value).err();
+            }
+        });
+        if let Some(error) = failed {
+            return Err(sled_error(error));
+        }
+        self.written.fetch_max(last, Ordering::AcqRel);
         span.record("apply_us", started.elapsed().as_micros() as u64);
         // In sled now: readers find them there from here on.
         let mut state = self.write();
@@ -226,7 +293,6 @@ impl Overlay {
                 }
             }
         }
-        state.indexed = last;
         Ok(())
     }
 }
@@ -237,18 +303,25 @@ pub(crate) fn index_batch<'a>(
     commits: impl Iterator<Item = &'a CommitInfo>,
     indexed: u64,
 ) {
+    index_entries(commits, |key, value| batch.insert(key, value));
+    batch.insert(format::META_INDEXED, format::indexed_value(indexed));
+}
+
+/// Hands the index entries of `commits` (in position order) to `put`.
+fn index_entries<'a>(
+    commits: impl Iterator<Item = &'a CommitInfo>,
+    mut put: impl FnMut(Vec<u8>, Vec<u8>),
+) {
     let mut heads: HashMap<&StreamId, Head> = HashMap::new();
     for commit in commits {
         let stream = commit.stream.as_str();
         let key = format::stream_key(stream, commit.first_version);
-        batch.insert(
-            key.clone(),
-            format::stream_index_value(&key, commit.first, commit.count()),
-        );
+        let value = format::stream_index_value(&key, commit.first, commit.count());
+        put(key, value);
         for (i, id) in commit.ids.iter().enumerate() {
             let key = format::id_key(*id);
-            batch.insert(
-                &key,
+            put(
+                key.to_vec(),
                 format::id_value(
                     &key,
                     stream,
@@ -262,7 +335,6 @@ pub(crate) fn index_batch<'a>(
     for (stream, head) in heads {
         let key = format::head_key(stream.as_str());
         let value = format::head_value(&key, head);
-        batch.insert(key, value);
+        put(key, value);
     }
-    batch.insert(format::META_INDEXED, format::indexed_value(indexed));
 }

@@ -39,6 +39,7 @@ struct Inner {
     writer: Arc<Writer>,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<JoinHandle<()>>>,
+    indexer_thread: Mutex<Option<JoinHandle<()>>>,
     /// The last position readers may see: flushed ([`Durability::Flush`]) or applied
     /// ([`Durability::Buffered`]). Every position up to it is committed.
     visible: Arc<AtomicU64>,
@@ -56,6 +57,15 @@ impl Drop for Inner {
         self.flusher.close();
         let thread = self
             .flusher_thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        self.overlay.stop_indexer();
+        let thread = self
+            .indexer_thread
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
@@ -103,6 +113,7 @@ impl SledEventStore {
             notifier.clone(),
             overlay.clone(),
         ));
+        let indexer_thread = overlay.spawn_indexer(tree.clone(), visible.clone())?;
         let flusher_thread =
             flusher.spawn(db, tree.clone(), overlay.clone(), writer.clone(), last)?;
         tracing::debug!(path = ?b.path, position = last, "opened sled store");
@@ -113,6 +124,7 @@ impl SledEventStore {
                 writer,
                 flusher,
                 flusher_thread: Mutex::new(Some(flusher_thread)),
+                indexer_thread: Mutex::new(Some(indexer_thread)),
                 visible,
                 notifier,
                 limits: b.limits,
@@ -167,6 +179,19 @@ impl SledEventStore {
                 .await
                 .map_err(|e| Error::backend("sled", e))?
                 .map_err(|_| Error::backend("sled", "the flusher thread panicked"))?;
+        }
+        self.inner.overlay.stop_indexer();
+        let thread = self
+            .inner
+            .indexer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| Error::backend("sled", e))?
+                .map_err(|_| Error::backend("sled", "the indexer thread panicked"))?;
         }
         match flushed {
             Err(Error::Closed) => Ok(()),
