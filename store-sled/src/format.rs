@@ -275,6 +275,18 @@ pub(crate) fn parse_commit_key(key: &[u8]) -> Option<(u64, u64)> {
         .then(|| (be_u64(&key[1..9]), be_u64(&key[9..])))
 }
 
+/// The commit record holding `position`, if any: its key and value.
+pub(crate) fn commit_at(
+    tree: &sled::Tree,
+    position: u64,
+) -> sled::Result<Option<(sled::IVec, sled::IVec)>> {
+    let found = tree
+        .range(commit_key(0, 0)..=commit_key(position, u64::MAX))
+        .next_back()
+        .transpose()?;
+    Ok(found.filter(|(key, _)| parse_commit_key(key).is_some_and(|(_, last)| last >= position)))
+}
+
 fn body_crc(key: &[u8], position: u64, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(key);

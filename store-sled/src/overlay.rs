@@ -313,11 +313,27 @@ fn index_entries<'a>(
     mut put: impl FnMut(Vec<u8>, Vec<u8>),
 ) {
     let mut heads: HashMap<&StreamId, Head> = HashMap::new();
+    // Stream-index runs: consecutive commits of one stream with nothing between them share one
+    // entry (versions and positions both run on), so a lone writer's index costs one entry per
+    // round, not one per append.
+    let mut runs: Vec<(&StreamId, u64, u64, u64)> = Vec::new();
     for commit in commits {
         let stream = commit.stream.as_str();
-        let key = format::stream_key(stream, commit.first_version);
-        let value = format::stream_index_value(&key, commit.first, commit.count());
-        put(key, value);
+        match runs.last_mut() {
+            Some((s, fv, fp, count))
+                if *s == &commit.stream
+                    && *fv + *count == commit.first_version
+                    && *fp + *count == commit.first =>
+            {
+                *count += commit.count();
+            }
+            _ => runs.push((
+                &commit.stream,
+                commit.first_version,
+                commit.first,
+                commit.count(),
+            )),
+        }
         for (i, id) in commit.ids.iter().enumerate() {
             let key = format::id_key(*id);
             put(
@@ -331,6 +347,11 @@ fn index_entries<'a>(
             );
         }
         heads.insert(&commit.stream, commit.head());
+    }
+    for (stream, first_version, first, count) in runs {
+        let key = format::stream_key(stream.as_str(), first_version);
+        let value = format::stream_index_value(&key, first, count);
+        put(key, value);
     }
     for (stream, head) in heads {
         let key = format::head_key(stream.as_str());

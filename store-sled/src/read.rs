@@ -161,31 +161,39 @@ impl StreamCursor {
             if v > fv + count - 1 {
                 return Err(missing(&self.stream, v));
             }
-            let at = Some(Position::sequence(fp + (v - fv)));
+            let p = fp + (v - fv);
+            let at = Some(Position::sequence(p));
             let corrupt = |reason: String| {
                 Error::corrupt(Some(self.stream.clone()), Some(Version::new(v)), at, reason)
             };
-            let key = format::commit_key(fp, fp + count - 1);
-            let value = self.tree.get(key).map_err(sled_error)?.ok_or_else(|| {
-                corrupt("the stream index points to a commit record that does not exist".into())
-            })?;
+            let (key, value) = format::commit_at(&self.tree, p)
+                .map_err(sled_error)?
+                .ok_or_else(|| {
+                    corrupt("the stream index points to a commit record that does not exist".into())
+                })?;
             let commit = format::parse_commit(&key, &value).map_err(corrupt)?;
-            if commit.stream != self.stream.as_str() || commit.first_version != fv {
+            // The commit's own versions, as they map onto the run (fv, fp, count).
+            let cfv = commit.first_version;
+            let consistent = commit.stream == self.stream.as_str()
+                && commit.first.checked_sub(fp).map(|d| fv + d) == Some(cfv);
+            if !consistent {
                 return Err(corrupt(format!(
                     "the stream index points to a commit of `{}` version {}",
                     commit.stream, commit.first_version
                 )));
             }
-            let (a, b) = (fv.max(lo), (fv + count - 1).min(hi));
+            // The part of this commit inside both the run and the page.
+            let c_last = cfv + commit.count() - 1;
+            let (a, b) = (cfv.max(lo), c_last.min(fv + count - 1).min(hi));
             if forward {
                 for x in v..=b {
-                    let event = commit.event(&self.stream, (x - fv) as usize)?;
+                    let event = commit.event(&self.stream, (x - cfv) as usize)?;
                     self.buffer.push_back(event);
                 }
                 v = b + 1;
             } else {
                 for x in (a..=v).rev() {
-                    let event = commit.event(&self.stream, (x - fv) as usize)?;
+                    let event = commit.event(&self.stream, (x - cfv) as usize)?;
                     self.buffer.push_back(event);
                 }
                 if a == 0 {

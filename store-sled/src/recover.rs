@@ -130,12 +130,17 @@ fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
     let mut streams = BTreeSet::new();
     for entry in tree.scan_prefix([STREAM]) {
         let (key, value) = entry.map_err(sled_error)?;
-        if let Ok((first, _)) = format::decode_stream_index(&key, &value) {
-            if first > end {
+        if let Ok((first, count)) = format::decode_stream_index(&key, &value) {
+            if first + count - 1 > end {
                 if let Ok((stream, _)) = format::parse_stream_key(&key) {
                     streams.insert(stream.to_owned());
                 }
-                batch.remove(key);
+                if first > end {
+                    batch.remove(key);
+                } else {
+                    let value = format::stream_index_value(&key, first, end - first + 1);
+                    batch.insert(key, value);
+                }
             }
         }
     }
@@ -173,22 +178,22 @@ pub(crate) fn last_indexed_at_or_before(
         let Ok((first, count)) = format::decode_stream_index(&key, &value) else {
             continue;
         };
-        let last = first + count - 1;
-        if last > end {
+        if first > end {
             continue;
         }
         let Ok((_, first_version)) = format::parse_stream_key(&key) else {
             continue;
         };
-        let commit_key = format::commit_key(first, last);
-        let Some(record) = tree.get(commit_key).map_err(sled_error)? else {
+        // A run of commits may straddle `end`; commits never do.
+        let last = (first + count - 1).min(end);
+        let Some((commit_key, record)) = format::commit_at(tree, last).map_err(sled_error)? else {
             continue;
         };
         let Ok(commit) = format::parse_commit(&commit_key, &record) else {
             continue;
         };
         return Ok(Some(Head {
-            version: first_version + count - 1,
+            version: first_version + (last - first),
             last_position: last,
             last_recorded_at: commit.recorded_at,
         }));

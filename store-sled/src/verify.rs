@@ -213,32 +213,53 @@ impl Walk<'_> {
                 format!("position is not after the previous version's {last_position}"),
             );
         }
-        let commit_key = format::commit_key(first, last);
-        let Some(record) = self.tree.get(commit_key).map_err(sled_error)? else {
-            // The versions are not there: the next entry shows the gap.
+        // The commit records of positions first..=last: one after the other, all of this
+        // stream, their versions running with the positions.
+        let mut expect = first;
+        let mut trouble = None;
+        for item in self
+            .tree
+            .range(format::commit_key(first, 0)..=format::commit_key(last, u64::MAX))
+        {
+            let (key, record) = item.map_err(sled_error)?;
+            let Some((c_first, c_last)) = format::parse_commit_key(&key) else {
+                continue; // reported with the log
+            };
+            if c_first != expect {
+                break;
+            }
+            if let Ok(commit) = format::parse_commit(&key, &record) {
+                if commit.stream != stream || commit.first_version != version + (c_first - first) {
+                    trouble = Some(format!(
+                        "the stream index points to a commit of `{}` version {}",
+                        commit.stream, commit.first_version
+                    ));
+                }
+            } // a damaged record is reported with the log
+            expect = c_last + 1;
+        }
+        if expect != last + 1 {
+            // The versions are not all there: the next entry shows the gap.
             self.problem(
                 ProblemKind::LogMismatch,
                 Some(stream),
                 Some(version),
                 Some(first),
-                "the stream index points to a commit record that does not exist",
+                format!(
+                    "the stream index points to positions {first} to {last}, the log has no record of position {expect}"
+                ),
             );
             return Ok(());
-        };
-        if let Ok(commit) = format::parse_commit(&commit_key, &record) {
-            if commit.stream != stream || commit.first_version != version {
-                self.problem(
-                    ProblemKind::LogMismatch,
-                    Some(stream),
-                    Some(version),
-                    Some(first),
-                    format!(
-                        "the stream index points to a commit of `{}` version {}",
-                        commit.stream, commit.first_version
-                    ),
-                );
-            }
-        } // a damaged record is reported with the log
+        }
+        if let Some(detail) = trouble {
+            self.problem(
+                ProblemKind::LogMismatch,
+                Some(stream),
+                Some(version),
+                Some(first),
+                detail,
+            );
+        }
         self.current = Some((stream.to_owned(), version + count - 1, last));
         Ok(())
     }
@@ -330,12 +351,20 @@ impl Walk<'_> {
         };
         self.report.events += commit.count();
         // The stream index names this commit.
-        let index_key = format::stream_key(stream, commit.first_version);
-        let indexed = match self.tree.get(&index_key).map_err(sled_error)? {
-            None => None,
-            Some(v) => format::decode_stream_index(&index_key, &v).ok(),
-        };
-        if indexed != Some((first, commit.count())) {
+        let covered = self
+            .tree
+            .range(format::stream_key(stream, 0)..=format::stream_key(stream, commit.first_version))
+            .next_back()
+            .transpose()
+            .map_err(sled_error)?
+            .and_then(|(k, v)| {
+                let (_, fv) = format::parse_stream_key(&k).ok()?;
+                let (fp, count) = format::decode_stream_index(&k, &v).ok()?;
+                let d = commit.first_version - fv;
+                Some(fp + d == first && d + commit.count() <= count)
+            })
+            .unwrap_or(false);
+        if !covered {
             self.problem(
                 ProblemKind::LogMismatch,
                 Some(stream),

@@ -124,6 +124,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends queued now.
+    pub(crate) fn queued_len(&self) -> usize {
+        self.lock().pending.len()
+    }
+
     /// Takes everything queued ([`Durability::Flush`]: the flusher thread commits it).
     pub(crate) fn take_queued(&self) -> Vec<Pending> {
         std::mem::take(&mut self.lock().pending)

@@ -136,3 +136,72 @@ async fn index_entries_past_the_end_of_the_log_are_dropped_at_open() {
     assert!(store.verify().await.expect("verify").is_clean());
     shut(store).await;
 }
+
+#[tokio::test]
+async fn a_lone_writers_many_appends_share_stream_index_entries_and_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = support::open_with(&path, annals_sled::Durability::Buffered).await;
+    for i in 0..600u64 {
+        store
+            .append(
+                &sid("lone-1"),
+                ExpectedVersion::exact(i),
+                vec![event("E", i)],
+            )
+            .await
+            .expect("append");
+        if i == 300 {
+            // Another stream between two runs of this one.
+            store
+                .append(&sid("other-1"), ExpectedVersion::Any, vec![event("O", i)])
+                .await
+                .expect("append");
+        }
+    }
+    shut(store).await;
+    let entries = {
+        let (_db, tree) = raw_tree(&path);
+        let mut prefix = b"Slone-1".to_vec();
+        prefix.push(0xFF);
+        tree.scan_prefix(prefix).count()
+    };
+    assert!(
+        (2..600).contains(&entries),
+        "600 appends in {entries} stream-index entries"
+    );
+
+    let store = open(&path).await;
+    let all = read_stream(&store, &sid("lone-1")).await;
+    assert_eq!(all.len(), 600);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.version, Version::new(i as u64 + 1));
+    }
+    let window: Vec<_> = store
+        .read_stream(
+            &sid("lone-1"),
+            annals::ReadStream::forward()
+                .from(Version::new(250))
+                .limit(300),
+        )
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(window.first().map(|e| e.version), Some(Version::new(250)));
+    assert_eq!(window.len(), 300);
+    let back: Vec<_> = store
+        .read_stream(
+            &sid("lone-1"),
+            annals::ReadStream::backward().from(Version::new(590)),
+        )
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(back.len(), 590);
+    assert_eq!(back[0].version, Version::new(590));
+    assert_eq!(back[589].version, Version::new(1));
+    assert_eq!(read_all(&store).await.len(), 601);
+    let report = store.verify().await.expect("verify");
+    assert!(report.is_clean(), "{report}");
+    shut(store).await;
+}

@@ -79,11 +79,18 @@ pub fn commit_of(tree: &sled::Tree, stream: &str, version: u64) -> (Vec<u8>, usi
         .expect("read");
     let be = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
     let first_version = be(&key[key.len() - 8..]);
-    let (first, count) = (be(&value[4..12]), be(&value[12..20]));
-    let mut commit = vec![b'W'];
-    commit.extend_from_slice(&first.to_be_bytes());
-    commit.extend_from_slice(&(first + count - 1).to_be_bytes());
-    (commit, (version - first_version) as usize)
+    // The entry names a run of positions; the commit holding ours starts at or before it.
+    let position = be(&value[4..12]) + (version - first_version);
+    let mut hi = vec![b'W'];
+    hi.extend_from_slice(&position.to_be_bytes());
+    hi.extend_from_slice(&u64::MAX.to_be_bytes());
+    let (commit, _) = tree
+        .range(vec![b'W']..=hi)
+        .next_back()
+        .expect("a commit record")
+        .expect("read");
+    let first = be(&commit[1..9]);
+    (commit.to_vec(), (position - first) as usize)
 }
 
 /// The byte range of event `index`'s body inside a commit record (FORMAT.md).
