@@ -2,8 +2,9 @@
 //!
 //! An append is ONE sled insert: its commit record (`W`, see `format.rs`). The indexes derived
 //! from it — the stream index (`S`), the event-id index (`I`), the stream heads (`H`) — are
-//! written later, in bulk: one sled batch for thousands of appends, together with the `Mindexed`
-//! marker naming the position through which they are complete. Until then the commit sits in
+//! written later, in bulk, by an indexer thread with plain inserts (every [`INDEX_AT`] events,
+//! or when a reader or `verify` needs it); the flusher then raises the `Mindexed` marker after a
+//! flush made them durable. Until then the commit sits in
 //! this overlay, which the writer's checks and every read consult, so nobody can tell an indexed
 //! commit from one still waiting.
 //!
@@ -11,7 +12,7 @@
 //! `Durability::Flush`), so an index entry never reaches sled's log before the commit it points
 //! to is durable (`Flush`) or was applied before it (`Buffered`; sled recovers a prefix of its
 //! log). At open, the commits after the marker are indexed again (redo, idempotent), and index
-//! entries past the end of the log, if any ever survived, are dropped (see `store.rs`).
+//! entries past the end of the log, if any ever survived, are dropped (see `recover.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -227,8 +228,8 @@ impl Overlay {
         self.indexing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the index entries of every commit up to `upto` (one sled batch) and drops them
-    /// from the overlay.
+    /// Writes the index entries of every commit up to `upto` (plain inserts) and then drops
+    /// them from the overlay.
     pub(crate) fn index(&self, tree: &sled::Tree, upto: u64) -> Result<()> {
         let guard = self.lock_indexing();
         self.index_locked(&guard, tree, upto)

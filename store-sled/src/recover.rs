@@ -6,8 +6,8 @@
 //!
 //! - **redo**: commits after the marker (appended, not yet indexed when the process stopped) get
 //!   their index entries written again, with the marker, in one sled batch;
-//! - **drop**: if the marker is past the end of the log (an index batch survived a crash that
-//!   the commits it indexed did not), every index entry pointing past the end is removed and
+//! - **drop**: if the marker is past the end of the log (index entries survived a crash that
+//!   the commits they index did not), every index entry pointing past the end is removed and
 //!   heads are recomputed from what is left. sled recovers a prefix of its log, so this is not
 //!   expected to happen; it is handled so that no index can ever point nowhere.
 
