@@ -246,6 +246,14 @@ impl Flusher {
                 && (self.durability == Durability::Flush
                     || Instant::now() >= last_flush + self.interval);
             let flush = behind || generation > served || closing;
+            if generation > served {
+                // An explicit flush (`flush()`, snapshots, checkpoints) leaves nothing to redo:
+                // index what is visible first, so this flush carries it.
+                let visible = self.visible.load(Ordering::Acquire);
+                if let Err(error) = overlay.index(tree, visible) {
+                    tracing::error!(%error, "writing index entries failed; will retry");
+                }
+            }
             if flush {
                 let span = tracing::debug_span!(
                     "sled.flush",

@@ -144,7 +144,8 @@ impl SledEventStore {
         self.inner.durability
     }
 
-    /// Flushes everything written so far to disk (useful with [`Durability::Buffered`]).
+    /// Flushes everything written so far to disk (useful with [`Durability::Buffered`]), the
+    /// derived indexes included, so that the next open has nothing to redo.
     ///
     /// # Errors
     ///
