@@ -273,6 +273,7 @@ impl Flusher {
                 match outcome {
                     Ok(bytes) => {
                         span.record("bytes", bytes as u64);
+                        overlay.durable_through(target);
                         if indexed > marked {
                             // The marker rides on the next flush; until then the older one
                             // makes an open redo a little more (idempotent) work.

@@ -8,10 +8,9 @@
 //! this overlay, which the writer's checks and every read consult, so nobody can tell an indexed
 //! commit from one still waiting.
 //!
-//! Only commits that readers may see are indexed (the visibility watermark: flushed events with
-//! `Durability::Flush`), so an index entry never reaches sled's log before the commit it points
-//! to is durable (`Flush`) or was applied before it (`Buffered`; sled recovers a prefix of its
-//! log). At open, the commits after the marker are indexed again (redo, idempotent), and index
+//! Only commits already on disk are indexed (with `Durability::Buffered` an indexing round starts
+//! with a flush), so an index entry never reaches sled's log before the commit it points to is
+//! durable. At open, the commits after the marker are indexed again (redo, idempotent), and index
 //! entries past the end of the log, if any ever survived, are dropped (see `recover.rs`).
 
 use std::collections::{HashMap, VecDeque};
@@ -82,6 +81,8 @@ pub(crate) struct Overlay {
     /// Every index entry of a position up to this one is written to sled (not yet flushed,
     /// maybe). The `Mindexed` marker follows it after a flush (see `flusher.rs`).
     written: AtomicU64,
+    /// Every commit up to this position is on disk (flushed).
+    durable: AtomicU64,
     /// The indexer thread's wake-up: (asked to index, closing).
     wanted: Mutex<(bool, bool)>,
     wake: Condvar,
@@ -93,9 +94,15 @@ impl Overlay {
             state: RwLock::new(State::default()),
             indexing: Mutex::new(()),
             written: AtomicU64::new(indexed),
+            durable: AtomicU64::new(indexed),
             wanted: Mutex::new((false, false)),
             wake: Condvar::new(),
         }
+    }
+
+    /// A flush made every commit up to `position` durable.
+    pub(crate) fn durable_through(&self, position: u64) {
+        self.durable.fetch_max(position, Ordering::AcqRel);
     }
 
     /// Every index entry up to this position is written to sled.
@@ -268,6 +275,13 @@ impl Overlay {
         );
         let _enter = span.enter();
         let started = Instant::now();
+        if last > self.durable.load(Ordering::Acquire) {
+            // Index entries are written only for commits already on disk, so no crash can keep
+            // an entry and lose its commit, whatever sled recovers. With `Durability::Flush`
+            // they are durable already; with `Buffered` this is one flush per round.
+            tree.flush().map_err(sled_error)?;
+            self.durable_through(last);
+        }
         let mut failed = None;
         index_entries(commits.iter().map(|c| &**c), |key, value| {
             if failed.is_none() {

@@ -8,10 +8,11 @@
 //!   their index entries written again, with the marker, in one sled batch;
 //! - **drop**: if the marker is past the end of the log (index entries survived a crash that
 //!   the commits they index did not), every index entry pointing past the end is removed and
-//!   heads are recomputed from what is left. sled recovers a prefix of its log, so this is not
-//!   expected to happen; it is handled so that no index can ever point nowhere.
+//!   heads are recomputed from what is left. Entries are written only for flushed commits (and
+//!   sled recovers a prefix of its log besides), so this is not expected to happen; it is
+//!   handled so that no index can ever point nowhere.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use annals::{Error, Position, Result, StreamId, Version};
 
@@ -119,6 +120,23 @@ fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
         commits.push(info);
     }
     let mut batch = sled::Batch::default();
+    // Stream-index entries an interrupted round wrote for these commits may group them into
+    // other runs than the redo does: remove them all, then write the redo's.
+    let mut spans: HashMap<&StreamId, (u64, u64)> = HashMap::new();
+    for c in &commits {
+        let span = spans
+            .entry(&c.stream)
+            .or_insert((c.first_version, c.last_version()));
+        span.0 = span.0.min(c.first_version);
+        span.1 = span.1.max(c.last_version());
+    }
+    for (stream, (lo, hi)) in spans {
+        let id = stream.as_str();
+        for entry in tree.range(format::stream_key(id, lo)..=format::stream_key(id, hi)) {
+            let (key, _) = entry.map_err(sled_error)?;
+            batch.remove(key);
+        }
+    }
     index_batch(&mut batch, commits.iter(), end);
     tree.apply_batch(batch).map_err(sled_error)?;
     Ok(commits.len())

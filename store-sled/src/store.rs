@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use annals::{
     AppendResult, CheckpointStore, CommitNotifier, CommitWatch, Error, EventData, EventStore,
@@ -90,7 +91,7 @@ impl SledEventStore {
             Some(path) => config.path(path),
             None => config.temporary(true),
         };
-        let db = config.open().map_err(open_error)?;
+        let db = open_db(&config)?;
         let tree = check_format(&db)?;
         let last = recover::recover(&db, &tree)?;
         let overlay = Arc::new(Overlay::new(last));
@@ -264,6 +265,28 @@ fn check_format(db: &sled::Db) -> Result<sled::Tree> {
         }
     }
     Ok(tree)
+}
+
+/// How long an open waits for sled's file lock to be released before reporting the store
+/// unavailable.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// Opens sled. A database just dropped in this process releases its file lock a moment later
+/// (sled finishes its last writes on its I/O threads), so a lock held at the first attempt is
+/// retried for up to [`LOCK_WAIT`]; a lock another process holds is reported then.
+fn open_db(config: &sled::Config) -> Result<sled::Db> {
+    let started = Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map_err(open_error),
+        }
+    }
 }
 
 fn open_error(error: sled::Error) -> Error {
