@@ -1,7 +1,12 @@
-//! Criterion benches of the sled store's hot paths: append (single, batch, concurrent),
-//! `read_all` paging and stream load. `cargo bench -p annals-benches`.
+//! Criterion benches of the hot paths: codec encode/decode, append (single, batch, concurrent),
+//! stream load with and without a snapshot, `read_all` paging, on the sled store.
+//! `cargo bench -p annals-benches`.
 
-use annals::{EventStore, ExpectedVersion, Position, ReadAll, ReadStream, StreamId};
+use annals::codec::{Codec, Json};
+use annals::{
+    EventStore, ExpectedVersion, Position, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamId,
+    Timestamp, Version,
+};
 use annals_benches::payload::{batch, event};
 use annals_sled::{Durability, SledEventStore};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -100,6 +105,38 @@ fn reads(c: &mut Criterion) {
             assert_eq!(events.len(), 10_000);
         })
     });
+    // What a repository does for an aggregate snapshotted at version 9,900: the snapshot, then
+    // only the 100 events after it.
+    rt.block_on(async {
+        s.save_snapshot(Snapshot {
+            stream_id: id.clone(),
+            version: Version::new(9_900),
+            schema_version: 1,
+            content_type: "application/json".into(),
+            payload: bytes::Bytes::from_static(b"{\"balance\":9900}"),
+            taken_at: Timestamp::now(),
+        })
+        .await
+        .expect("snapshot");
+    });
+    // Counted as the 100 events it reads; compare the times of the two loads.
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("stream_load/10k_with_snapshot_at_9900", |b| {
+        b.to_async(&rt).iter(|| async {
+            let snapshot = s
+                .load_snapshot(&id)
+                .await
+                .expect("load snapshot")
+                .expect("a snapshot");
+            let events: Vec<_> = s
+                .read_stream(&id, ReadStream::forward().from(snapshot.version.next()))
+                .try_collect()
+                .await
+                .expect("load");
+            assert_eq!(events.len(), 100);
+        })
+    });
+    group.throughput(Throughput::Elements(10_000));
     group.bench_function("read_all/pages_of_1024", |b| {
         b.to_async(&rt).iter(|| async {
             let mut from = Position::START;
@@ -120,5 +157,47 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, appends, reads);
+fn codec(c: &mut Criterion) {
+    // A deposit-like event: id, account, amount, a note and some tags.
+    type Deposit = (u64, String, u64, String, Vec<String>);
+    let value: Deposit = (
+        42,
+        "account-42".to_owned(),
+        12_345,
+        "monthly salary, November".to_owned(),
+        vec!["payroll".to_owned(), "recurring".to_owned()],
+    );
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(1));
+    let json = Json;
+    let bytes = json.encode(&value).expect("encode");
+    group.bench_function("json/encode", |b| {
+        b.iter(|| json.encode(std::hint::black_box(&value)).expect("encode"))
+    });
+    group.bench_function("json/decode", |b| {
+        b.iter(|| {
+            json.decode::<Deposit>(std::hint::black_box(&bytes))
+                .expect("decode")
+        })
+    });
+    let bincode = annals::codec::Bincode;
+    let bytes = bincode.encode(&value).expect("encode");
+    group.bench_function("bincode/encode", |b| {
+        b.iter(|| {
+            bincode
+                .encode(std::hint::black_box(&value))
+                .expect("encode")
+        })
+    });
+    group.bench_function("bincode/decode", |b| {
+        b.iter(|| {
+            bincode
+                .decode::<Deposit>(std::hint::black_box(&bytes))
+                .expect("decode")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, appends, reads);
 criterion_main!(benches);

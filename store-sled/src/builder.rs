@@ -132,7 +132,7 @@ impl SledStoreBuilder {
     ///   written in a format this build does not know (a newer `annals-sled`), or when the
     ///   directory holds a sled database that is not an Annals store;
     /// - [`Error::Unavailable`] when sled cannot open the directory (for example because
-    ///   another process has it open);
+    ///   another process has it open: its lock is waited for up to half a second first);
     /// - [`Error::Corrupt`] when sled finds its files damaged.
     pub async fn open(self) -> Result<SledEventStore> {
         if !self.temporary && self.path.is_none() {

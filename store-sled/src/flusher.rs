@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use annals::{CommitNotifier, Error, Position, Result, StreamId};
 use tokio::sync::watch;
 
+use crate::format;
+use crate::overlay::{Overlay, INDEX_AT};
 use crate::writer::Writer;
 use crate::Durability;
 
@@ -35,8 +37,12 @@ struct Wanted {
     generation: u64,
     /// Appends wait in the writer's queue for this thread to commit them.
     queued: bool,
+
     closing: bool,
 }
+
+/// The longest a durable group waits for the callers of the previous one to come back.
+const MAX_GATHER: Duration = Duration::from_micros(500);
 
 #[derive(Debug)]
 pub(crate) struct Flusher {
@@ -82,13 +88,15 @@ impl Flusher {
     pub(crate) fn spawn(
         self: &Arc<Self>,
         db: sled::Db,
+        tree: sled::Tree,
+        overlay: Arc<Overlay>,
         writer: Arc<Writer>,
         last_position: u64,
     ) -> Result<JoinHandle<()>> {
         let flusher = self.clone();
         std::thread::Builder::new()
             .name("annals-sled-flusher".into())
-            .spawn(move || flusher.run(&db, &writer, last_position))
+            .spawn(move || flusher.run(&db, &tree, &overlay, &writer, last_position))
             .map_err(|e| Error::backend("sled", e))
     }
 
@@ -165,8 +173,18 @@ impl Flusher {
         self.wake.notify_one();
     }
 
-    fn run(&self, db: &sled::Db, writer: &Writer, mut flushed: u64) {
+    fn run(
+        &self,
+        db: &sled::Db,
+        tree: &sled::Tree,
+        overlay: &Overlay,
+        writer: &Writer,
+        mut flushed: u64,
+    ) {
         let mut served = 0u64;
+        let mut last_group = 0usize;
+        let mut last_took = Duration::ZERO;
+        let mut marked = overlay.written();
         let mut last_flush = Instant::now();
         loop {
             let (generation, closing) = {
@@ -197,16 +215,46 @@ impl Flusher {
                         }
                     }
                 }
+                // The callers answered after the last flush are submitting their next appends
+                // right now: give them a moment (half a flush, at most 500 µs) to join
+                // this group rather than pay a flush of their own. With one caller, no wait.
+                if self.durability == Durability::Flush && !wanted.closing && last_group > 1 {
+                    let deadline = Instant::now() + (last_took / 2).min(MAX_GATHER);
+                    while writer.queued_len() < last_group {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        wanted = self
+                            .wake
+                            .wait_timeout(wanted, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
                 wanted.queued = false;
                 (wanted.generation, wanted.closing)
             };
             // Everything that queued while the last flush ran: one group, one batch.
             let group = writer.take_queued();
+            last_group = group.len();
             if !group.is_empty() {
                 writer.commit(group);
             }
             let target = self.lock().written;
-            if target > flushed || generation > served || closing {
+            let behind = target > flushed
+                && (self.durability == Durability::Flush
+                    || Instant::now() >= last_flush + self.interval);
+            let flush = behind || generation > served || closing;
+            if generation > served {
+                // An explicit flush (`flush()`, snapshots, checkpoints) leaves nothing to redo:
+                // index what is visible first, so this flush carries it.
+                let visible = self.visible.load(Ordering::Acquire);
+                if let Err(error) = overlay.index(tree, visible) {
+                    tracing::error!(%error, "writing index entries failed; will retry");
+                }
+            }
+            if flush {
                 let span = tracing::debug_span!(
                     "sled.flush",
                     position = target,
@@ -215,13 +263,28 @@ impl Flusher {
                 );
                 let _enter = span.enter();
                 let started = Instant::now();
+                // Index entries written before this flush are durable after it.
+                let indexed = overlay.written();
                 let outcome = db.flush();
                 let took = started.elapsed();
+                last_took = took;
                 span.record("flush_us", took.as_micros() as u64);
                 last_flush = Instant::now();
                 match outcome {
                     Ok(bytes) => {
                         span.record("bytes", bytes as u64);
+                        overlay.durable_through(target);
+                        if indexed > marked {
+                            // The marker rides on the next flush; until then the older one
+                            // makes an open redo a little more (idempotent) work.
+                            match tree.insert(format::META_INDEXED, format::indexed_value(indexed))
+                            {
+                                Ok(_) => marked = indexed,
+                                Err(error) => {
+                                    tracing::error!(%error, "writing the index marker failed")
+                                }
+                            }
+                        }
                         flushed = target;
                         served = generation;
                         // Visible before anyone is answered: an answered caller reads its write.
@@ -249,9 +312,28 @@ impl Flusher {
                     }
                 }
             }
+            if self.durability == Durability::Flush && overlay.events() >= INDEX_AT {
+                // Only visible — here, durable — commits are indexed.
+                overlay.wake_indexer();
+            }
             if closing {
                 let wanted = self.lock();
                 if wanted.written <= flushed && wanted.generation <= served && writer.is_idle() {
+                    drop(wanted);
+                    // Leave nothing to redo at the next open: index, flush, mark, flush.
+                    let visible = self.visible.load(Ordering::Acquire);
+                    let done = overlay
+                        .index(tree, visible)
+                        .and_then(|()| db.flush().map_err(crate::sled_error))
+                        .and_then(|_| {
+                            let marker = format::indexed_value(overlay.written());
+                            tree.insert(format::META_INDEXED, marker)
+                                .map_err(crate::sled_error)?;
+                            db.flush().map_err(crate::sled_error)
+                        });
+                    if let Err(error) = done {
+                        tracing::error!(%error, "indexing at close failed; the next open redoes it");
+                    }
                     return;
                 }
             }

@@ -1,10 +1,10 @@
 //! The on-disk format: keys, values, checksums. `FORMAT.md` describes the same layout in prose;
 //! change both together, and bump [`FORMAT_VERSION`] for any change an older build would misread.
 //!
-//! Every kind of record lives in ONE sled tree, told apart by a one-byte key prefix. sled applies
-//! a batch atomically (also across a crash) only within one tree, so keeping the log, the stream
-//! index, the heads and the id index in the same tree is what makes one append — one batch —
-//! all-or-nothing, indexes included.
+//! Every kind of record lives in ONE sled tree, told apart by a one-byte key prefix. An append
+//! is one commit record (`W`) — one sled insert, atomic by itself. The stream index, heads and
+//! id index are derived from the commit records and written later in one batch (same tree, so
+//! that batch and its `Mindexed` marker are atomic together); see `overlay.rs` and `recover.rs`.
 
 use std::collections::BTreeMap;
 
@@ -16,16 +16,18 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 /// The format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// The sled tree holding every record.
 pub(crate) const TREE: &[u8] = b"annals";
 
 /// Key of the format marker.
 pub(crate) const META_FORMAT: &[u8] = b"Mformat";
-/// Prefix of stream records: `S stream-id 0xFF version(BE u64)` → event record.
+/// Key of the index marker: every index entry up to this position is written.
+pub(crate) const META_INDEXED: &[u8] = b"Mindexed";
+/// Prefix of the stream index: `S stream-id 0xFF first-version(BE u64)` → commit place.
 pub(crate) const STREAM: u8 = b'S';
-/// Prefix of the global log: `L position(BE u64)` → pointer to the stream record.
-pub(crate) const LOG: u8 = b'L';
+/// Prefix of commit records, the global log: `W first(BE u64) last(BE u64)` → events.
+pub(crate) const COMMIT: u8 = b'W';
 /// Prefix of stream heads: `H stream-id` → version, last position, last recorded_at.
 pub(crate) const HEAD: u8 = b'H';
 /// Prefix of the event-id index: `I uuid(16)` → stream, version, position.
@@ -42,8 +44,6 @@ pub(crate) const STREAM_END: u8 = 0xFF;
 
 /// Bytes of the checksum that starts every value.
 pub(crate) const CRC_LEN: usize = 4;
-/// Offset of the body of an event record: crc, position, recorded_at.
-pub(crate) const RECORD_HEADER: usize = CRC_LEN + 8 + 8;
 
 // ---------------------------------------------------------------------------------------------
 // Keys
@@ -59,12 +59,6 @@ pub(crate) fn stream_prefix(stream: &str) -> Vec<u8> {
 pub(crate) fn stream_key(stream: &str, version: u64) -> Vec<u8> {
     let mut key = stream_prefix(stream);
     key.extend_from_slice(&version.to_be_bytes());
-    key
-}
-
-pub(crate) fn log_key(position: u64) -> [u8; 9] {
-    let mut key = [LOG; 9];
-    key[1..].copy_from_slice(&position.to_be_bytes());
     key
 }
 
@@ -104,10 +98,6 @@ pub(crate) fn parse_stream_key(key: &[u8]) -> Result<(&str, u64), String> {
     let (id, tail) = rest.split_at(rest.len() - 9);
     let stream = std::str::from_utf8(id).map_err(|_| "stream id is not UTF-8".to_owned())?;
     Ok((stream, be_u64(&tail[1..])))
-}
-
-pub(crate) fn parse_log_key(key: &[u8]) -> Option<u64> {
-    (key.len() == 9 && key[0] == LOG).then(|| be_u64(&key[1..]))
 }
 
 fn be_u64(bytes: &[u8]) -> u64 {
@@ -263,58 +253,201 @@ pub(crate) fn encode_body(event: &EventData) -> Vec<u8> {
     out
 }
 
-/// The full value of a stream record under `key`.
-pub(crate) fn record_value(
+// ---------------------------------------------------------------------------------------------
+// Commit records: `W first(BE u64) last(BE u64)` → one append's events.
+//
+// Value layout: crc32 of the header (over key ++ header) | recorded_at i64 | first version u64 |
+// stream id (varint length + UTF-8) | count (varint) | per event: body length (varint) and body
+// crc32 (LE, over key ++ the event's position BE ++ body) | the bodies, concatenated. A flipped
+// byte in one body fails that event only; the framing is covered by the header's checksum.
+
+/// The key of the commit record holding positions `first..=last`.
+pub(crate) fn commit_key(first: u64, last: u64) -> [u8; 17] {
+    let mut key = [COMMIT; 17];
+    key[1..9].copy_from_slice(&first.to_be_bytes());
+    key[9..].copy_from_slice(&last.to_be_bytes());
+    key
+}
+
+/// The first and last positions a commit key names.
+pub(crate) fn parse_commit_key(key: &[u8]) -> Option<(u64, u64)> {
+    (key.len() == 17 && key[0] == COMMIT && be_u64(&key[1..9]) <= be_u64(&key[9..]))
+        .then(|| (be_u64(&key[1..9]), be_u64(&key[9..])))
+}
+
+/// The commit record holding `position`, if any: its key and value.
+pub(crate) fn commit_at(
+    tree: &sled::Tree,
+    position: u64,
+) -> sled::Result<Option<(sled::IVec, sled::IVec)>> {
+    let found = tree
+        .range(commit_key(0, 0)..=commit_key(position, u64::MAX))
+        .next_back()
+        .transpose()?;
+    Ok(found.filter(|(key, _)| parse_commit_key(key).is_some_and(|(_, last)| last >= position)))
+}
+
+fn body_crc(key: &[u8], position: u64, body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(&position.to_be_bytes());
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// The full value of the commit record under `key` (from [`commit_key`]).
+pub(crate) fn commit_value<'b>(
     key: &[u8],
+    recorded_at: Timestamp,
+    stream: &str,
+    first_version: u64,
+    bodies: impl ExactSizeIterator<Item = &'b [u8]> + Clone,
+) -> Vec<u8> {
+    let first = be_u64(&key[1..9]);
+    let total: usize = bodies.clone().map(<[u8]>::len).sum();
+    let mut value = Vec::with_capacity(32 + stream.len() + bodies.len() * 8 + total);
+    value.extend_from_slice(&[0; CRC_LEN]);
+    value.extend_from_slice(&recorded_at.unix_micros().to_be_bytes());
+    value.extend_from_slice(&first_version.to_be_bytes());
+    put_bytes(&mut value, stream.as_bytes());
+    put_varint(&mut value, bodies.len() as u64);
+    for (i, body) in bodies.clone().enumerate() {
+        put_varint(&mut value, body.len() as u64);
+        value.extend_from_slice(&body_crc(key, first + i as u64, body).to_le_bytes());
+    }
+    let header = value.len();
+    let sum = crc(key, &value[CRC_LEN..header]);
+    value[..CRC_LEN].copy_from_slice(&sum.to_le_bytes());
+    for body in bodies {
+        value.extend_from_slice(body);
+    }
+    value
+}
+
+/// A commit record whose header passed its checksum; its events are checked one by one.
+#[derive(Debug)]
+pub(crate) struct Commit<'a> {
+    pub(crate) first: u64,
+    pub(crate) recorded_at: Timestamp,
+    pub(crate) first_version: u64,
+    pub(crate) stream: &'a str,
+    key: &'a [u8],
+    /// Offset, length and checksum of each body.
+    entries: Vec<(usize, usize, u32)>,
+    value: &'a [u8],
+}
+
+/// Parses the header of a commit record (checksum verified) and checks its framing.
+pub(crate) fn parse_commit<'a>(key: &'a [u8], value: &'a [u8]) -> Result<Commit<'a>, String> {
+    let (first, last) = parse_commit_key(key).ok_or("malformed commit key")?;
+    if value.len() < CRC_LEN {
+        return Err(format!("value of {} bytes is too short", value.len()));
+    }
+    let mut r = Reader {
+        bytes: &value[CRC_LEN..],
+    };
+    let recorded_at = Timestamp::from_unix_micros(r.i64()?);
+    let first_version = r.u64()?;
+    let stream = std::str::from_utf8(r.bytes()?).map_err(|_| "stream id is not UTF-8")?;
+    let count = r.varint()?;
+    if count != last - first + 1 {
+        return Err(format!(
+            "the record holds {count} events, its key says {}",
+            last - first + 1
+        ));
+    }
+    let mut lens = Vec::with_capacity(count.min(10_000) as usize);
+    for _ in 0..count {
+        let len = usize::try_from(r.varint()?).map_err(|_| "length too large")?;
+        let mut sum = [0u8; 4];
+        sum.copy_from_slice(r.take(4)?);
+        lens.push((len, u32::from_le_bytes(sum)));
+    }
+    let header = value.len() - r.bytes.len();
+    let mut stored = [0u8; 4];
+    stored.copy_from_slice(&value[..CRC_LEN]);
+    let stored = u32::from_le_bytes(stored);
+    let computed = crc(key, &value[CRC_LEN..header]);
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch in the commit header (stored {stored:#010x}, computed {computed:#010x})"
+        ));
+    }
+    let mut offset = header;
+    let mut entries = Vec::with_capacity(lens.len());
+    for (len, sum) in lens {
+        entries.push((offset, len, sum));
+        offset = offset.checked_add(len).ok_or("length too large")?;
+    }
+    if offset != value.len() {
+        return Err(format!(
+            "the bodies take {} bytes, the record has {}",
+            offset - header,
+            value.len() - header
+        ));
+    }
+    Ok(Commit {
+        first,
+        recorded_at,
+        first_version,
+        stream,
+        key,
+        entries,
+        value,
+    })
+}
+
+impl Commit<'_> {
+    /// Events in the record.
+    pub(crate) fn count(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The checked body of event `i`.
+    fn body(&self, i: usize) -> Result<&[u8], String> {
+        let (offset, len, sum) = self.entries[i];
+        let body = &self.value[offset..offset + len];
+        let computed = body_crc(self.key, self.first + i as u64, body);
+        if computed != sum {
+            return Err(format!(
+                "checksum mismatch (stored {sum:#010x}, computed {computed:#010x})"
+            ));
+        }
+        Ok(body)
+    }
+
+    /// The id of event `i`, its checksum verified.
+    pub(crate) fn event_id(&self, i: usize) -> Result<EventId, String> {
+        let body = self.body(i)?;
+        let mut r = Reader { bytes: body };
+        Ok(EventId::from_uuid(r.uuid()?))
+    }
+
+    /// Decodes event `i`; a damaged event is [`Error::Corrupt`] naming it.
+    pub(crate) fn event(&self, stream: &StreamId, i: usize) -> annals::Result<RecordedEvent> {
+        let version = self.first_version + i as u64;
+        let position = self.first + i as u64;
+        self.body(i)
+            .and_then(|body| decode_body(stream, version, position, self.recorded_at, body))
+            .map_err(|reason| {
+                Error::corrupt(
+                    Some(stream.clone()),
+                    Some(Version::new(version)),
+                    Some(Position::sequence(position)),
+                    reason,
+                )
+            })
+    }
+}
+
+fn decode_body(
+    stream: &StreamId,
+    version: u64,
     position: u64,
     recorded_at: Timestamp,
     body: &[u8],
-) -> Vec<u8> {
-    let mut value = Vec::with_capacity(RECORD_HEADER + body.len());
-    value.extend_from_slice(&[0; CRC_LEN]);
-    value.extend_from_slice(&position.to_be_bytes());
-    value.extend_from_slice(&recorded_at.unix_micros().to_be_bytes());
-    value.extend_from_slice(body);
-    seal(key, value)
-}
-
-/// The position field of a stream record, read without checking the checksum: only for naming
-/// the place in an error about that record.
-pub(crate) fn unverified_position(value: &[u8]) -> Option<Position> {
-    (value.len() >= CRC_LEN + 8).then(|| Position::sequence(be_u64(&value[CRC_LEN..])))
-}
-
-/// The position and recorded time of a stream record, checksum verified.
-pub(crate) fn record_place(key: &[u8], value: &[u8]) -> Result<(u64, Timestamp), String> {
-    let mut r = Reader {
-        bytes: unseal(key, value)?,
-    };
-    Ok((r.u64()?, Timestamp::from_unix_micros(r.i64()?)))
-}
-
-/// Decodes a stream record of `stream` at `version`, checking its checksum.
-pub(crate) fn decode_record(
-    stream: &StreamId,
-    version: u64,
-    key: &[u8],
-    value: &[u8],
-) -> annals::Result<RecordedEvent> {
-    let corrupt = |reason: String| {
-        Error::corrupt(
-            Some(stream.clone()),
-            Some(Version::new(version)),
-            unverified_position(value),
-            reason,
-        )
-    };
-    let body = unseal(key, value).map_err(corrupt)?;
-    decode_checked(stream, version, body).map_err(corrupt)
-}
-
-fn decode_checked(stream: &StreamId, version: u64, body: &[u8]) -> Result<RecordedEvent, String> {
+) -> Result<RecordedEvent, String> {
     let mut r = Reader { bytes: body };
-    let position = r.u64()?;
-    let recorded_at = Timestamp::from_unix_micros(r.i64()?);
     let id = EventId::from_uuid(r.uuid()?);
     let schema_version = r.u16()?;
     let event_type = r.string()?;
@@ -363,23 +496,46 @@ fn decode_checked(stream: &StreamId, version: u64, body: &[u8]) -> Result<Record
 }
 
 // ---------------------------------------------------------------------------------------------
-// Log entries: `L position` → version(BE) stream-id.
+// Stream index: `S stream-id 0xFF first-version` → first position (u64), count (u64) of the
+// commit holding that stream's versions `first-version..`.
 
-pub(crate) fn log_value(key: &[u8], stream: &str, version: u64) -> Vec<u8> {
-    let mut value = Vec::with_capacity(CRC_LEN + 8 + stream.len());
+pub(crate) fn stream_index_value(key: &[u8], first_position: u64, count: u64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(CRC_LEN + 16);
     value.extend_from_slice(&[0; CRC_LEN]);
-    value.extend_from_slice(&version.to_be_bytes());
-    value.extend_from_slice(stream.as_bytes());
+    value.extend_from_slice(&first_position.to_be_bytes());
+    value.extend_from_slice(&count.to_be_bytes());
     seal(key, value)
 }
 
-/// Decodes a log entry into the stream text and version it points to.
-pub(crate) fn decode_log<'a>(key: &[u8], value: &'a [u8]) -> Result<(&'a str, u64), String> {
-    let body = unseal(key, value)?;
-    let mut r = Reader { bytes: body };
-    let version = r.u64()?;
-    let stream = std::str::from_utf8(r.bytes).map_err(|_| "stream id is not UTF-8".to_owned())?;
-    Ok((stream, version))
+/// The first position and count a stream-index entry names.
+pub(crate) fn decode_stream_index(key: &[u8], value: &[u8]) -> Result<(u64, u64), String> {
+    let mut r = Reader {
+        bytes: unseal(key, value)?,
+    };
+    let entry = (r.u64()?, r.u64()?);
+    r.end()?;
+    if entry.1 == 0 {
+        return Err("a stream-index entry of zero events".into());
+    }
+    Ok(entry)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The index marker: `Mindexed` → the position through which every index entry is written.
+
+pub(crate) fn indexed_value(position: u64) -> Vec<u8> {
+    let mut value = vec![0; CRC_LEN];
+    value.extend_from_slice(&position.to_be_bytes());
+    seal(META_INDEXED, value)
+}
+
+pub(crate) fn decode_indexed(value: &[u8]) -> Result<u64, String> {
+    let mut r = Reader {
+        bytes: unseal(META_INDEXED, value)?,
+    };
+    let position = r.u64()?;
+    r.end()?;
+    Ok(position)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,32 +696,49 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_catch_flips() {
+    fn commits_round_trip_and_catch_flips() {
         let stream = StreamId::new("a-1").unwrap();
-        let event =
-            EventData::new("T", "application/octet-stream", vec![1, 2, 3]).with_header("k", "v");
-        let key = stream_key("a-1", 7);
-        let value = record_value(
+        let events = [
+            EventData::new("T", "application/octet-stream", vec![1, 2, 3]).with_header("k", "v"),
+            EventData::new("U", "application/json", b"{}".to_vec()),
+        ];
+        let bodies: Vec<Vec<u8>> = events.iter().map(encode_body).collect();
+        let key = commit_key(42, 43);
+        let value = commit_value(
             &key,
-            42,
             Timestamp::from_unix_micros(5),
-            &encode_body(&event),
+            "a-1",
+            7,
+            bodies.iter().map(Vec::as_slice),
         );
-        let read = decode_record(&stream, 7, &key, &value).unwrap();
-        assert_eq!(read.to_event_data(), event);
-        assert_eq!(read.position, Position::sequence(42));
+        let commit = parse_commit(&key, &value).unwrap();
+        assert_eq!(
+            (commit.first, commit.first_version, commit.stream),
+            (42, 7, "a-1")
+        );
+        for (i, event) in events.iter().enumerate() {
+            let read = commit.event(&stream, i).unwrap();
+            assert_eq!(&read.to_event_data(), event);
+            assert_eq!(read.position, Position::sequence(42 + i as u64));
+            assert_eq!(read.version, Version::new(7 + i as u64));
+        }
+        // Every flipped byte fails the header or the event it lands in, never silently.
         for i in 0..value.len() {
             let mut bad = value.clone();
             bad[i] ^= 0x10;
-            let err = decode_record(&stream, 7, &key, &bad).unwrap_err();
-            assert!(matches!(err, Error::Corrupt { .. }), "byte {i}: {err:?}");
+            match parse_commit(&key, &bad) {
+                Err(_) => {}
+                Ok(c) => assert!(
+                    (0..2).any(|e| matches!(c.event(&stream, e), Err(Error::Corrupt { .. }))),
+                    "byte {i}"
+                ),
+            }
         }
         // The same bytes under another key are caught too.
-        let other = stream_key("a-1", 8);
-        assert!(decode_record(&stream, 8, &other, &value).is_err());
+        assert!(parse_commit(&commit_key(44, 45), &value).is_err());
         // Truncations never panic.
         for n in 0..value.len() {
-            assert!(decode_record(&stream, 7, &key, &value[..n]).is_err());
+            assert!(parse_commit(&key, &value[..n]).is_err());
         }
     }
 }

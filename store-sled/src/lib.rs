@@ -38,12 +38,12 @@
 //!
 //! # What it promises
 //!
-//! - **Atomic appends**: all record kinds (events, global log, stream heads, event-id index)
-//!   live in one sled tree, and each group of appends is one sled batch, which sled applies
-//!   atomically, also across a crash. A crash never leaves part of an append, nor an index
-//!   pointing nowhere.
+//! - **Atomic appends**: an append is one sled insert of a commit record holding all its
+//!   events (write-ahead layout, see `FORMAT.md`), atomic also across a crash. The stream,
+//!   head and event-id indexes are derived from the log in bulk and redone from it at open, so a
+//!   crash never leaves part of an append, nor an index pointing nowhere.
 //! - **Durability** ([`Durability`]): by default an append is answered after `fsync`. Appends
-//!   arriving together share one batch and one flush (group commit). With
+//!   arriving together share one flush (group commit). With
 //!   [`Durability::Buffered`] an append is answered after the in-memory write, and the store
 //!   flushes on a timer and on close.
 //! - **Readers never see what could vanish**: with [`Durability::Flush`], reads and
@@ -53,8 +53,9 @@
 //!   and position. [`SledEventStore::verify`] walks the whole store.
 //! - **Format**: the layout is versioned (`FORMAT.md`); a store written by a newer build is
 //!   refused with [`Error::Format`](annals::Error::Format), never misread.
-//! - **Bounded memory**: no in-memory index; sled's cache (64 MiB by default) bounds what is
-//!   held whatever the size of the store.
+//! - **Bounded memory**: sled's cache (64 MiB by default) bounds what is held whatever the
+//!   size of the store; besides it, only the not-yet-indexed tail of the log (at most tens of
+//!   thousands of events' ids and places) and a bounded cache of stream heads stay in memory.
 //!
 //! # Supported Rust versions
 //!
@@ -71,7 +72,9 @@
 mod builder;
 mod flusher;
 mod format;
+mod overlay;
 mod read;
+mod recover;
 mod store;
 mod verify;
 mod writer;
@@ -94,5 +97,71 @@ fn sled_error(error: sled::Error) -> annals::Error {
         ),
         sled::Error::Unsupported(message) => annals::Error::Format(format!("sled: {message}")),
         other => annals::Error::backend("sled", other),
+    }
+}
+
+/// Hooks for recovery tests: they write what a crash at a chosen moment leaves behind. Not part
+/// of the supported API.
+#[doc(hidden)]
+pub mod testing {
+    use annals::{EventData, Result, StreamId, Timestamp};
+
+    use crate::overlay::{index_batch, CommitInfo};
+    use crate::{format, recover, sled_error};
+
+    fn commit(
+        tree: &sled::Tree,
+        stream: &StreamId,
+        first_version: u64,
+        events: &[EventData],
+    ) -> Result<(CommitInfo, Vec<u8>)> {
+        let first = recover::log_end(tree)? + 1;
+        let bodies: Vec<Vec<u8>> = events.iter().map(format::encode_body).collect();
+        let recorded_at = Timestamp::now();
+        let key = format::commit_key(first, first + events.len() as u64 - 1);
+        let value = format::commit_value(
+            &key,
+            recorded_at,
+            stream.as_str(),
+            first_version,
+            bodies.iter().map(Vec::as_slice),
+        );
+        let info = CommitInfo {
+            stream: stream.clone(),
+            first_version,
+            first,
+            recorded_at,
+            ids: events.iter().map(|e| e.id).collect(),
+        };
+        Ok((info, value))
+    }
+
+    /// Writes a commit record at the end of a closed store's log WITHOUT its index entries, as
+    /// a crash between the log insert and the index write leaves it. Returns its first position.
+    pub fn write_unindexed_commit(
+        tree: &sled::Tree,
+        stream: &StreamId,
+        first_version: u64,
+        events: &[EventData],
+    ) -> Result<u64> {
+        let (info, value) = commit(tree, stream, first_version, events)?;
+        tree.insert(format::commit_key(info.first, info.last()), value)
+            .map_err(sled_error)?;
+        Ok(info.first)
+    }
+
+    /// Writes the index entries (and the index marker) of a commit past the end of a closed
+    /// store's log, WITHOUT the commit record: an index that survived what it indexes.
+    pub fn write_index_without_commit(
+        tree: &sled::Tree,
+        stream: &StreamId,
+        first_version: u64,
+        events: &[EventData],
+    ) -> Result<u64> {
+        let (info, _) = commit(tree, stream, first_version, events)?;
+        let mut batch = sled::Batch::default();
+        index_batch(&mut batch, std::iter::once(&info), info.last());
+        tree.apply_batch(batch).map_err(sled_error)?;
+        Ok(info.first)
     }
 }

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use annals::{
     AppendResult, CheckpointStore, CommitNotifier, CommitWatch, Error, EventData, EventStore,
@@ -13,8 +14,10 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::flusher::Flusher;
-use crate::format::{self, FORMAT_VERSION, LOG, TREE};
+use crate::format::{self, FORMAT_VERSION, TREE};
+use crate::overlay::Overlay;
 use crate::read;
+use crate::recover;
 use crate::verify::{self, VerifyReport};
 use crate::writer::{Encoded, Pending, Writer};
 use crate::{sled_error, Durability, SledStoreBuilder};
@@ -32,9 +35,12 @@ pub struct SledEventStore {
 #[derive(Debug)]
 struct Inner {
     tree: sled::Tree,
+    /// Commits written but not indexed yet; reads and the writer consult it.
+    overlay: Arc<Overlay>,
     writer: Arc<Writer>,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<JoinHandle<()>>>,
+    indexer_thread: Mutex<Option<JoinHandle<()>>>,
     /// The last position readers may see: flushed ([`Durability::Flush`]) or applied
     /// ([`Durability::Buffered`]). Every position up to it is committed.
     visible: Arc<AtomicU64>,
@@ -52,6 +58,15 @@ impl Drop for Inner {
         self.flusher.close();
         let thread = self
             .flusher_thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        self.overlay.stop_indexer();
+        let thread = self
+            .indexer_thread
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
@@ -76,16 +91,10 @@ impl SledEventStore {
             Some(path) => config.path(path),
             None => config.temporary(true),
         };
-        let db = config.open().map_err(open_error)?;
+        let db = open_db(&config)?;
         let tree = check_format(&db)?;
-        let last = match tree.scan_prefix([LOG]).next_back() {
-            None => 0,
-            Some(entry) => {
-                let (key, _) = entry.map_err(sled_error)?;
-                format::parse_log_key(&key)
-                    .ok_or_else(|| Error::corrupt(None, None, None, "malformed global log key"))?
-            }
-        };
+        let last = recover::recover(&db, &tree)?;
+        let overlay = Arc::new(Overlay::new(last));
         let visible = Arc::new(AtomicU64::new(last));
         let notifier = CommitNotifier::new();
         notifier.notify(Position::sequence(last));
@@ -103,15 +112,20 @@ impl SledEventStore {
             b.durability,
             visible.clone(),
             notifier.clone(),
+            overlay.clone(),
         ));
-        let flusher_thread = flusher.spawn(db, writer.clone(), last)?;
+        let indexer_thread = overlay.spawn_indexer(tree.clone(), visible.clone())?;
+        let flusher_thread =
+            flusher.spawn(db, tree.clone(), overlay.clone(), writer.clone(), last)?;
         tracing::debug!(path = ?b.path, position = last, "opened sled store");
         Ok(SledEventStore {
             inner: Arc::new(Inner {
                 tree,
+                overlay,
                 writer,
                 flusher,
                 flusher_thread: Mutex::new(Some(flusher_thread)),
+                indexer_thread: Mutex::new(Some(indexer_thread)),
                 visible,
                 notifier,
                 limits: b.limits,
@@ -131,7 +145,8 @@ impl SledEventStore {
         self.inner.durability
     }
 
-    /// Flushes everything written so far to disk (useful with [`Durability::Buffered`]).
+    /// Flushes everything written so far to disk (useful with [`Durability::Buffered`]), the
+    /// derived indexes included, so that the next open has nothing to redo.
     ///
     /// # Errors
     ///
@@ -167,6 +182,19 @@ impl SledEventStore {
                 .map_err(|e| Error::backend("sled", e))?
                 .map_err(|_| Error::backend("sled", "the flusher thread panicked"))?;
         }
+        self.inner.overlay.stop_indexer();
+        let thread = self
+            .inner
+            .indexer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| Error::backend("sled", e))?
+                .map_err(|_| Error::backend("sled", "the indexer thread panicked"))?;
+        }
         match flushed {
             Err(Error::Closed) => Ok(()),
             other => other,
@@ -185,8 +213,9 @@ impl SledEventStore {
     /// Only when sled itself fails to read; damaged records are [problems](VerifyReport::problems).
     pub async fn verify(&self) -> Result<VerifyReport> {
         let tree = self.inner.tree.clone();
+        let overlay = self.inner.overlay.clone();
         let visible = self.inner.visible.load(Ordering::Acquire);
-        tokio::task::spawn_blocking(move || verify::run(&tree, visible))
+        tokio::task::spawn_blocking(move || verify::run(&tree, &overlay, visible))
             .await
             .map_err(|e| Error::backend("sled", e))?
     }
@@ -222,7 +251,9 @@ fn check_format(db: &sled::Db) -> Result<sled::Tree> {
             }
             if version != FORMAT_VERSION {
                 return Err(Error::Format(format!(
-                    "unknown store format {version}; this build reads format {FORMAT_VERSION}"
+                    "the store was written in format {version} by an older, unreleased \
+                     annals-sled; this build reads format {FORMAT_VERSION} only and does not \
+                     convert it"
                 )));
             }
         }
@@ -234,6 +265,28 @@ fn check_format(db: &sled::Db) -> Result<sled::Tree> {
         }
     }
     Ok(tree)
+}
+
+/// How long an open waits for sled's file lock to be released before reporting the store
+/// unavailable.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// Opens sled. A database just dropped in this process releases its file lock a moment later
+/// (sled finishes its last writes on its I/O threads), so a lock held at the first attempt is
+/// retried for up to [`LOCK_WAIT`]; a lock another process holds is reported then.
+fn open_db(config: &sled::Config) -> Result<sled::Db> {
+    let started = Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map_err(open_error),
+        }
+    }
 }
 
 fn open_error(error: sled::Error) -> Error {
@@ -300,6 +353,7 @@ impl EventStore for SledEventStore {
     ) -> BoxStream<'static, Result<RecordedEvent>> {
         read::stream(
             self.inner.tree.clone(),
+            self.inner.overlay.clone(),
             stream.clone(),
             options,
             self.visible(),
@@ -311,7 +365,12 @@ impl EventStore for SledEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version> {
-        let head = read::visible_head(&self.inner.tree, stream, self.visible())?;
+        let head = read::head_at(
+            &self.inner.tree,
+            &self.inner.overlay,
+            stream,
+            self.visible(),
+        )?;
         Ok(Version::new(head.map_or(0, |h| h.version)))
     }
 
@@ -321,7 +380,11 @@ impl EventStore for SledEventStore {
     }
 
     fn streams(&self) -> BoxStream<'static, Result<StreamInfo>> {
-        read::streams(self.inner.tree.clone(), self.visible())
+        read::streams(
+            self.inner.tree.clone(),
+            self.inner.overlay.clone(),
+            self.visible(),
+        )
     }
 
     fn watch_commits(&self) -> CommitWatch {

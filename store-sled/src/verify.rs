@@ -6,7 +6,8 @@ use std::fmt;
 
 use annals::{Position, Result, StreamId, Version};
 
-use crate::format::{self, CHECKPOINT, HEAD, ID, LOG, META, SNAPSHOT, STREAM};
+use crate::format::{self, CHECKPOINT, COMMIT, HEAD, ID, META, SNAPSHOT, STREAM};
+use crate::overlay::Overlay;
 use crate::sled_error;
 
 /// The most problems a report lists; more are only counted.
@@ -158,7 +159,8 @@ impl Walk<'_> {
         });
     }
 
-    fn record(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    /// A stream-index entry: versions run on, and the commit it names is there.
+    fn stream_entry(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let (stream, version) = match format::parse_stream_key(key) {
             Ok(parsed) => parsed,
             Err(reason) => {
@@ -166,35 +168,23 @@ impl Walk<'_> {
                 return Ok(());
             }
         };
-        let Ok(stream_id) = StreamId::new(stream) else {
-            self.problem(
-                ProblemKind::Corrupt,
-                None,
-                Some(version),
-                None,
-                format!("invalid stream id {stream:?}"),
-            );
-            return Ok(());
-        };
-        let event = match format::decode_record(&stream_id, version, key, value) {
-            Ok(event) => event,
-            Err(error) => {
-                let position = format::unverified_position(value).map(|p| p.commit());
+        let (first, count) = match format::decode_stream_index(key, value) {
+            Ok(entry) => entry,
+            Err(reason) => {
                 self.problem(
                     ProblemKind::Corrupt,
                     Some(stream),
                     Some(version),
-                    position,
-                    error.to_string(),
+                    None,
+                    format!("stream index: {reason}"),
                 );
                 return Ok(());
             }
         };
-        let position = event.position.commit();
-        if position > self.visible {
+        let last = first + count - 1;
+        if last > self.visible {
             return Ok(()); // appended after the walk started
         }
-        self.report.events += 1;
         let same = matches!(&self.current, Some((s, _, _)) if s == stream);
         if !same {
             self.finish_stream()?;
@@ -210,67 +200,67 @@ impl Walk<'_> {
                 ProblemKind::VersionGap,
                 Some(stream),
                 Some(version),
-                Some(position),
+                Some(first),
                 format!("follows version {last_version}"),
             );
         }
-        if position <= last_position {
+        if first <= last_position {
             self.problem(
                 ProblemKind::PositionOrder,
                 Some(stream),
                 Some(version),
-                Some(position),
+                Some(first),
                 format!("position is not after the previous version's {last_position}"),
             );
         }
-        self.current = Some((stream.to_owned(), version, position));
-        // The log entry at this position points back here.
-        let log_key = format::log_key(position);
-        match self.tree.get(log_key).map_err(sled_error)? {
-            None => self.problem(
+        // The commit records of positions first..=last: one after the other, all of this
+        // stream, their versions running with the positions.
+        let mut expect = first;
+        let mut trouble = None;
+        for item in self
+            .tree
+            .range(format::commit_key(first, 0)..=format::commit_key(last, u64::MAX))
+        {
+            let (key, record) = item.map_err(sled_error)?;
+            let Some((c_first, c_last)) = format::parse_commit_key(&key) else {
+                continue; // reported with the log
+            };
+            if c_first != expect {
+                break;
+            }
+            if let Ok(commit) = format::parse_commit(&key, &record) {
+                if commit.stream != stream || commit.first_version != version + (c_first - first) {
+                    trouble = Some(format!(
+                        "the stream index points to a commit of `{}` version {}",
+                        commit.stream, commit.first_version
+                    ));
+                }
+            } // a damaged record is reported with the log
+            expect = c_last + 1;
+        }
+        if expect != last + 1 {
+            // The versions are not all there: the next entry shows the gap.
+            self.problem(
                 ProblemKind::LogMismatch,
                 Some(stream),
                 Some(version),
-                Some(position),
-                "the record has no global log entry",
-            ),
-            Some(entry) => match format::decode_log(&log_key, &entry) {
-                Ok((s, v)) if s == stream && v == version => {}
-                Ok((s, v)) => self.problem(
-                    ProblemKind::LogMismatch,
-                    Some(stream),
-                    Some(version),
-                    Some(position),
-                    format!("the global log entry at this position points to `{s}` version {v}"),
+                Some(first),
+                format!(
+                    "the stream index points to positions {first} to {last}, the log has no record of position {expect}"
                 ),
-                Err(_) => {} // reported when the walk reaches the log entry
-            },
+            );
+            return Ok(());
         }
-        // The id index points here.
-        let id_key = format::id_key(event.id);
-        match self.tree.get(id_key).map_err(sled_error)? {
-            None => self.problem(
-                ProblemKind::IdIndexMismatch,
+        if let Some(detail) = trouble {
+            self.problem(
+                ProblemKind::LogMismatch,
                 Some(stream),
                 Some(version),
-                Some(position),
-                format!("event id {} is not in the id index", event.id),
-            ),
-            Some(entry) => match format::decode_id(&id_key, &entry) {
-                Ok((s, v, p)) if s == stream && v == version && p == position => {}
-                Ok((s, v, p)) => self.problem(
-                    ProblemKind::IdIndexMismatch,
-                    Some(stream),
-                    Some(version),
-                    Some(position),
-                    format!(
-                        "the id index maps {} to `{s}` version {v} position {p}",
-                        event.id
-                    ),
-                ),
-                Err(_) => {} // reported when the walk reaches the index entry
-            },
+                Some(first),
+                detail,
+            );
         }
+        self.current = Some((stream.to_owned(), version + count - 1, last));
         Ok(())
     }
 
@@ -307,66 +297,121 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn log(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let Some(position) = format::parse_log_key(key) else {
+    /// A commit record: positions run on, every event decodes, its index entries agree.
+    fn commit(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let Some((first, last)) = format::parse_commit_key(key) else {
             self.problem(
                 ProblemKind::Corrupt,
                 None,
                 None,
                 None,
-                "malformed global log key",
+                "malformed commit key",
             );
             return Ok(());
         };
-        if position > self.visible {
+        if first > self.visible {
             return Ok(());
         }
-        if position != self.last_log + 1 {
+        if first != self.last_log + 1 {
             self.problem(
                 ProblemKind::LogGap,
                 None,
                 None,
-                Some(position),
+                Some(first),
                 format!(
-                    "the global log jumps from position {} to {position}",
+                    "the global log jumps from position {} to {first}",
                     self.last_log
                 ),
             );
         }
-        self.last_log = position;
-        let (stream, version) = match format::decode_log(key, value) {
-            Ok(entry) => entry,
+        self.last_log = last;
+        let commit = match format::parse_commit(key, value) {
+            Ok(commit) => commit,
             Err(reason) => {
                 self.problem(
                     ProblemKind::Corrupt,
                     None,
                     None,
-                    Some(position),
-                    format!("global log entry: {reason}"),
+                    Some(first),
+                    format!("commit record: {reason}"),
                 );
                 return Ok(());
             }
         };
-        let record_key = format::stream_key(stream, version);
-        match self.tree.get(&record_key).map_err(sled_error)? {
-            None => self.problem(
+        let stream = commit.stream;
+        let Ok(stream_id) = StreamId::new(stream) else {
+            self.problem(
+                ProblemKind::Corrupt,
+                None,
+                Some(commit.first_version),
+                Some(first),
+                format!("invalid stream id {stream:?}"),
+            );
+            return Ok(());
+        };
+        self.report.events += commit.count();
+        // The stream index names this commit.
+        let covered = self
+            .tree
+            .range(format::stream_key(stream, 0)..=format::stream_key(stream, commit.first_version))
+            .next_back()
+            .transpose()
+            .map_err(sled_error)?
+            .and_then(|(k, v)| {
+                let (_, fv) = format::parse_stream_key(&k).ok()?;
+                let (fp, count) = format::decode_stream_index(&k, &v).ok()?;
+                let d = commit.first_version - fv;
+                Some(fp + d == first && d + commit.count() <= count)
+            })
+            .unwrap_or(false);
+        if !covered {
+            self.problem(
                 ProblemKind::LogMismatch,
                 Some(stream),
-                Some(version),
-                Some(position),
-                "the global log points to a record that does not exist",
-            ),
-            Some(record) => match format::record_place(&record_key, &record) {
-                Ok((p, _)) if p == position => {}
-                Ok((p, _)) => self.problem(
-                    ProblemKind::LogMismatch,
+                Some(commit.first_version),
+                Some(first),
+                "the commit record has no matching stream-index entry",
+            );
+        }
+        for i in 0..commit.count() {
+            let (version, position) = (commit.first_version + i, first + i);
+            let event = match commit.event(&stream_id, i as usize) {
+                Ok(event) => event,
+                Err(error) => {
+                    self.problem(
+                        ProblemKind::Corrupt,
+                        Some(stream),
+                        Some(version),
+                        Some(position),
+                        error.to_string(),
+                    );
+                    continue;
+                }
+            };
+            let id_key = format::id_key(event.id);
+            match self.tree.get(id_key).map_err(sled_error)? {
+                None => self.problem(
+                    ProblemKind::IdIndexMismatch,
                     Some(stream),
                     Some(version),
                     Some(position),
-                    format!("the record it points to is at position {p}"),
+                    format!("event id {} is not in the id index", event.id),
                 ),
-                Err(_) => {} // reported with the record
-            },
+                Some(entry) => match format::decode_id(&id_key, &entry) {
+                    Ok((s, v, p)) if s == stream && v == version && p == position => {}
+                    Ok((s, v, p)) => self.problem(
+                        ProblemKind::IdIndexMismatch,
+                        Some(stream),
+                        Some(version),
+                        Some(position),
+                        format!(
+                            "the id index maps {} to `{s}` version {v} position {p}",
+                            event.id
+                        ),
+                    ),
+                    Err(_) => {} // reported when the walk reaches the index entry
+                },
+            }
         }
         Ok(())
     }
@@ -383,8 +428,21 @@ impl Walk<'_> {
             ),
             Ok(head) if head.last_position > self.visible => {}
             Ok(head) => {
-                let record_key = format::stream_key(&stream, head.version);
-                if self.tree.get(&record_key).map_err(sled_error)?.is_none() {
+                let covered = self
+                    .tree
+                    .range(
+                        format::stream_key(&stream, 0)..=format::stream_key(&stream, head.version),
+                    )
+                    .next_back()
+                    .transpose()
+                    .map_err(sled_error)?
+                    .and_then(|(k, v)| {
+                        let (_, fv) = format::parse_stream_key(&k).ok()?;
+                        let (_, count) = format::decode_stream_index(&k, &v).ok()?;
+                        Some(fv + count > head.version)
+                    })
+                    .unwrap_or(false);
+                if !covered {
                     self.problem(
                         ProblemKind::HeadMismatch,
                         Some(&stream),
@@ -415,8 +473,15 @@ impl Walk<'_> {
         if position > self.visible {
             return Ok(());
         }
-        let record_key = format::stream_key(stream, version);
-        if self.tree.get(&record_key).map_err(sled_error)?.is_none() {
+        let there = self
+            .tree
+            .range(format::commit_key(0, 0)..=format::commit_key(position, u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(sled_error)?
+            .and_then(|(k, _)| format::parse_commit_key(&k))
+            .is_some_and(|(_, last)| last >= position);
+        if !there {
             self.problem(
                 ProblemKind::IdIndexMismatch,
                 Some(stream),
@@ -473,7 +538,11 @@ impl Walk<'_> {
     }
 }
 
-pub(crate) fn run(tree: &sled::Tree, visible: u64) -> Result<VerifyReport> {
+pub(crate) fn run(tree: &sled::Tree, overlay: &Overlay, visible: u64) -> Result<VerifyReport> {
+    // Index everything visible and keep other indexers out: the walk then checks every index
+    // entry against the log, and none moves under it.
+    let guard = overlay.lock_indexing();
+    overlay.index_locked(&guard, tree, visible)?;
     let mut walk = Walk {
         tree,
         visible,
@@ -488,8 +557,8 @@ pub(crate) fn run(tree: &sled::Tree, visible: u64) -> Result<VerifyReport> {
     for item in tree.iter() {
         let (key, value) = item.map_err(sled_error)?;
         match key.first().copied() {
-            Some(STREAM) => walk.record(&key, &value)?,
-            Some(LOG) => walk.log(&key, &value)?,
+            Some(STREAM) => walk.stream_entry(&key, &value)?,
+            Some(COMMIT) => walk.commit(&key, &value)?,
             Some(HEAD) => walk.head(&key, &value)?,
             Some(ID) => walk.id(&key, &value)?,
             Some(SNAPSHOT) => walk.snapshot(&key, &value)?,
@@ -503,6 +572,17 @@ pub(crate) fn run(tree: &sled::Tree, visible: u64) -> Result<VerifyReport> {
                         None,
                         None,
                         format!("checkpoint `{name}`: {reason}"),
+                    );
+                }
+            }
+            Some(META) if &key[..] == format::META_INDEXED => {
+                if let Err(reason) = format::decode_indexed(&value) {
+                    walk.problem(
+                        ProblemKind::Corrupt,
+                        None,
+                        None,
+                        None,
+                        format!("index marker: {reason}"),
                     );
                 }
             }

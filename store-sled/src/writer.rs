@@ -1,15 +1,15 @@
 //! The writer: the one place appends are checked, given positions and applied to sled.
 //!
-//! Appends queue up and commit as groups: everything queued is taken at once, checked (expected
-//! versions and idempotency against the store *and* against the group's earlier appends),
-//! applied as ONE sled batch, and answered. Exactly one committer runs at a time, so exactly
-//! one writer assigns positions. Who runs it depends on the durability:
+//! Appends queue up and commit as groups: everything queued is taken at once and each append is
+//! checked (expected versions and idempotency against the store, the group's earlier appends
+//! included) and written as ONE sled insert: its commit record, which holds all its events and
+//! is therefore atomic. No sled batch is on this path: with sled 0.34 every `apply_batch` rolls
+//! the I/O buffer (`pin_log`), a write of its own costing ≈ 20 plain inserts. The derived indexes
+//! follow in bulk (`overlay.rs`). Exactly one committer runs at a time, so exactly one writer
+//! assigns positions. Who runs it depends on the durability:
 //!
 //! - [`Durability::Flush`]: the flusher thread (`flusher.rs`). Each turn it takes everything
-//!   that queued while the previous flush ran, commits it as one batch and flushes once. This
-//!   makes groups as large as the disk makes them, which matters with sled 0.34: every
-//!   `apply_batch` rolls sled's I/O buffer (`pin_log`), a write of its own, so many small
-//!   batches between two flushes cost far more than one large one.
+//!   that queued while the previous flush ran, writes it (n inserts) and flushes once.
 //! - [`Durability::Buffered`]: the appending task itself. Whoever finds no commit running
 //!   becomes the *leader* (a flag under the queue's lock), commits what is queued, looks again
 //!   until the queue is empty, and hands leadership to a fresh task after [`MAX_ROUNDS`] groups
@@ -30,10 +30,14 @@ use tokio::sync::oneshot;
 
 use crate::flusher::Flusher;
 use crate::format::{self, Head};
+use crate::overlay::{CommitInfo, Overlay, INDEX_AT, INDEX_HARD};
 use crate::{sled_error, Durability};
 
 /// Groups one leader commits before handing leadership over.
 const MAX_ROUNDS: usize = 16;
+/// Stream heads the writer keeps in memory; past it the cache starts over (heads are then read
+/// from the overlay and sled again, a lookup each).
+const MAX_HEADS: usize = 50_000;
 
 /// An append waiting for the writer.
 #[derive(Debug)]
@@ -68,6 +72,10 @@ pub(crate) struct Writer {
     durability: Durability,
     visible: Arc<AtomicU64>,
     notifier: CommitNotifier,
+    overlay: Arc<Overlay>,
+    /// Heads of the streams appended to lately. The writer is the only writer, so what it
+    /// cached is authoritative.
+    heads: Mutex<HashMap<StreamId, Head>>,
 }
 
 impl Writer {
@@ -78,6 +86,7 @@ impl Writer {
         durability: Durability,
         visible: Arc<AtomicU64>,
         notifier: CommitNotifier,
+        overlay: Arc<Overlay>,
     ) -> Self {
         Writer {
             tree,
@@ -87,6 +96,8 @@ impl Writer {
             durability,
             visible,
             notifier,
+            overlay,
+            heads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -111,6 +122,11 @@ impl Writer {
             self.lead();
         }
         Ok(())
+    }
+
+    /// Appends queued now.
+    pub(crate) fn queued_len(&self) -> usize {
+        self.lock().pending.len()
     }
 
     /// Takes everything queued ([`Durability::Flush`]: the flusher thread commits it).
@@ -174,12 +190,12 @@ impl Writer {
             apply_us = tracing::field::Empty,
         );
         let _enter = span.enter();
+        let started = Instant::now();
         let first_position = self.next_position.load(Ordering::Relaxed);
+        let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
         let mut plan = Plan {
-            tree: &self.tree,
-            batch: sled::Batch::default(),
-            heads: HashMap::new(),
-            ids: HashMap::new(),
+            writer: self,
+            heads: &mut heads,
             next: first_position,
             recorded_at: Timestamp::now(),
             bytes: 0,
@@ -189,39 +205,29 @@ impl Writer {
             let outcome = plan.add(&pending);
             answers.push((pending.reply, outcome));
         }
-        let Plan {
-            batch, next, bytes, ..
-        } = plan;
-        let last = next - 1;
+        let (next, bytes) = (plan.next, plan.bytes);
+        drop(heads);
         if next > first_position {
-            let started = Instant::now();
-            let applied = self.tree.apply_batch(batch);
+            let last = next - 1;
             span.record("events", next - first_position);
             span.record("bytes", bytes as u64);
             span.record("position", last);
             span.record("apply_us", started.elapsed().as_micros() as u64);
-            match applied {
-                Ok(()) => {
-                    self.next_position.store(next, Ordering::Relaxed);
-                    self.flusher.written(last);
-                    if self.durability != Durability::Flush {
-                        self.visible.fetch_max(last, Ordering::AcqRel);
-                        self.notifier.notify(Position::sequence(last));
-                    }
+            self.next_position.store(next, Ordering::Relaxed);
+            self.flusher.written(last);
+            if self.durability != Durability::Flush {
+                self.visible.fetch_max(last, Ordering::AcqRel);
+                self.notifier.notify(Position::sequence(last));
+            }
+            let unindexed = self.overlay.events();
+            if unindexed >= INDEX_HARD {
+                // The indexer fell behind: do its work here rather than let memory grow.
+                let visible = self.visible.load(Ordering::Acquire);
+                if let Err(error) = self.overlay.try_index(&self.tree, visible) {
+                    tracing::error!(%error, "writing index entries failed; will retry");
                 }
-                Err(error) => {
-                    // The batch is atomic: nothing of it was applied. Appends it carried fail;
-                    // retries of earlier appends and refusals keep their own answers.
-                    let message = error.to_string();
-                    for (_, outcome) in &mut answers {
-                        if matches!(outcome, Ok(r) if r.first_position.commit() >= first_position) {
-                            *outcome = Err(Error::backend(
-                                "sled",
-                                format!("applying the batch failed, nothing written: {message}"),
-                            ));
-                        }
-                    }
-                }
+            } else if unindexed >= INDEX_AT && self.durability != Durability::Flush {
+                self.overlay.wake_indexer();
             }
         }
         for (reply, outcome) in answers {
@@ -231,83 +237,79 @@ impl Writer {
     }
 }
 
-/// One group being planned into one batch.
+/// One group being committed, an append at a time.
 struct Plan<'a> {
-    tree: &'a sled::Tree,
-    batch: sled::Batch,
-    /// Heads as this group leaves them, so later appends of the group check against earlier ones.
-    heads: HashMap<StreamId, Head>,
-    /// Ids this group writes, for idempotency within the group.
-    ids: HashMap<EventId, StoredEventRef>,
+    writer: &'a Writer,
+    /// The writer's cache of stream heads, updated as appends are written.
+    heads: &'a mut HashMap<StreamId, Head>,
     next: u64,
     recorded_at: Timestamp,
     bytes: usize,
 }
 
 impl Plan<'_> {
-    /// Checks one append against the store and the group so far, and adds its writes to the
-    /// batch if it passes. A refused append adds nothing.
+    /// Checks one append against the store (its earlier appends included) and writes its
+    /// commit record — one sled insert, atomic — if it passes. A refused append writes nothing.
     fn add(&mut self, p: &Pending) -> Result<AppendResult> {
+        let w = self.writer;
         let ids: Vec<EventId> = p.events.iter().map(|e| e.id).collect();
         let mut found = Vec::with_capacity(ids.len());
         for id in &ids {
-            found.push(match self.ids.get(id) {
-                Some(r) => Some(r.clone()),
-                None => lookup_id(self.tree, *id)?,
+            // The overlay first: an entry leaves it only after it reached sled's index.
+            found.push(match w.overlay.lookup_id(*id) {
+                Some(r) => Some(r),
+                None => lookup_id(&w.tree, *id)?,
             });
         }
         if let Some(first) = resolve_retry(&p.stream, &ids, &found)? {
             return Ok(first);
         }
         let head = match self.heads.get(&p.stream) {
-            Some(head) => *head,
-            None => read_head(self.tree, &p.stream)?.unwrap_or(Head {
-                version: 0,
-                last_position: 0,
-                last_recorded_at: self.recorded_at,
-            }),
+            Some(head) => Some(*head),
+            None => match w.overlay.head(&p.stream, u64::MAX) {
+                Some(head) => Some(head),
+                None => read_head(&w.tree, &p.stream)?,
+            },
         };
-        p.expected.check(&p.stream, Version::new(head.version))?;
-        let stream = p.stream.as_str();
-        let first_position = self.next;
-        for (i, event) in p.events.iter().enumerate() {
-            let version = head.version + 1 + i as u64;
-            let position = self.next;
-            self.next += 1;
-            let key = format::stream_key(stream, version);
-            let value = format::record_value(&key, position, self.recorded_at, &event.body);
-            self.bytes += key.len() + value.len();
-            self.batch.insert(key, value);
-            let key = format::log_key(position);
-            self.batch
-                .insert(&key, format::log_value(&key, stream, version));
-            let key = format::id_key(event.id);
-            self.batch
-                .insert(&key, format::id_value(&key, stream, version, position));
-            self.ids.insert(
-                event.id,
-                StoredEventRef {
-                    stream_id: p.stream.clone(),
-                    version: Version::new(version),
-                    position: Position::sequence(position),
-                },
-            );
-        }
+        let version = head.map_or(0, |h| h.version);
+        p.expected.check(&p.stream, Version::new(version))?;
         let count = p.events.len() as u64;
-        let new_head = Head {
-            version: head.version + count,
-            last_position: self.next - 1,
-            last_recorded_at: self.recorded_at,
+        let first = self.next;
+        let last = first + count - 1;
+        let key = format::commit_key(first, last);
+        let value = format::commit_value(
+            &key,
+            self.recorded_at,
+            p.stream.as_str(),
+            version + 1,
+            p.events.iter().map(|e| e.body.as_slice()),
+        );
+        self.bytes += key.len() + value.len();
+        w.tree.insert(key, value).map_err(|error| {
+            Error::backend(
+                "sled",
+                format!("writing the commit record failed, nothing written: {error}"),
+            )
+        })?;
+        self.next = last + 1;
+        let info = CommitInfo {
+            stream: p.stream.clone(),
+            first_version: version + 1,
+            first,
+            recorded_at: self.recorded_at,
+            ids,
         };
-        let key = format::head_key(stream);
-        let value = format::head_value(&key, new_head);
-        self.batch.insert(key, value);
+        let new_head = info.head();
+        w.overlay.push(info);
+        if self.heads.len() >= MAX_HEADS && !self.heads.contains_key(&p.stream) {
+            self.heads.clear();
+        }
         self.heads.insert(p.stream.clone(), new_head);
         Ok(AppendResult {
-            first_version: Version::new(head.version + 1),
+            first_version: Version::new(version + 1),
             last_version: Version::new(new_head.version),
-            first_position: Position::sequence(first_position),
-            last_position: Position::sequence(new_head.last_position),
+            first_position: Position::sequence(first),
+            last_position: Position::sequence(last),
         })
     }
 }

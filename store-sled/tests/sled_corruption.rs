@@ -6,7 +6,7 @@ mod support;
 use annals::{Error, EventStore, ExpectedVersion, Position, ReadAll, ReadStream, Version};
 use annals_sled::ProblemKind;
 use futures::TryStreamExt;
-use support::{event, open, raw_tree, record_key, shut, sid};
+use support::{body_range, commit_of, event, open, raw_tree, shut, sid};
 
 async fn seeded(path: &std::path::Path) -> Vec<annals::RecordedEvent> {
     let store = open(path).await;
@@ -50,9 +50,10 @@ async fn a_flipped_byte_in_an_event_is_a_corruption_error_naming_it() {
     let events = seeded(&path).await;
     let victim = &events[2]; // victim-1 version 2
     assert_eq!(victim.version, Version::new(2));
-    // Flip one bit of the payload's last byte.
-    damage(&path, &record_key("victim-1", 2), |v| {
-        let last = v.len() - 1;
+    // Flip one bit of the payload's last byte (inside the commit record holding versions 1-3).
+    let (key, index) = commit_of(&raw_tree(&path).1, "victim-1", 2);
+    damage(&path, &key, |v| {
+        let last = body_range(v, index).end - 1;
         v[last] ^= 0x01;
     });
 
@@ -155,10 +156,9 @@ async fn damaged_heads_indexes_and_truncated_records_never_panic() {
     shut(store).await;
 
     // Every truncation of a record reads as corruption.
+    let (victim, _) = commit_of(&raw_tree(&path).1, "victim-1", 3);
     for keep in [0usize, 3, 4, 11, 20, 40] {
-        damage(&path, &record_key("victim-1", 3), |v| {
-            v.truncate(keep.min(v.len()))
-        });
+        damage(&path, &victim, |v| v.truncate(keep.min(v.len())));
         let store = open(&path).await;
         let read: Result<Vec<_>, _> = store
             .read_stream(&sid("victim-1"), ReadStream::backward().limit(1))
@@ -174,7 +174,8 @@ async fn damaged_heads_indexes_and_truncated_records_never_panic() {
     // A log entry pointing nowhere is reported by reads and by verify.
     {
         let (db, tree) = raw_tree(&path);
-        tree.remove(record_key("other-1", 1)).expect("remove");
+        let (key, _) = commit_of(&tree, "other-1", 1);
+        tree.remove(key).expect("remove");
         db.flush().expect("flush");
     }
     let store = open(&path).await;

@@ -119,10 +119,11 @@ async fn a_newer_format_is_refused_with_a_clear_error() {
         .await
         .expect("append");
     shut(store).await;
-    {
+    // The marker as another build would write it: crc32(key ++ body) LE, then the version as
+    // BE u32.
+    let set_marker = |version: u32| {
         let (db, tree) = raw_tree(&path);
-        // The marker as a newer build would write it: crc32(key ++ body) LE, then 2 as BE u32.
-        let body = 2u32.to_be_bytes();
+        let body = version.to_be_bytes();
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(b"Mformat");
         hasher.update(&body);
@@ -130,11 +131,22 @@ async fn a_newer_format_is_refused_with_a_clear_error() {
         value.extend_from_slice(&body);
         tree.insert(b"Mformat", value).expect("insert");
         db.flush().expect("flush");
-    }
+    };
+    let newer = annals_sled::FORMAT_VERSION + 1;
+    set_marker(newer);
     match SledEventStore::builder().path(&path).open().await {
         Err(Error::Format(message)) => {
-            assert!(message.contains("format 2"), "{message}");
+            assert!(message.contains(&format!("format {newer}")), "{message}");
             assert!(message.contains("newer"), "{message}");
+        }
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    // The first, unreleased layout (before commit records) is refused too, never misread.
+    set_marker(1);
+    match SledEventStore::builder().path(&path).open().await {
+        Err(Error::Format(message)) => {
+            assert!(message.contains("format 1"), "{message}");
+            assert!(message.contains("older"), "{message}");
         }
         other => panic!("expected a format error, got {other:?}"),
     }

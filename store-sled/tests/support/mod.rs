@@ -63,11 +63,59 @@ pub fn raw_tree(path: &Path) -> (sled::Db, sled::Tree) {
     (db, tree)
 }
 
-/// The key of a stream record, as FORMAT.md lays it out.
-pub fn record_key(stream: &str, version: u64) -> Vec<u8> {
-    let mut key = vec![b'S'];
-    key.extend_from_slice(stream.as_bytes());
-    key.push(0xFF);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
+/// The key of the commit record holding `stream`'s `version`, found through the stream index
+/// as FORMAT.md lays it out, and the event's index inside the record.
+pub fn commit_of(tree: &sled::Tree, stream: &str, version: u64) -> (Vec<u8>, usize) {
+    let mut lo = vec![b'S'];
+    lo.extend_from_slice(stream.as_bytes());
+    lo.push(0xFF);
+    let mut hi = lo.clone();
+    lo.extend_from_slice(&0u64.to_be_bytes());
+    hi.extend_from_slice(&version.to_be_bytes());
+    let (key, value) = tree
+        .range(lo..=hi)
+        .next_back()
+        .expect("a stream-index entry")
+        .expect("read");
+    let be = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    let first_version = be(&key[key.len() - 8..]);
+    // The entry names a run of positions; the commit holding ours starts at or before it.
+    let position = be(&value[4..12]) + (version - first_version);
+    let mut hi = vec![b'W'];
+    hi.extend_from_slice(&position.to_be_bytes());
+    hi.extend_from_slice(&u64::MAX.to_be_bytes());
+    let (commit, _) = tree
+        .range(vec![b'W']..=hi)
+        .next_back()
+        .expect("a commit record")
+        .expect("read");
+    let first = be(&commit[1..9]);
+    (commit.to_vec(), (position - first) as usize)
+}
+
+/// The byte range of event `index`'s body inside a commit record (FORMAT.md).
+pub fn body_range(value: &[u8], index: usize) -> std::ops::Range<usize> {
+    fn varint(value: &[u8], at: &mut usize) -> usize {
+        let (mut n, mut shift) = (0usize, 0);
+        loop {
+            let b = value[*at];
+            *at += 1;
+            n |= usize::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+    let mut at = 4 + 8 + 8;
+    let stream_len = varint(value, &mut at);
+    at += stream_len;
+    let count = varint(value, &mut at);
+    let mut lens = Vec::new();
+    for _ in 0..count {
+        lens.push(varint(value, &mut at));
+        at += 4;
+    }
+    let start = at + lens[..index].iter().sum::<usize>();
+    start..start + lens[index]
 }

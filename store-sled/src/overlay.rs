@@ -1,0 +1,376 @@
+//! The derived indexes and their in-memory overlay.
+//!
+//! An append is ONE sled insert: its commit record (`W`, see `format.rs`). The indexes derived
+//! from it — the stream index (`S`), the event-id index (`I`), the stream heads (`H`) — are
+//! written later, in bulk, by an indexer thread with plain inserts (every [`INDEX_AT`] events,
+//! or when a reader or `verify` needs it); the flusher then raises the `Mindexed` marker after a
+//! flush made them durable. Until then the commit sits in
+//! this overlay, which the writer's checks and every read consult, so nobody can tell an indexed
+//! commit from one still waiting.
+//!
+//! Only commits already on disk are indexed (with `Durability::Buffered` an indexing round starts
+//! with a flush), so an index entry never reaches sled's log before the commit it points to is
+//! durable. At open, the commits after the marker are indexed again (redo, idempotent), and index
+//! entries past the end of the log, if any ever survived, are dropped (see `recover.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use annals::store::StoredEventRef;
+use annals::{Error, EventId, Position, Result, StreamId, Timestamp, Version};
+
+use crate::format::{self, Head};
+use crate::sled_error;
+
+/// Unindexed events at which the background indexer is asked to run.
+pub(crate) const INDEX_AT: usize = 4096;
+/// Unindexed events at which the writer indexes by itself rather than let the overlay grow.
+pub(crate) const INDEX_HARD: usize = 64 * 1024;
+
+/// One commit (one append) as the indexes need it.
+#[derive(Debug)]
+pub(crate) struct CommitInfo {
+    pub(crate) stream: StreamId,
+    pub(crate) first_version: u64,
+    /// Its first global position (the key of its commit record).
+    pub(crate) first: u64,
+    pub(crate) recorded_at: Timestamp,
+    pub(crate) ids: Vec<EventId>,
+}
+
+impl CommitInfo {
+    pub(crate) fn count(&self) -> u64 {
+        self.ids.len() as u64
+    }
+    pub(crate) fn last(&self) -> u64 {
+        self.first + self.count() - 1
+    }
+    pub(crate) fn last_version(&self) -> u64 {
+        self.first_version + self.count() - 1
+    }
+    pub(crate) fn head(&self) -> Head {
+        Head {
+            version: self.last_version(),
+            last_position: self.last(),
+            last_recorded_at: self.recorded_at,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Unindexed commits, in position order.
+    commits: VecDeque<Arc<CommitInfo>>,
+    /// The same, per stream, in version order.
+    streams: HashMap<StreamId, VecDeque<Arc<CommitInfo>>>,
+    /// Their event ids: the commit and the index in it.
+    ids: HashMap<EventId, (Arc<CommitInfo>, u32)>,
+    events: usize,
+}
+
+/// The unindexed tail of the log, in memory.
+#[derive(Debug)]
+pub(crate) struct Overlay {
+    state: RwLock<State>,
+    /// Held while index entries are written, so one indexer runs at a time (and `verify` sees
+    /// the indexes still).
+    indexing: Mutex<()>,
+    /// Every index entry of a position up to this one is written to sled (not yet flushed,
+    /// maybe). The `Mindexed` marker follows it after a flush (see `flusher.rs`).
+    written: AtomicU64,
+    /// Every commit up to this position is on disk (flushed).
+    durable: AtomicU64,
+    /// The indexer thread's wake-up: (asked to index, closing).
+    wanted: Mutex<(bool, bool)>,
+    wake: Condvar,
+}
+
+impl Overlay {
+    pub(crate) fn new(indexed: u64) -> Overlay {
+        Overlay {
+            state: RwLock::new(State::default()),
+            indexing: Mutex::new(()),
+            written: AtomicU64::new(indexed),
+            durable: AtomicU64::new(indexed),
+            wanted: Mutex::new((false, false)),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// A flush made every commit up to `position` durable.
+    pub(crate) fn durable_through(&self, position: u64) {
+        self.durable.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// Every index entry up to this position is written to sled.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    fn wanted(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the indexer thread to index what is visible.
+    pub(crate) fn wake_indexer(&self) {
+        let mut wanted = self.wanted();
+        if !wanted.0 {
+            wanted.0 = true;
+            drop(wanted);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stops the indexer thread (after its current round).
+    pub(crate) fn stop_indexer(&self) {
+        self.wanted().1 = true;
+        self.wake.notify_one();
+    }
+
+    /// Starts the indexer thread: it writes index entries with plain sled inserts, which run
+    /// beside the writer's (an `apply_batch` would take sled's global write lock and stop every
+    /// append while it runs).
+    pub(crate) fn spawn_indexer(
+        self: &Arc<Self>,
+        tree: sled::Tree,
+        visible: Arc<AtomicU64>,
+    ) -> Result<JoinHandle<()>> {
+        let overlay = self.clone();
+        std::thread::Builder::new()
+            .name("annals-sled-indexer".into())
+            .spawn(move || loop {
+                {
+                    let mut wanted = overlay.wanted();
+                    while !wanted.0 && !wanted.1 {
+                        wanted = overlay.wake.wait(wanted).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if wanted.1 {
+                        return;
+                    }
+                    wanted.0 = false;
+                }
+                if let Err(error) = overlay.index(&tree, visible.load(Ordering::Acquire)) {
+                    tracing::error!(%error, "writing index entries failed; will retry");
+                }
+            })
+            .map_err(|e| Error::backend("sled", e))
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // Every mutation below completes before the lock is released: a poisoned lock still
+        // guards consistent data.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a commit just written to sled (the writer, in position order).
+    pub(crate) fn push(&self, commit: CommitInfo) {
+        let commit = Arc::new(commit);
+        let mut state = self.write();
+        for (i, id) in commit.ids.iter().enumerate() {
+            state.ids.insert(*id, (commit.clone(), i as u32));
+        }
+        state.events += commit.ids.len();
+        state
+            .streams
+            .entry(commit.stream.clone())
+            .or_default()
+            .push_back(commit.clone());
+        state.commits.push_back(commit);
+    }
+
+    /// Unindexed events.
+    pub(crate) fn events(&self) -> usize {
+        self.read().events
+    }
+
+    /// Where an unindexed event with this id is.
+    pub(crate) fn lookup_id(&self, id: EventId) -> Option<StoredEventRef> {
+        let state = self.read();
+        let (commit, i) = state.ids.get(&id)?;
+        Some(StoredEventRef {
+            stream_id: commit.stream.clone(),
+            version: Version::new(commit.first_version + u64::from(*i)),
+            position: Position::sequence(commit.first + u64::from(*i)),
+        })
+    }
+
+    /// The stream's head among the unindexed commits at or below `visible`, if any.
+    pub(crate) fn head(&self, stream: &StreamId, visible: u64) -> Option<Head> {
+        let state = self.read();
+        state
+            .streams
+            .get(stream)?
+            .iter()
+            .rev()
+            .find(|c| c.last() <= visible)
+            .map(|c| c.head())
+    }
+
+    /// The stream's unindexed commits holding a version in `lo..=hi`.
+    pub(crate) fn stream_commits(
+        &self,
+        stream: &StreamId,
+        lo: u64,
+        hi: u64,
+    ) -> Vec<Arc<CommitInfo>> {
+        let state = self.read();
+        state.streams.get(stream).map_or_else(Vec::new, |commits| {
+            commits
+                .iter()
+                .filter(|c| c.first_version <= hi && c.last_version() >= lo)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Locks out other indexers.
+    pub(crate) fn lock_indexing(&self) -> MutexGuard<'_, ()> {
+        self.indexing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the index entries of every commit up to `upto` (plain inserts) and then drops
+    /// them from the overlay.
+    pub(crate) fn index(&self, tree: &sled::Tree, upto: u64) -> Result<()> {
+        let guard = self.lock_indexing();
+        self.index_locked(&guard, tree, upto)
+    }
+
+    /// [`index`](Self::index) unless another indexer runs (then it does the work).
+    pub(crate) fn try_index(&self, tree: &sled::Tree, upto: u64) -> Result<()> {
+        match self.indexing.try_lock() {
+            Ok(guard) => self.index_locked(&guard, tree, upto),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// [`index`](Self::index) with the indexing lock already held.
+    pub(crate) fn index_locked(
+        &self,
+        _guard: &MutexGuard<'_, ()>,
+        tree: &sled::Tree,
+        upto: u64,
+    ) -> Result<()> {
+        let commits: Vec<Arc<CommitInfo>> = self
+            .read()
+            .commits
+            .iter()
+            .take_while(|c| c.last() <= upto)
+            .cloned()
+            .collect();
+        let Some(last) = commits.last().map(|c| c.last()) else {
+            return Ok(());
+        };
+        let span = tracing::debug_span!(
+            "sled.index",
+            commits = commits.len(),
+            position = last,
+            apply_us = tracing::field::Empty
+        );
+        let _enter = span.enter();
+        let started = Instant::now();
+        if last > self.durable.load(Ordering::Acquire) {
+            // Index entries are written only for commits already on disk, so no crash can keep
+            // an entry and lose its commit, whatever sled recovers. With `Durability::Flush`
+            // they are durable already; with `Buffered` this is one flush per round.
+            tree.flush().map_err(sled_error)?;
+            self.durable_through(last);
+        }
+        let mut failed = None;
+        index_entries(commits.iter().map(|c| &**c), |key, value| {
+            if failed.is_none() {
+                failed = tree.insert(key, value).err();
+            }
+        });
+        if let Some(error) = failed {
+            return Err(sled_error(error));
+        }
+        self.written.fetch_max(last, Ordering::AcqRel);
+        span.record("apply_us", started.elapsed().as_micros() as u64);
+        // In sled now: readers find them there from here on.
+        let mut state = self.write();
+        for commit in &commits {
+            state.commits.pop_front();
+            for id in &commit.ids {
+                state.ids.remove(id);
+            }
+            state.events -= commit.ids.len();
+            if let Some(list) = state.streams.get_mut(&commit.stream) {
+                list.pop_front();
+                if list.is_empty() {
+                    state.streams.remove(&commit.stream);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds the index entries of `commits` (in position order) and the marker `indexed` to `batch`.
+pub(crate) fn index_batch<'a>(
+    batch: &mut sled::Batch,
+    commits: impl Iterator<Item = &'a CommitInfo>,
+    indexed: u64,
+) {
+    index_entries(commits, |key, value| batch.insert(key, value));
+    batch.insert(format::META_INDEXED, format::indexed_value(indexed));
+}
+
+/// Hands the index entries of `commits` (in position order) to `put`.
+fn index_entries<'a>(
+    commits: impl Iterator<Item = &'a CommitInfo>,
+    mut put: impl FnMut(Vec<u8>, Vec<u8>),
+) {
+    let mut heads: HashMap<&StreamId, Head> = HashMap::new();
+    // Stream-index runs: consecutive commits of one stream with nothing between them share one
+    // entry (versions and positions both run on), so a lone writer's index costs one entry per
+    // round, not one per append.
+    let mut runs: Vec<(&StreamId, u64, u64, u64)> = Vec::new();
+    for commit in commits {
+        let stream = commit.stream.as_str();
+        match runs.last_mut() {
+            Some((s, fv, fp, count))
+                if *s == &commit.stream
+                    && *fv + *count == commit.first_version
+                    && *fp + *count == commit.first =>
+            {
+                *count += commit.count();
+            }
+            _ => runs.push((
+                &commit.stream,
+                commit.first_version,
+                commit.first,
+                commit.count(),
+            )),
+        }
+        for (i, id) in commit.ids.iter().enumerate() {
+            let key = format::id_key(*id);
+            put(
+                key.to_vec(),
+                format::id_value(
+                    &key,
+                    stream,
+                    commit.first_version + i as u64,
+                    commit.first + i as u64,
+                ),
+            );
+        }
+        heads.insert(&commit.stream, commit.head());
+    }
+    for (stream, first_version, first, count) in runs {
+        let key = format::stream_key(stream.as_str(), first_version);
+        let value = format::stream_index_value(&key, first, count);
+        put(key, value);
+    }
+    for (stream, head) in heads {
+        let key = format::head_key(stream.as_str());
+        let value = format::head_value(&key, head);
+        put(key, value);
+    }
+}

@@ -1,0 +1,220 @@
+//! Recovery at open: bring the derived indexes in line with the log.
+//!
+//! The log — the commit records — is the truth. The indexes are complete through the position in
+//! the `Mindexed` marker. Two cases are repaired, both idempotent, so a crash during recovery is
+//! recovered by the next open:
+//!
+//! - **redo**: commits after the marker (appended, not yet indexed when the process stopped) get
+//!   their index entries written again, with the marker, in one sled batch;
+//! - **drop**: if the marker is past the end of the log (index entries survived a crash that
+//!   the commits they index did not), every index entry pointing past the end is removed and
+//!   heads are recomputed from what is left. Entries are written only for flushed commits (and
+//!   sled recovers a prefix of its log besides), so this is not expected to happen; it is
+//!   handled so that no index can ever point nowhere.
+
+use std::collections::{BTreeSet, HashMap};
+
+use annals::{Error, Position, Result, StreamId, Version};
+
+use crate::format::{self, Head, COMMIT, HEAD, ID, STREAM};
+use crate::overlay::{index_batch, CommitInfo};
+use crate::sled_error;
+
+/// The last position of the log (0 when empty).
+pub(crate) fn log_end(tree: &sled::Tree) -> Result<u64> {
+    match tree.scan_prefix([COMMIT]).next_back() {
+        None => Ok(0),
+        Some(entry) => {
+            let (key, _) = entry.map_err(sled_error)?;
+            format::parse_commit_key(&key)
+                .map(|(_, last)| last)
+                .ok_or_else(|| Error::corrupt(None, None, None, "malformed commit key"))
+        }
+    }
+}
+
+/// The index marker (0 when there is none yet).
+pub(crate) fn indexed(tree: &sled::Tree) -> Result<u64> {
+    match tree.get(format::META_INDEXED).map_err(sled_error)? {
+        None => Ok(0),
+        Some(value) => format::decode_indexed(&value)
+            .map_err(|reason| Error::corrupt(None, None, None, format!("index marker: {reason}"))),
+    }
+}
+
+/// Runs the repairs the store needs; returns the end of the log. Flushes what it wrote.
+pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<u64> {
+    let end = log_end(tree)?;
+    let marker = indexed(tree)?;
+    if marker > end {
+        tracing::warn!(
+            marker,
+            end,
+            "index entries past the end of the log: dropping them"
+        );
+        drop_past(tree, end)?;
+        db.flush().map_err(sled_error)?;
+    } else if marker < end {
+        let redone = redo(tree, marker, end)?;
+        db.flush().map_err(sled_error)?;
+        tracing::info!(
+            from = marker + 1,
+            position = end,
+            commits = redone,
+            "indexed the log's tail"
+        );
+    }
+    Ok(end)
+}
+
+/// Reads one commit record into what the indexes need.
+pub(crate) fn commit_info(key: &[u8], value: &[u8]) -> Result<CommitInfo> {
+    let (first, _) = format::parse_commit_key(key)
+        .ok_or_else(|| Error::corrupt(None, None, None, "malformed commit key"))?;
+    let at = Some(Position::sequence(first));
+    let commit = format::parse_commit(key, value)
+        .map_err(|reason| Error::corrupt(None, None, at, format!("commit record: {reason}")))?;
+    let stream = StreamId::new(commit.stream)
+        .map_err(|e| Error::corrupt(None, None, at, format!("commit record: {e}")))?;
+    let mut ids = Vec::with_capacity(commit.count() as usize);
+    for i in 0..commit.count() as usize {
+        ids.push(commit.event_id(i).map_err(|reason| {
+            Error::corrupt(
+                Some(stream.clone()),
+                Some(Version::new(commit.first_version + i as u64)),
+                Some(Position::sequence(first + i as u64)),
+                reason,
+            )
+        })?);
+    }
+    Ok(CommitInfo {
+        stream,
+        first_version: commit.first_version,
+        first,
+        recorded_at: commit.recorded_at,
+        ids,
+    })
+}
+
+/// Writes the index entries of the commits after `marker`, through `end`. A damaged commit in
+/// that tail stops the open with [`Error::Corrupt`]: indexing around it would hand its versions
+/// out again.
+fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
+    let mut commits = Vec::new();
+    let mut expect = marker + 1;
+    for entry in tree.range(format::commit_key(marker + 1, 0)..) {
+        let (key, value) = entry.map_err(sled_error)?;
+        let info = commit_info(&key, &value)?;
+        if info.first != expect {
+            return Err(Error::corrupt(
+                None,
+                None,
+                Some(Position::sequence(expect)),
+                format!(
+                    "the log skips positions {expect} to {} after the index marker",
+                    info.first - 1
+                ),
+            ));
+        }
+        expect = info.last() + 1;
+        commits.push(info);
+    }
+    let mut batch = sled::Batch::default();
+    // Stream-index entries an interrupted round wrote for these commits may group them into
+    // other runs than the redo does: remove them all, then write the redo's.
+    let mut spans: HashMap<&StreamId, (u64, u64)> = HashMap::new();
+    for c in &commits {
+        let span = spans
+            .entry(&c.stream)
+            .or_insert((c.first_version, c.last_version()));
+        span.0 = span.0.min(c.first_version);
+        span.1 = span.1.max(c.last_version());
+    }
+    for (stream, (lo, hi)) in spans {
+        let id = stream.as_str();
+        for entry in tree.range(format::stream_key(id, lo)..=format::stream_key(id, hi)) {
+            let (key, _) = entry.map_err(sled_error)?;
+            batch.remove(key);
+        }
+    }
+    index_batch(&mut batch, commits.iter(), end);
+    tree.apply_batch(batch).map_err(sled_error)?;
+    Ok(commits.len())
+}
+
+/// Removes every index entry pointing past `end` and sets the marker to `end`, in one batch.
+fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    let mut streams = BTreeSet::new();
+    for entry in tree.scan_prefix([STREAM]) {
+        let (key, value) = entry.map_err(sled_error)?;
+        if let Ok((first, count)) = format::decode_stream_index(&key, &value) {
+            if first + count - 1 > end {
+                if let Ok((stream, _)) = format::parse_stream_key(&key) {
+                    streams.insert(stream.to_owned());
+                }
+                if first > end {
+                    batch.remove(key);
+                } else {
+                    let value = format::stream_index_value(&key, first, end - first + 1);
+                    batch.insert(key, value);
+                }
+            }
+        }
+    }
+    for entry in tree.scan_prefix([ID]) {
+        let (key, value) = entry.map_err(sled_error)?;
+        if matches!(format::decode_id(&key, &value), Ok((_, _, p)) if p > end) {
+            batch.remove(key);
+        }
+    }
+    for entry in tree.scan_prefix([HEAD]) {
+        let (key, value) = entry.map_err(sled_error)?;
+        if matches!(format::decode_head(&key, &value), Ok(h) if h.last_position > end) {
+            streams.insert(String::from_utf8_lossy(&key[1..]).into_owned());
+        }
+    }
+    for stream in streams {
+        let head_key = format::head_key(&stream);
+        match last_indexed_at_or_before(tree, &stream, end)? {
+            Some(head) => batch.insert(head_key.clone(), format::head_value(&head_key, head)),
+            None => batch.remove(head_key),
+        }
+    }
+    batch.insert(format::META_INDEXED, format::indexed_value(end));
+    tree.apply_batch(batch).map_err(sled_error)
+}
+
+/// The stream's head from its stream-index entries, ignoring commits past `end`.
+pub(crate) fn last_indexed_at_or_before(
+    tree: &sled::Tree,
+    stream: &str,
+    end: u64,
+) -> Result<Option<Head>> {
+    for entry in tree.scan_prefix(format::stream_prefix(stream)).rev() {
+        let (key, value) = entry.map_err(sled_error)?;
+        let Ok((first, count)) = format::decode_stream_index(&key, &value) else {
+            continue;
+        };
+        if first > end {
+            continue;
+        }
+        let Ok((_, first_version)) = format::parse_stream_key(&key) else {
+            continue;
+        };
+        // A run of commits may straddle `end`; commits never do.
+        let last = (first + count - 1).min(end);
+        let Some((commit_key, record)) = format::commit_at(tree, last).map_err(sled_error)? else {
+            continue;
+        };
+        let Ok(commit) = format::parse_commit(&commit_key, &record) else {
+            continue;
+        };
+        return Ok(Some(Head {
+            version: first_version + (last - first),
+            last_position: last,
+            last_recorded_at: commit.recorded_at,
+        }));
+    }
+    Ok(None)
+}
