@@ -101,7 +101,10 @@ impl Scenario for DurableConcurrent {
         let base = if self.flush_every == 100 {
             "sled.append.durable.concurrent16".to_owned()
         } else {
-            format!("sled.append.durable.concurrent16.flush_per_{}", self.flush_every)
+            format!(
+                "sled.append.durable.concurrent16.flush_per_{}",
+                self.flush_every
+            )
         };
         s.pick(format!("{base} (quick)"), base)
     }
