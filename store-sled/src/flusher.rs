@@ -33,6 +33,8 @@ struct Durable {
 struct Wanted {
     /// The last position applied to sled.
     written: u64,
+    /// The last position a flush was attempted for (by this thread or an inline commit).
+    flushed: u64,
     /// Bumped by anyone who needs a flush that is not about positions (snapshots, checkpoints).
     generation: u64,
     /// Appends wait in the writer's queue for this thread to commit them.
@@ -53,11 +55,14 @@ pub(crate) struct Flusher {
     interval: Duration,
     visible: Arc<AtomicU64>,
     notifier: CommitNotifier,
+    /// The index position last recorded in the `Mindexed` marker.
+    marked: AtomicU64,
 }
 
 impl Flusher {
     pub(crate) fn new(
         last_position: u64,
+        indexed: u64,
         durability: Durability,
         interval: Duration,
         visible: Arc<AtomicU64>,
@@ -70,6 +75,7 @@ impl Flusher {
         Arc::new(Flusher {
             wanted: Mutex::new(Wanted {
                 written: last_position,
+                flushed: last_position,
                 generation: 0,
                 queued: false,
                 closing: false,
@@ -80,6 +86,7 @@ impl Flusher {
             interval,
             visible,
             notifier,
+            marked: AtomicU64::new(indexed),
         })
     }
 
@@ -91,12 +98,11 @@ impl Flusher {
         tree: sled::Tree,
         overlay: Arc<Overlay>,
         writer: Arc<Writer>,
-        last_position: u64,
     ) -> Result<JoinHandle<()>> {
         let flusher = self.clone();
         std::thread::Builder::new()
             .name("annals-sled-flusher".into())
-            .spawn(move || flusher.run(&db, &tree, &overlay, &writer, last_position))
+            .spawn(move || flusher.run(&db, &tree, &overlay, &writer))
             .map_err(|e| Error::backend("sled", e))
     }
 
@@ -118,6 +124,81 @@ impl Flusher {
         drop(wanted);
         if self.durability == Durability::Flush {
             self.wake.notify_one();
+        }
+    }
+
+    /// An inline commit (see `writer.rs`) wrote everything up to `last`: flushes it, then
+    /// publishes it as this thread does after its own flushes (durable, visible, notified).
+    pub(crate) fn flush_inline(&self, tree: &sled::Tree, overlay: &Overlay, last: u64) {
+        let span = tracing::debug_span!(
+            "sled.flush",
+            position = last,
+            inline = true,
+            bytes = tracing::field::Empty,
+            flush_us = tracing::field::Empty
+        );
+        let _enter = span.enter();
+        let started = Instant::now();
+        // Index entries written before this flush are durable after it.
+        let indexed = overlay.written();
+        let outcome = tree.flush();
+        span.record("flush_us", started.elapsed().as_micros() as u64);
+        {
+            let mut wanted = self.lock();
+            wanted.written = wanted.written.max(last);
+            wanted.flushed = wanted.flushed.max(last);
+        }
+        match outcome {
+            Ok(bytes) => {
+                span.record("bytes", bytes as u64);
+                overlay.durable_through(last);
+                self.mark_indexed(tree, indexed);
+                self.visible.fetch_max(last, Ordering::AcqRel);
+                self.durable
+                    .send_modify(|d| d.position = d.position.max(last));
+                self.notifier.notify(Position::sequence(last));
+            }
+            Err(error) => {
+                tracing::error!(%error, position = last, "sled flush failed");
+                // As for a failed flush of this thread: the caller learns its outcome is
+                // unknown; the next flush covers the record.
+                let reason: Arc<str> = Arc::from(error.to_string());
+                self.durable.send_modify(|d| {
+                    d.failure = Some((last, d.generation, reason));
+                });
+            }
+        }
+        if overlay.events() >= INDEX_AT {
+            // Only visible — here, durable — commits are indexed.
+            overlay.wake_indexer();
+        }
+    }
+
+    /// An inline commit is over; `more` appends queued meanwhile for this thread.
+    pub(crate) fn inline_done(&self, more: bool) {
+        let mut wanted = self.lock();
+        if more {
+            wanted.queued = true;
+        }
+        let wake = more || wanted.closing;
+        drop(wanted);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Records in the `Mindexed` marker that index entries up to `indexed` are durable (they
+    /// were written before a flush that succeeded). The marker rides on the next flush; until
+    /// then the older one makes an open redo a little more (idempotent) work.
+    fn mark_indexed(&self, tree: &sled::Tree, indexed: u64) {
+        if indexed <= self.marked.load(Ordering::Acquire) {
+            return;
+        }
+        match tree.insert(format::META_INDEXED, format::indexed_value(indexed)) {
+            Ok(_) => {
+                self.marked.fetch_max(indexed, Ordering::AcqRel);
+            }
+            Err(error) => tracing::error!(%error, "writing the index marker failed"),
         }
     }
 
@@ -167,36 +248,40 @@ impl Flusher {
         }
     }
 
+    fn note_flushed(&self, target: u64) {
+        let mut wanted = self.lock();
+        wanted.flushed = wanted.flushed.max(target);
+    }
+
     /// Tells the thread to flush what is left and stop.
     pub(crate) fn close(&self) {
         self.lock().closing = true;
         self.wake.notify_one();
     }
 
-    fn run(
-        &self,
-        db: &sled::Db,
-        tree: &sled::Tree,
-        overlay: &Overlay,
-        writer: &Writer,
-        mut flushed: u64,
-    ) {
+    fn run(&self, db: &sled::Db, tree: &sled::Tree, overlay: &Overlay, writer: &Writer) {
         let mut served = 0u64;
         let mut last_group = 0usize;
         let mut last_took = Duration::ZERO;
-        let mut marked = overlay.written();
         let mut last_flush = Instant::now();
         loop {
             let (generation, closing) = {
                 let mut wanted = self.lock();
                 loop {
-                    let behind = wanted.written > flushed;
+                    let behind = wanted.written > wanted.flushed;
                     let asked = wanted.generation > served;
-                    if wanted.closing || asked || wanted.queued {
+                    if asked {
                         break;
                     }
                     match self.durability {
                         Durability::Flush if behind => break,
+                        // An inline commit runs: its end wakes this thread (`inline_done`).
+                        Durability::Flush
+                            if (wanted.closing || wanted.queued) && writer.is_leading() =>
+                        {
+                            wanted = self.wake.wait(wanted).unwrap_or_else(|e| e.into_inner());
+                        }
+                        _ if wanted.closing || wanted.queued => break,
                         Durability::Flush => {
                             wanted = self.wake.wait(wanted).unwrap_or_else(|e| e.into_inner());
                         }
@@ -235,13 +320,25 @@ impl Flusher {
                 wanted.queued = false;
                 (wanted.generation, wanted.closing)
             };
-            // Everything that queued while the last flush ran: one group, one batch.
-            let group = writer.take_queued();
+            // Everything that queued while the last flush ran: one group, n inserts. (With
+            // `Buffered` the appending tasks commit; nothing is taken here.)
+            let group = if self.durability == Durability::Flush {
+                writer.take_group()
+            } else {
+                Vec::new()
+            };
+            let took_group = !group.is_empty();
             last_group = group.len();
-            if !group.is_empty() {
-                writer.commit(group);
+            if took_group {
+                if let Some(last) = writer.commit(group) {
+                    let mut wanted = self.lock();
+                    wanted.written = wanted.written.max(last);
+                }
             }
-            let target = self.lock().written;
+            let (target, flushed) = {
+                let wanted = self.lock();
+                (wanted.written, wanted.flushed)
+            };
             let behind = target > flushed
                 && (self.durability == Durability::Flush
                     || Instant::now() >= last_flush + self.interval);
@@ -274,18 +371,8 @@ impl Flusher {
                     Ok(bytes) => {
                         span.record("bytes", bytes as u64);
                         overlay.durable_through(target);
-                        if indexed > marked {
-                            // The marker rides on the next flush; until then the older one
-                            // makes an open redo a little more (idempotent) work.
-                            match tree.insert(format::META_INDEXED, format::indexed_value(indexed))
-                            {
-                                Ok(_) => marked = indexed,
-                                Err(error) => {
-                                    tracing::error!(%error, "writing the index marker failed")
-                                }
-                            }
-                        }
-                        flushed = target;
+                        self.mark_indexed(tree, indexed);
+                        self.note_flushed(target);
                         served = generation;
                         // Visible before anyone is answered: an answered caller reads its write.
                         if self.durability == Durability::Flush {
@@ -303,7 +390,7 @@ impl Flusher {
                         tracing::error!(%error, position = target, "sled flush failed");
                         // Waiters for these positions learn that their outcome is unknown; the
                         // next write triggers the next attempt.
-                        flushed = target;
+                        self.note_flushed(target);
                         served = generation;
                         let reason: Arc<str> = Arc::from(error.to_string());
                         self.durable.send_modify(|d| {
@@ -312,13 +399,20 @@ impl Flusher {
                     }
                 }
             }
+            if took_group {
+                // Answered and published: the next append may find the writer idle.
+                writer.end_group();
+            }
             if self.durability == Durability::Flush && overlay.events() >= INDEX_AT {
                 // Only visible — here, durable — commits are indexed.
                 overlay.wake_indexer();
             }
             if closing {
                 let wanted = self.lock();
-                if wanted.written <= flushed && wanted.generation <= served && writer.is_idle() {
+                if wanted.written <= wanted.flushed
+                    && wanted.generation <= served
+                    && writer.is_idle()
+                {
                     drop(wanted);
                     // Leave nothing to redo at the next open: index, flush, mark, flush.
                     let visible = self.visible.load(Ordering::Acquire);

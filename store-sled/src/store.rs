@@ -100,6 +100,7 @@ impl SledEventStore {
         notifier.notify(Position::sequence(last));
         let flusher = Flusher::new(
             last,
+            overlay.written(),
             b.durability,
             b.flush_interval,
             visible.clone(),
@@ -115,8 +116,7 @@ impl SledEventStore {
             overlay.clone(),
         ));
         let indexer_thread = overlay.spawn_indexer(tree.clone(), visible.clone())?;
-        let flusher_thread =
-            flusher.spawn(db, tree.clone(), overlay.clone(), writer.clone(), last)?;
+        let flusher_thread = flusher.spawn(db, tree.clone(), overlay.clone(), writer.clone())?;
         tracing::debug!(path = ?b.path, position = last, "opened sled store");
         Ok(SledEventStore {
             inner: Arc::new(Inner {

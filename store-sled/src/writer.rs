@@ -9,7 +9,12 @@
 //! assigns positions. Who runs it depends on the durability:
 //!
 //! - [`Durability::Flush`]: the flusher thread (`flusher.rs`). Each turn it takes everything
-//!   that queued while the previous flush ran, writes it (n inserts) and flushes once.
+//!   that queued while the previous flush ran, writes it (n inserts) and flushes once. A lone
+//!   appender skips the two thread hand-offs: when it finds the writer idle (nothing queued, no
+//!   turn running, and the last group was not a crowd) on a multi-thread tokio runtime, it
+//!   commits and flushes its own append inline, inside `block_in_place`, holding the same
+//!   `leading` flag the flusher holds for a turn. Appends arriving meanwhile queue, and the
+//!   flusher commits them as one group once the inline commit is done.
 //! - [`Durability::Buffered`]: the appending task itself. Whoever finds no commit running
 //!   becomes the *leader* (a flag under the queue's lock), commits what is queued, looks again
 //!   until the queue is empty, and hands leadership to a fresh task after [`MAX_ROUNDS`] groups
@@ -58,7 +63,13 @@ pub(crate) struct Encoded {
 #[derive(Debug, Default)]
 struct Queue {
     pending: Vec<Pending>,
+    /// A commit is running: the Buffered leader's, an inline one, or a flusher turn (from
+    /// taking its group to answering it).
     leading: bool,
+    /// [`Durability::Flush`]: appends are coming from several callers at once (the last group
+    /// had more than one, or some queued behind an inline commit). They then all go through the
+    /// flusher, which groups them; a lone appender commits inline.
+    contended: bool,
     closed: bool,
 }
 
@@ -106,12 +117,20 @@ impl Writer {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `pending`; the caller then awaits its reply.
+    /// Queues `pending` (or, for a lone durable appender, commits it inline); the caller then
+    /// awaits its reply.
     pub(crate) fn submit(self: &Arc<Self>, pending: Pending) -> Result<()> {
+        let may_inline = self.durability == Durability::Flush && on_multi_thread_runtime();
         let lead = {
             let mut queue = self.lock();
             if queue.closed {
                 return Err(Error::Closed);
+            }
+            if may_inline && !queue.leading && !queue.contended && queue.pending.is_empty() {
+                queue.leading = true;
+                drop(queue);
+                self.commit_inline(pending);
+                return Ok(());
             }
             queue.pending.push(pending);
             self.durability != Durability::Flush && !std::mem::replace(&mut queue.leading, true)
@@ -129,9 +148,64 @@ impl Writer {
         self.lock().pending.len()
     }
 
-    /// Takes everything queued ([`Durability::Flush`]: the flusher thread commits it).
-    pub(crate) fn take_queued(&self) -> Vec<Pending> {
-        std::mem::take(&mut self.lock().pending)
+    /// [`Durability::Flush`]: takes everything queued for the flusher thread to commit, and the
+    /// `leading` flag with it when there is something; nothing while an inline commit runs.
+    /// The flusher gives the flag back with [`end_group`](Self::end_group) once it answered.
+    pub(crate) fn take_group(&self) -> Vec<Pending> {
+        let mut queue = self.lock();
+        if queue.leading || queue.pending.is_empty() {
+            return Vec::new();
+        }
+        queue.leading = true;
+        queue.contended = queue.pending.len() > 1;
+        std::mem::take(&mut queue.pending)
+    }
+
+    /// The flusher's turn for a group taken with [`take_group`](Self::take_group) is over.
+    pub(crate) fn end_group(&self) {
+        self.lock().leading = false;
+    }
+
+    /// Whether a commit runs now (in [`Durability::Flush`], outside the flusher: inline).
+    pub(crate) fn is_leading(&self) -> bool {
+        self.lock().leading
+    }
+
+    /// Commits and flushes `pending` on the calling thread (the writer was idle and the
+    /// `leading` flag is ours), then gives the flag back and hands whatever queued meanwhile to
+    /// the flusher. The caller's reply is sent before the flush, but the caller reads it only
+    /// after this returns and then waits for the durable position as every appender does, so it
+    /// is answered after the flush; nothing becomes visible before it either.
+    fn commit_inline(&self, pending: Pending) {
+        struct Resign<'a>(&'a Writer, bool);
+        impl Drop for Resign<'_> {
+            fn drop(&mut self) {
+                // Reached armed only if the commit panicked: let the flusher go on.
+                if self.1 {
+                    self.0.lock().leading = false;
+                    self.0.flusher.inline_done(true);
+                }
+            }
+        }
+        let mut guard = Resign(self, true);
+        // The runtime's other workers keep running tasks while this one waits for the disk.
+        tokio::task::block_in_place(|| {
+            if let Some(last) = self.commit(vec![pending]) {
+                self.flusher.flush_inline(&self.tree, &self.overlay, last);
+            }
+        });
+        let more = {
+            let mut queue = self.lock();
+            queue.leading = false;
+            let more = !queue.pending.is_empty();
+            if more {
+                // Others appended meanwhile: leave the next appends to the flusher's groups.
+                queue.contended = true;
+            }
+            more
+        };
+        guard.1 = false;
+        self.flusher.inline_done(more);
     }
 
     /// Refuses new appends; queued ones are still committed.
@@ -167,7 +241,9 @@ impl Writer {
                 }
                 std::mem::take(&mut queue.pending)
             };
-            self.commit(group);
+            if let Some(last) = self.commit(group) {
+                self.flusher.written(last);
+            }
         }
         // Others kept arriving: let a fresh task lead, so our own caller gets its answer.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -180,7 +256,9 @@ impl Writer {
         }
     }
 
-    pub(crate) fn commit(&self, group: Vec<Pending>) {
+    /// Checks and writes `group`, answers every caller, and returns the last position written
+    /// (none if every append was refused or a retry); the caller tells the flusher.
+    pub(crate) fn commit(&self, group: Vec<Pending>) -> Option<u64> {
         let span = tracing::debug_span!(
             "sled.commit",
             appends = group.len(),
@@ -207,14 +285,13 @@ impl Writer {
         }
         let (next, bytes) = (plan.next, plan.bytes);
         drop(heads);
-        if next > first_position {
-            let last = next - 1;
+        let written = (next > first_position).then(|| next - 1);
+        if let Some(last) = written {
             span.record("events", next - first_position);
             span.record("bytes", bytes as u64);
             span.record("position", last);
             span.record("apply_us", started.elapsed().as_micros() as u64);
             self.next_position.store(next, Ordering::Relaxed);
-            self.flusher.written(last);
             if self.durability != Durability::Flush {
                 self.visible.fetch_max(last, Ordering::AcqRel);
                 self.notifier.notify(Position::sequence(last));
@@ -234,7 +311,15 @@ impl Writer {
             // A caller that went away no longer wants its answer; its append stands.
             let _ = reply.send(outcome);
         }
+        written
     }
+}
+
+/// Whether the calling task runs on a multi-thread tokio runtime, where `block_in_place` may
+/// hold its thread for a flush (on a current-thread runtime it would panic).
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// One group being committed, an append at a time.
