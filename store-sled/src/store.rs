@@ -170,31 +170,9 @@ impl SledEventStore {
         }
         let flushed = self.inner.flusher.flush_now().await;
         self.inner.flusher.close();
-        let thread = self
-            .inner
-            .flusher_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = thread {
-            tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .map_err(|e| Error::backend("sled", e))?
-                .map_err(|_| Error::backend("sled", "the flusher thread panicked"))?;
-        }
+        join(&self.inner.flusher_thread, "the flusher thread panicked").await?;
         self.inner.overlay.stop_indexer();
-        let thread = self
-            .inner
-            .indexer_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = thread {
-            tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .map_err(|e| Error::backend("sled", e))?
-                .map_err(|_| Error::backend("sled", "the indexer thread panicked"))?;
-        }
+        join(&self.inner.indexer_thread, "the indexer thread panicked").await?;
         match flushed {
             Err(Error::Closed) => Ok(()),
             other => other,
@@ -297,6 +275,18 @@ fn open_error(error: sled::Error) -> Error {
         },
         other => sled_error(other),
     }
+}
+
+/// Waits, off the async workers, for the thread in `slot` (if it is still there) to end.
+async fn join(slot: &Mutex<Option<JoinHandle<()>>>, panicked: &'static str) -> Result<()> {
+    let thread = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(thread) = thread {
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| Error::backend("sled", e))?
+            .map_err(|_| Error::backend("sled", panicked))?;
+    }
+    Ok(())
 }
 
 impl EventStore for SledEventStore {
