@@ -144,7 +144,7 @@
 //!
 //! # Supported Rust versions
 //!
-//! The minimum supported Rust version is 1.85.
+//! The minimum supported Rust version is 1.89.
 
 #![forbid(unsafe_code)]
 #![warn(
