@@ -28,6 +28,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
         Box::new(BufferedSingle),
         Box::new(Load10k),
         Box::new(Scale),
+        Box::new(ScaleLoad),
         Box::new(Memory),
     ]
 }
@@ -357,16 +358,9 @@ impl Scenario for Scale {
 
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
         Box::pin(async move {
-            let large: u64 = s.pick(100_000, 1_000_000);
             let window: u64 = s.pick(10_000, 20_000);
-            let small_dir = tempfile::tempdir()?;
-            let large_dir = tempfile::tempdir()?;
-            let small_store = open_store(small_dir.path(), Durability::Buffered).await?;
-            let large_store = open_store(large_dir.path(), Durability::Buffered).await?;
-            fill(&small_store, 0, 10_000).await?;
-            fill(&large_store, 0, large).await?;
-            small_store.flush().await?;
-            large_store.flush().await?;
+            let (_small_dir, small_store) = scale_store(10_000).await?;
+            let (_large_dir, large_store) = scale_store(s.pick(100_000, 1_000_000)).await?;
             let append_window = |store: SledEventStore, round: usize| async move {
                 let started = Instant::now();
                 let base = 10_000_000 + round as u64 * window;
@@ -382,6 +376,69 @@ impl Scenario for Scale {
                 s.rounds,
                 |round| append_window(large_store.clone(), round),
                 |round| append_window(small_store.clone(), round),
+            )
+            .await?;
+            small_store.close().await?;
+            large_store.close().await?;
+            Ok(line(self.name(s), "events/s", medians, 0.80, s.rounds))
+        })
+    }
+}
+
+/// A buffered store holding `events` events in 1,000 streams, plus the 2,000-event stream
+/// `bench-loadme` written last, flushed.
+async fn scale_store(events: u64) -> anyhow::Result<(tempfile::TempDir, SledEventStore)> {
+    let dir = tempfile::tempdir()?;
+    let store = open_store(dir.path(), Durability::Buffered).await?;
+    fill(&store, 0, events).await?;
+    let id = StreamId::new("bench-loadme")?;
+    for i in (0..LOADME).step_by(100) {
+        store
+            .append(&id, ExpectedVersion::exact(i), batch(20_000_000 + i, 100))
+            .await?;
+    }
+    store.flush().await?;
+    Ok((dir, store))
+}
+
+/// The length of the stream [`ScaleLoad`] loads.
+const LOADME: u64 = 2_000;
+
+/// Loading a 2,000-event stream from a store holding 1,000,000 events against the same load
+/// from a store holding 10,000: the ratio is rate@1M / rate@10k (the "within 20%").
+#[derive(Debug)]
+struct ScaleLoad;
+
+impl Scenario for ScaleLoad {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.load.scale.100k_vs_10k (quick)",
+            "sled.load.scale.1m_vs_10k",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            const LOADS: u64 = 20;
+            let (_small_dir, small_store) = scale_store(10_000).await?;
+            let (_large_dir, large_store) = scale_store(s.pick(100_000, 1_000_000)).await?;
+            let load = |store: SledEventStore| async move {
+                let id = StreamId::new("bench-loadme")?;
+                let started = Instant::now();
+                for _ in 0..LOADS {
+                    let events: Vec<_> = store
+                        .read_stream(&id, ReadStream::forward())
+                        .try_collect()
+                        .await?;
+                    anyhow::ensure!(events.len() as u64 == LOADME, "short load");
+                }
+                Ok(rate(LOADME * LOADS, started.elapsed()))
+            };
+            let medians = alternate(
+                s.rounds,
+                |_| load(large_store.clone()),
+                |_| load(small_store.clone()),
             )
             .await?;
             small_store.close().await?;
