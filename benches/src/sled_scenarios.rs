@@ -63,7 +63,7 @@ fn raw_inserts(db: &sled::Db, start: u64, count: u64, flush_every: u64) -> anyho
     let started = Instant::now();
     for i in start..start + count {
         db.insert(i.to_be_bytes(), payload(i))?;
-        if flush_every > 0 && (i - start + 1) % flush_every == 0 {
+        if flush_every > 0 && (i - start + 1).is_multiple_of(flush_every) {
             db.flush()?;
         }
     }
