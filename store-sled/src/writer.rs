@@ -317,6 +317,11 @@ impl Writer {
 
 /// Whether the calling task runs on a multi-thread tokio runtime, where `block_in_place` may
 /// hold its thread for a flush (on a current-thread runtime it would panic).
+///
+/// Known limit: code running on a current-thread runtime that has *entered* a multi-thread
+/// runtime's handle (`Handle::enter`) is reported as multi-thread here, and `block_in_place`
+/// would then panic; tokio offers no public way to tell the two apart. Append from a task of
+/// the runtime you entered (`handle.spawn`) in that setup.
 fn on_multi_thread_runtime() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
