@@ -73,3 +73,114 @@ async fn migrate_sled_to_postgres_then_verify_and_compare() {
         "{again}"
     );
 }
+
+/// `tail` follows the log of another process: a child `annals tail` started at the log's end
+/// prints exactly the matching events appended after that point, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_appends_made_by_another_process() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    use annals::{EventData, EventStore, ExpectedVersion, Position, StreamId};
+
+    let server = PgServer::shared();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?schema=tailed",
+        server.port()
+    );
+    let store = annals_postgres::PgEventStore::builder()
+        .connection_string(format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            server.port()
+        ))
+        .schema("tailed")
+        .build()
+        .await
+        .unwrap();
+    store.init().await.unwrap();
+    let old = StreamId::new("order-1").unwrap();
+    store
+        .append(
+            &old,
+            ExpectedVersion::NoStream,
+            vec![EventData::json("Old", &1).unwrap()],
+        )
+        .await
+        .unwrap();
+    let end = store
+        .last_position()
+        .await
+        .unwrap()
+        .map_or(Position::START, Position::next);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args([
+            "--store",
+            &url,
+            "--json",
+            "tail",
+            "--category",
+            "order",
+            "--from",
+            &end.to_string(),
+            "--count",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start annals tail");
+    let stream = StreamId::new("order-2").unwrap();
+    let other = StreamId::new("account-9").unwrap();
+    for n in 0..2u64 {
+        store
+            .append(
+                &other,
+                ExpectedVersion::Any,
+                vec![EventData::json("Skipped", &n).unwrap()],
+            )
+            .await
+            .unwrap();
+        store
+            .append(
+                &stream,
+                ExpectedVersion::exact(n),
+                vec![EventData::json("New", &n).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map(|l| l.unwrap())
+            .collect();
+        (child.wait().unwrap(), lines)
+    });
+    let (status, lines) = tokio::time::timeout(std::time::Duration::from_secs(60), output)
+        .await
+        .expect("annals tail never printed two events")
+        .unwrap();
+    assert!(status.success(), "annals tail failed");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<(String, u64, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["stream_id"].as_str().unwrap().to_owned(),
+                e["version"].as_u64().unwrap(),
+                e["event_type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("order-2".to_owned(), 1, "New".to_owned()),
+            ("order-2".to_owned(), 2, "New".to_owned())
+        ]
+    );
+}
