@@ -43,7 +43,7 @@ pub use export_format::{
 };
 pub use failure::{CliResult, Failure};
 pub use open::{open, OpenedStore};
-pub use registry::{Registry, ReplayPoint, ReplayedState, Replayer};
+pub use registry::{Registry, ReplayPoint, ReplayedChanges, ReplayedState, Replayer};
 pub use replayer::AggregateReplayer;
 
 use args::Command;

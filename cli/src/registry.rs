@@ -29,6 +29,17 @@ pub struct ReplayedState {
     pub state: Value,
 }
 
+/// What changed in an aggregate between two versions, as JSON.
+#[derive(Debug, Clone)]
+pub struct ReplayedChanges {
+    /// The state at the earlier version.
+    pub before: Value,
+    /// The state at the later version.
+    pub after: Value,
+    /// The events in between: version, event type and when the store recorded it.
+    pub events: Vec<(Version, String, Timestamp)>,
+}
+
 /// What the CLI needs of one aggregate type, erased of its Rust type. Implemented for every
 /// [`annals::Aggregate`] whose state is `Serialize` through [`AggregateReplayer`](crate::AggregateReplayer).
 pub trait Replayer: Send + Sync {
@@ -42,6 +53,16 @@ pub trait Replayer: Send + Sync {
         stream: &'a StreamId,
         point: ReplayPoint,
     ) -> BoxFuture<'a, CliResult<ReplayedState>>;
+
+    /// The states of the aggregate in `stream` at `from` and at `to`, and the events in
+    /// between, from one read of the stream.
+    fn changes<'a>(
+        &'a self,
+        store: &'a AnyStore,
+        stream: &'a StreamId,
+        from: Version,
+        to: Version,
+    ) -> BoxFuture<'a, CliResult<ReplayedChanges>>;
 
     /// The event's payload decoded and shown as JSON, when it is one of this aggregate's.
     fn decode_event(&self, event: &RecordedEvent) -> Option<Value>;

@@ -3,13 +3,13 @@
 use std::marker::PhantomData;
 
 use annals::codec::{Bincode, Json};
-use annals::{Aggregate, AnyStore, DomainEvent, RecordedEvent, Repository, StreamId};
+use annals::{Aggregate, AnyStore, DomainEvent, RecordedEvent, Repository, StreamId, Version};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::Value;
 
 use crate::failure::{CliResult, Failure};
-use crate::registry::{ReplayPoint, ReplayedState, Replayer};
+use crate::registry::{ReplayPoint, ReplayedChanges, ReplayedState, Replayer};
 
 /// Replays streams of the aggregate `A` through a [`Repository`] on the CLI's store.
 pub struct AggregateReplayer<A> {
@@ -54,28 +54,40 @@ where
         point: ReplayPoint,
     ) -> BoxFuture<'a, CliResult<ReplayedState>> {
         async move {
-            let id = stream
-                .as_str()
-                .strip_prefix(A::TYPE)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .ok_or_else(|| {
-                    Failure::usage(format!(
-                        "stream `{stream}` is not of category `{}`",
-                        A::TYPE
-                    ))
-                })?;
+            let id = id_of::<A>(stream)?;
             let repository: Repository<A, AnyStore> = Repository::new(store.clone());
             let loaded = match point {
                 ReplayPoint::Latest => repository.load(id).await,
                 ReplayPoint::Version(v) => repository.load_at(id, v).await,
                 ReplayPoint::AsOf(t) => repository.load_as_of(id, t).await,
             }?;
-            let state = serde_json::to_value(&loaded.state).map_err(|e| {
-                Failure::problems(format!("cannot show the state of `{stream}` as JSON: {e}"))
-            })?;
             Ok(ReplayedState {
                 version: loaded.version,
-                state,
+                state: state_json(stream, &loaded.state)?,
+            })
+        }
+        .boxed()
+    }
+
+    fn changes<'a>(
+        &'a self,
+        store: &'a AnyStore,
+        stream: &'a StreamId,
+        from: Version,
+        to: Version,
+    ) -> BoxFuture<'a, CliResult<ReplayedChanges>> {
+        async move {
+            let id = id_of::<A>(stream)?;
+            let repository: Repository<A, AnyStore> = Repository::new(store.clone());
+            let changes = repository.changes(id, from, to).await?;
+            Ok(ReplayedChanges {
+                before: state_json(stream, &changes.before)?,
+                after: state_json(stream, &changes.after)?,
+                events: changes
+                    .events
+                    .iter()
+                    .map(|e| (e.version, e.event.event_type().to_owned(), e.recorded_at))
+                    .collect(),
             })
         }
         .boxed()
@@ -96,4 +108,24 @@ where
             other => Some(other),
         }
     }
+}
+
+/// The aggregate id of `stream`: the text after `<TYPE>-`.
+fn id_of<A: Aggregate>(stream: &StreamId) -> CliResult<&str> {
+    stream
+        .as_str()
+        .strip_prefix(A::TYPE)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "stream `{stream}` is not of category `{}`",
+                A::TYPE
+            ))
+        })
+}
+
+/// An aggregate state as JSON.
+fn state_json<A: Aggregate>(stream: &StreamId, state: &A) -> CliResult<Value> {
+    serde_json::to_value(state)
+        .map_err(|e| Failure::problems(format!("cannot show the state of `{stream}` as JSON: {e}")))
 }

@@ -1,6 +1,8 @@
 //! Appending events read elsewhere (an export file, another store) with their ids, versions and
 //! order kept. Shared by `import` and `migrate`.
 
+use std::collections::HashMap;
+
 use annals::{AnyStore, Error, EventData, EventStore, ExpectedVersion, StreamId, Version};
 
 use crate::failure::{CliResult, Failure};
@@ -14,6 +16,9 @@ pub(crate) struct Copier {
     stream: Option<StreamId>,
     first_version: Version,
     batch: Vec<EventData>,
+    /// Each stream's version in the target as this copier knows it: read once per stream,
+    /// then moved along by its own appends (it is the target's only writer for them).
+    heads: HashMap<StreamId, Version>,
     /// Events appended now (not already present).
     pub(crate) written: u64,
     /// Events found already present (a re-run).
@@ -38,6 +43,7 @@ impl Copier {
             stream: None,
             first_version: Version::EMPTY,
             batch: Vec::new(),
+            heads: HashMap::new(),
             written: 0,
             present: 0,
         }
@@ -96,15 +102,19 @@ impl Copier {
         batch: Vec<EventData>,
     ) -> Result<(), Error> {
         let count = batch.len() as u64;
-        let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
-        let head = self.target.stream_version(stream).await?;
+        let head = match self.heads.get(stream) {
+            Some(head) => *head,
+            None => self.target.stream_version(stream).await?,
+        };
         let result = self.target.append(stream, expected, batch).await?;
         // The store answers a retry with the first append's result: tell the two apart.
-        if result.last_version <= head && !ids.is_empty() {
+        if result.last_version <= head {
             self.present += count;
         } else {
             self.written += count;
         }
+        self.heads
+            .insert(stream.clone(), head.max(result.last_version));
         Ok(())
     }
 

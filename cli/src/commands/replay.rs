@@ -1,7 +1,6 @@
 //! `replay`: an aggregate's state at a point, or what changed between two versions.
 
-use annals::{EventStore, ReadStream, StreamId, Version};
-use futures::TryStreamExt;
+use annals::{EventStore, StreamId};
 use serde_json::{json, Value};
 
 use crate::args::ReplayArgs;
@@ -40,23 +39,19 @@ pub(crate) async fn replay(cx: &Context<'_>, registry: &Registry, args: &ReplayA
                 "stream `{stream}` is at version {head}; there is no version {b}"
             )));
         }
-        let before = replayer
-            .replay(&cx.store.any, &stream, ReplayPoint::Version(a))
-            .await?;
-        let after = replayer
-            .replay(&cx.store.any, &stream, ReplayPoint::Version(b))
-            .await?;
+        let replayed = replayer.changes(&cx.store.any, &stream, a, b).await?;
         let mut changes = Vec::new();
-        diff_values("", &before.state, &after.state, &mut changes);
-        let events: Vec<Value> = cx
-            .store
-            .any
-            .read_stream(&stream, ReadStream::forward().from(Version::new(a.get() + 1)).limit((b.get() - a.get()) as usize))
-            .map_ok(|e| json!({ "version": e.version, "event_type": e.event_type, "recorded_at": e.recorded_at.to_string() }))
-            .try_collect()
-            .await?;
+        diff_values("", &replayed.before, &replayed.after, &mut changes);
+        let events: Vec<Value> = replayed
+            .events
+            .iter()
+            .map(|(version, event_type, recorded_at)| {
+                json!({ "version": version, "event_type": event_type, "recorded_at": recorded_at.to_string() })
+            })
+            .collect();
+        let (before, after) = (replayed.before, replayed.after);
         return cx.out.emit(
-            &json!({ "stream_id": stream, "from": a, "to": b, "events": events, "changes": changes, "before": before.state, "after": after.state }),
+            &json!({ "stream_id": stream, "from": a, "to": b, "events": events, "changes": changes, "before": before, "after": after }),
             || {
                 let mut text = format!("{stream}: from version {a} to {b}, {} events", events.len());
                 for e in &events {
