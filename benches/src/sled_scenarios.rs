@@ -24,8 +24,12 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
         Box::new(DurableConcurrent { flush_every: 100 }),
         Box::new(DurableConcurrent { flush_every: 16 }),
-        Box::new(DurableSingle),
-        Box::new(BufferedSingle),
+        Box::new(SingleAppends {
+            durability: Durability::Flush,
+        }),
+        Box::new(SingleAppends {
+            durability: Durability::Buffered,
+        }),
         Box::new(Load10k),
         Box::new(Scale),
         Box::new(ScaleLoad),
@@ -156,73 +160,43 @@ impl Scenario for DurableConcurrent {
     }
 }
 
-/// One task appends single events with `Durability::Flush`; raw sled inserts and flushes each.
+/// One task appends single events, one per append: with `Durability::Flush` against raw sled
+/// inserting and flushing each (`durable.single`), with `Durability::Buffered` against raw sled
+/// inserting without flushes (`buffered.single`).
 #[derive(Debug)]
-struct DurableSingle;
+struct SingleAppends {
+    durability: Durability,
+}
 
-impl Scenario for DurableSingle {
-    fn name(&self, s: &Settings) -> String {
-        s.pick(
-            "sled.append.durable.single (quick)",
-            "sled.append.durable.single",
-        )
-        .into()
-    }
-
-    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
-        Box::pin(async move {
-            let count: u64 = s.pick(600, 2000);
-            let medians = alternate(
-                s.rounds,
-                |_| async move {
-                    let dir = tempfile::tempdir()?;
-                    let store = open_store(dir.path(), Durability::Flush).await?;
-                    let id = stream(0);
-                    let elapsed = timed(async {
-                        for i in 0..count {
-                            store
-                                .append(&id, ExpectedVersion::exact(i), vec![event(i)])
-                                .await?;
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                    store.close().await?;
-                    Ok(rate(count, elapsed))
-                },
-                |_| async move {
-                    let dir = tempfile::tempdir()?;
-                    let db = open_raw(dir.path())?;
-                    tokio::task::block_in_place(|| raw_inserts(&db, 0, count, 1))
-                },
-            )
-            .await?;
-            Ok(line(self.name(s), "events/s", medians, 0.80, s.rounds))
-        })
+impl SingleAppends {
+    fn durable(&self) -> bool {
+        self.durability == Durability::Flush
     }
 }
 
-/// One task appends single events with `Durability::Buffered`; raw sled inserts without flush.
-#[derive(Debug)]
-struct BufferedSingle;
-
-impl Scenario for BufferedSingle {
+impl Scenario for SingleAppends {
     fn name(&self, s: &Settings) -> String {
-        s.pick(
-            "sled.append.buffered.single (quick)",
-            "sled.append.buffered.single",
-        )
-        .into()
+        let base = if self.durable() {
+            "sled.append.durable.single"
+        } else {
+            "sled.append.buffered.single"
+        };
+        s.pick(format!("{base} (quick)"), base.to_owned())
     }
 
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
         Box::pin(async move {
-            let count: u64 = s.pick(20_000, 100_000);
+            let (count, flush_every, target): (u64, u64, f64) = if self.durable() {
+                (s.pick(600, 2000), 1, 0.80)
+            } else {
+                (s.pick(20_000, 100_000), 0, 0.50)
+            };
+            let durability = self.durability;
             let medians = alternate(
                 s.rounds,
                 |_| async move {
                     let dir = tempfile::tempdir()?;
-                    let store = open_store(dir.path(), Durability::Buffered).await?;
+                    let store = open_store(dir.path(), durability).await?;
                     let id = stream(0);
                     let elapsed = timed(async {
                         for i in 0..count {
@@ -239,11 +213,11 @@ impl Scenario for BufferedSingle {
                 |_| async move {
                     let dir = tempfile::tempdir()?;
                     let db = open_raw(dir.path())?;
-                    tokio::task::block_in_place(|| raw_inserts(&db, 0, count, 0))
+                    tokio::task::block_in_place(|| raw_inserts(&db, 0, count, flush_every))
                 },
             )
             .await?;
-            Ok(line(self.name(s), "events/s", medians, 0.50, s.rounds))
+            Ok(line(self.name(s), "events/s", medians, target, s.rounds))
         })
     }
 }
