@@ -131,7 +131,14 @@ impl Watcher {
             if polling {
                 match self.check(listener.as_mut(), &mut frontier).await {
                     Some(all_visible) => pending = !all_visible,
-                    None => pending = true,
+                    None => {
+                        pending = true;
+                        // A check that failed on a closed LISTEN connection: reconnect now
+                        // rather than when its reader notices, and poll through the pool.
+                        if listener.as_ref().is_some_and(|l| l.client.is_closed()) {
+                            listener = None;
+                        }
+                    }
                 }
             }
             let polling = pending || listener.is_none();
@@ -149,7 +156,7 @@ impl Watcher {
                 _ = tokio::time::sleep(self.poll_interval), if polling => {}
             }
             if local {
-                self.notify_others(listener.as_ref()).await;
+                self.notify_others(&mut listener).await;
                 // Commits that land during the gap share the next notification (and check, if
                 // one needs it): the background work stays a few statements per gap however
                 // fast appends come.
@@ -160,17 +167,27 @@ impl Watcher {
 
     /// Sends one notification for other processes' stores (best effort: a failure only delays
     /// them until the next commit or their own polling).
-    async fn notify_others(&self, listener: Option<&Listener>) {
+    ///
+    /// A LISTEN connection that fails to send is presumed lost, even before its reader notices:
+    /// it is dropped (so the loop reconnects, and checks what came meanwhile) and this
+    /// notification goes through the pool instead of being lost with it.
+    async fn notify_others(&self, listener: &mut Option<Listener>) {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.channel, &self.token];
-        let sent = match listener {
-            Some(l) => l.client.execute(&l.notify, &params).await,
-            None => match self.pool.get().await {
-                Ok(client) => match client.prepare_cached(NOTIFY_SQL).await {
-                    Ok(statement) => client.execute(&statement, &params).await,
-                    Err(e) => Err(e),
-                },
-                Err(_) => return,
+        if let Some(l) = listener.as_ref() {
+            match l.client.execute(&l.notify, &params).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "annals-postgres: pg_notify failed on the LISTEN connection; reconnecting");
+                    *listener = None;
+                }
+            }
+        }
+        let sent = match self.pool.get().await {
+            Ok(client) => match client.prepare_cached(NOTIFY_SQL).await {
+                Ok(statement) => client.execute(&statement, &params).await,
+                Err(e) => Err(e),
             },
+            Err(_) => return,
         };
         if let Err(e) = sent {
             tracing::debug!(error = %e, "annals-postgres: pg_notify failed");
