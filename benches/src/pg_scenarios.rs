@@ -77,7 +77,9 @@ pub fn fresh_schema(prefix: &str) -> String {
     format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A fresh Annals store (its own schema, initialised) with a pool of `pool` connections.
+/// A fresh Annals store (its own schema, initialised) with a pool of `pool` connections, all
+/// of them open: the pool opens connections on first use, and the raw side connects before its
+/// timings too.
 ///
 /// # Errors
 ///
@@ -90,6 +92,8 @@ pub async fn fresh_store(server: &PgServer, pool: usize) -> anyhow::Result<PgEve
         .build()
         .await?;
     store.init().await?;
+    let open = futures::future::try_join_all((0..pool).map(|_| store.pool().get())).await?;
+    drop(open);
     Ok(store)
 }
 
@@ -340,7 +344,7 @@ impl Scenario for Single1 {
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
         Box::pin(async move {
             let server = server()?;
-            let count: u64 = s.pick(1_000, 3_000);
+            let count: u64 = s.pick(1_000, 5_000);
             let medians = alternate(
                 s.rounds,
                 |_| store_singles(&server, 1, count),
@@ -366,7 +370,7 @@ impl Scenario for Single8 {
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
         Box::pin(async move {
             let server = server()?;
-            let per_task: u64 = s.pick(250, 750);
+            let per_task: u64 = s.pick(250, 1_500);
             let medians = alternate(
                 s.rounds,
                 |_| store_singles(&server, 8, per_task),

@@ -250,6 +250,7 @@ impl PgEventStoreBuilder {
             page_size: self.page_size,
             notifier,
             local,
+            heads: Default::default(),
             lease_check_interval: self.lease_check_interval,
             _shutdown: shutdown,
         }))

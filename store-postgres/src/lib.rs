@@ -31,7 +31,8 @@
 //! # Schema
 //!
 //! [`init`](PgEventStore::init) runs the migrations in `store-postgres/migrations/` (see
-//! [`0001_init.sql`](https://github.com/annals-rs/annals/blob/main/store-postgres/migrations/0001_init.sql))
+//! [`0001_init.sql`](https://github.com/annals-rs/annals/blob/main/store-postgres/migrations/0001_init.sql)
+//! and the later, smaller steps beside it)
 //! in the store's schema (`annals` unless [set](PgEventStoreBuilder::schema)), and records the
 //! version in `schema_version`. A store used on a database where `init` never ran fails with
 //! [`Error::Format`](annals::Error::Format) saying so.
@@ -47,9 +48,14 @@
 //! An append is **one statement** (one round trip, one transaction): an `INSERT … SELECT` that
 //! reads the stream's head (`max(version)`, from the unique index), checks the expected version
 //! against it and writes the batch after it — one multi-row insert from `unnest` of arrays, in
-//! batch order. A single event at an exact version (`Exact(n)`, `NoStream`) skips reading the
-//! head: it is inserted at `n + 1` when the row at `n` exists, and the unique key refuses it
-//! when the stream is already past `n`. A concurrent writer that read the same head collides on the unique
+//! batch order. An append at an exact version (`Exact(n)`, `NoStream`) skips reading the head:
+//! it is inserted at `n + 1…` when the row at `n` exists (one index probe), and the unique key
+//! refuses it when the stream is already past `n`. The probe is skipped too when the store has
+//! already seen the row at `n` stored — written by its own append, returned by a read, reported
+//! by a conflict — because events are never deleted: the aggregate's usual load-then-append
+//! costs one plain `INSERT … VALUES`. (The store remembers up to 65,536 streams' heads; past
+//! that it starts afresh, which costs probes, never correctness.) A concurrent writer that
+//! wrote at the same version collides on the unique
 //! `(stream_id, version)` key and waits for the first to commit, so two appends at `Exact(5)`
 //! can never both succeed; the loser's unique violation is turned into
 //! [`Error::VersionConflict`](annals::Error::VersionConflict) (or, for
@@ -81,9 +87,11 @@
 //!    read; a later read's `xmin` is never smaller. Any row that appears later has a
 //!    transaction id at least that `xmin`, hence a position past everything already read.
 //! 4. A stream's versions are in global order too: an append that writes after version `v`
-//!    read `v` in its statement's snapshot, taken after the append that wrote `v` committed;
-//!    its transaction id is assigned later still (at its first insert), so it is larger. An
-//!    append that read an older head collides on the unique key and writes nothing.
+//!    either read `v` in its statement's snapshot, or knew before it started that `v` was
+//!    stored (its store saw it committed); either way the append that wrote `v` had committed
+//!    first, and this append's transaction id, assigned later still (at its first insert), is
+//!    larger. An append that read or knew an older head collides on the unique key and writes
+//!    nothing.
 //!
 //! Positions stay below `i64::MAX` in both parts (`xid8` counts transactions, `seq` rows).
 //!
@@ -111,12 +119,13 @@
 //! the readers' horizon, run on the LISTEN connection (while it is up), never on the pool, so
 //! they never make an append wait for a connection.
 //!
-//! An append's statement also reports whether its transaction id is at most the `xmin` of its
-//! own snapshot, i.e. no transaction with a smaller id was running. Such an append needs no
-//! horizon check: transactions that had ended stay ended, so once it commits every later
-//! snapshot's `xmin` is above its id and readers see its events, which its own wake-up points
-//! them to. Otherwise (an older transaction was open) the background task checks, and polls
-//! until the horizon passes.
+//! An append's wake-up lets local subscribers read its events at once, unless an older
+//! transaction is still open: its events are then above the readers' horizon, and nothing
+//! notifies when that transaction ends. So after local commits the background task checks the
+//! horizon, once per notification gap for any number of commits, and polls while events are
+//! held back. (An earlier version proved inside each append's statement that nothing older was
+//! open, to skip the check; measured, that cost every append more server time than one check
+//! per gap.)
 //!
 //! Polling (every [`poll_interval`](PgEventStoreBuilder::poll_interval)) takes over while the
 //! LISTEN connection is down, until it is back, and while committed events are held back by an
@@ -156,6 +165,7 @@
 
 mod builder;
 mod error;
+mod heads;
 mod lease;
 mod schema;
 mod store;

@@ -5,10 +5,16 @@ use annals::{Error, Result};
 use crate::error::{map, BACKEND};
 
 /// The migrations, in order: `(version, DDL)`. `__SCHEMA__` stands for the quoted schema name.
-pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/0002_drop_schema_version_check.sql"),
+    ),
+];
 
 /// The schema version this crate creates and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Checks a schema name: ASCII lower-case letters, digits and `_`, not starting with a digit,
 /// at most 63 bytes (PostgreSQL's identifier limit), so it never needs escaping.
@@ -33,8 +39,10 @@ pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
 pub(crate) struct Sql {
     pub(crate) append: String,
     pub(crate) append_exact: String,
+    pub(crate) append_exact_known: String,
     pub(crate) append_one: String,
     pub(crate) append_one_exact: String,
+    pub(crate) append_one_exact_known: String,
     pub(crate) lookup: String,
     pub(crate) read_all: String,
     pub(crate) read_stream_forward: String,
@@ -66,16 +74,29 @@ const UNNEST: &str = "unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7:
 const INSERT_COLUMNS: &str = "stream_id, version, event_id, event_type, schema_version, \
      content_type, payload, correlation_id, causation_id, event_timestamp, headers";
 
-/// Whether the append's transaction (id `x`) is proven visible to readers once it commits:
-/// no transaction with a smaller id was running when its statement's snapshot was taken
-/// (see `LocalCommits::committed`).
-fn settled(x: &str) -> String {
-    format!("{x} <= {HORIZON}")
-}
+/// The columns a batch append returns: the version the batch follows, the transaction id, the
+/// first and last `seq`, and the number of rows inserted (fewer than the batch: the check failed).
+const BATCH_ANSWER: &str = "(SELECT transaction_id FROM ins LIMIT 1), \
+     (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins)";
 
 impl Sql {
     pub(crate) fn new(schema: &str) -> Sql {
         let s = format!("\"{schema}\"");
+        // The probe of the exact-version statements: the row at `$2` exists (or `$2` is 0).
+        // Together with the unique (stream_id, version) key, which refuses the rows when the
+        // stream is already past `$2`, it makes "the stream is exactly at `$2`" one index probe.
+        let probe =
+            format!("($2::bigint = 0 OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint))");
+        let batch_exact = |check: &str| {
+            format!(
+                "WITH ins AS (INSERT INTO {s}.events ({INSERT_COLUMNS}) \
+                   SELECT $1, $2::bigint + u.ord, u.id, u.typ, u.sv, u.ct, u.pl, u.co, u.ca, u.ts, u.hd \
+                   FROM {UNNEST} {check} \
+                   ORDER BY u.ord \
+                   RETURNING transaction_id, seq) \
+                 SELECT $2::bigint, {BATCH_ANSWER}"
+            )
+        };
         Sql {
             // One statement: the expected-version check reads the stream's head and the insert
             // writes after it; the unique (stream_id, version) key stops a concurrent writer
@@ -89,29 +110,14 @@ impl Sql {
                      ELSE cur.v = $2::bigint END \
                    ORDER BY u.ord \
                    RETURNING transaction_id, seq) \
-                 SELECT cur.v, (SELECT transaction_id FROM ins LIMIT 1), \
-                   (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins), \
-                   coalesce({}, false) \
-                 FROM cur",
-                settled("(SELECT transaction_id FROM ins LIMIT 1)")
+                 SELECT cur.v, {BATCH_ANSWER} FROM cur"
             ),
-            // The batch append at an exact version (`$2` ≥ 0, 0 for `NoStream`), with the
-            // single-probe check of `append_one_exact`: rows go in at `$2 + 1…` when the row at
-            // `$2` exists, and the unique (stream_id, version) key refuses them when the stream
-            // is already past `$2`.
-            append_exact: format!(
-                "WITH ins AS (INSERT INTO {s}.events ({INSERT_COLUMNS}) \
-                   SELECT $1, $2::bigint + u.ord, u.id, u.typ, u.sv, u.ct, u.pl, u.co, u.ca, u.ts, u.hd \
-                   FROM {UNNEST} \
-                   WHERE $2::bigint = 0 \
-                     OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint) \
-                   ORDER BY u.ord \
-                   RETURNING transaction_id, seq) \
-                 SELECT $2::bigint, (SELECT transaction_id FROM ins LIMIT 1), \
-                   (SELECT min(seq) FROM ins), (SELECT max(seq) FROM ins), (SELECT count(*) FROM ins), \
-                   coalesce({}, false)",
-                settled("(SELECT transaction_id FROM ins LIMIT 1)")
-            ),
+            // The batch append at an exact version (`$2` ≥ 0, 0 for `NoStream`): rows go in at
+            // `$2 + 1…` when the probe finds the row at `$2`.
+            append_exact: batch_exact(&format!("WHERE {probe}")),
+            // The same when this store knows the row at `$2` exists (see `KnownHeads`): only the
+            // unique key is left to refuse the rows.
+            append_exact_known: batch_exact(""),
             // The single-event append, without the batch machinery: the same check and key.
             append_one: format!(
                 "INSERT INTO {s}.events ({INSERT_COLUMNS}) \
@@ -120,20 +126,22 @@ impl Sql {
                  HAVING CASE WHEN $2::bigint = -1 THEN true \
                    WHEN $2::bigint = -2 THEN coalesce(max(version), 0) > 0 \
                    ELSE coalesce(max(version), 0) = $2::bigint END \
-                 RETURNING version, transaction_id, seq, {}",
-                settled("transaction_id")
+                 RETURNING version, transaction_id, seq"
             ),
             // The single-event append at an exact version (`$2` ≥ 0, 0 for `NoStream`): the row
-            // goes in at version `$2 + 1` when the row at `$2` exists. The unique
-            // (stream_id, version) key refuses it when the stream is already past `$2`, so the
-            // check costs one index probe instead of reading the stream's head.
+            // goes in at version `$2 + 1` when the probe finds the row at `$2`.
             append_one_exact: format!(
                 "INSERT INTO {s}.events ({INSERT_COLUMNS}) \
                  SELECT $1, $2::bigint + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
-                 WHERE $2::bigint = 0 \
-                   OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint) \
-                 RETURNING version, transaction_id, seq, {}",
-                settled("transaction_id")
+                 WHERE {probe} \
+                 RETURNING version, transaction_id, seq"
+            ),
+            // The same when this store knows the row at `$2` exists: a plain insert, as cheap as
+            // a hand-written one.
+            append_one_exact_known: format!(
+                "INSERT INTO {s}.events ({INSERT_COLUMNS}) \
+                 VALUES ($1, $2::bigint + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 RETURNING version, transaction_id, seq"
             ),
             lookup: format!(
                 "SELECT event_id, stream_id, version, transaction_id, seq FROM {s}.events \

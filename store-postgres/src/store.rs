@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::builder::PgEventStoreBuilder;
 use crate::error::{is_connection_error, map, map_append, map_pool, Stage, BACKEND};
+use crate::heads::KnownHeads;
 use crate::lease::PgLease;
 use crate::schema;
 use crate::schema::Sql;
@@ -63,6 +64,8 @@ pub(crate) struct Inner {
     pub(crate) notifier: CommitNotifier,
     /// Tells the background task that this process committed an append.
     pub(crate) local: Arc<crate::watcher::LocalCommits>,
+    /// The stream heads this store has seen, which spare exact appends their probe.
+    pub(crate) heads: KnownHeads,
     pub(crate) lease_check_interval: Duration,
     /// Dropped with the last clone: stops the background task.
     pub(crate) _shutdown: tokio::sync::oneshot::Sender<()>,
@@ -145,22 +148,32 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        let (result, settled) = self.write(stream, expected, events).await?;
-        self.inner.notifier.notify(result.last_position);
-        self.inner.local.committed(settled);
-        Ok(result)
+        let written = self.write(stream, expected, &events).await;
+        match &written {
+            // Also for a retry answered from the stored events: the first attempt may have
+            // committed on a connection that died before anyone was told.
+            Ok(result) => {
+                self.inner.heads.saw(stream, result.last_version.get());
+                self.inner.notifier.notify(result.last_position);
+                self.inner.local.committed();
+            }
+            Err(Error::VersionConflict { actual, .. }) => {
+                self.inner.heads.saw(stream, actual.get());
+            }
+            Err(_) => {}
+        }
+        written
     }
 
-    /// Runs the append; on success also says whether it proved its events visible to readers
-    /// (see `LocalCommits::committed`; never for a retry answered from the stored events).
+    /// Runs the append (without the wake-ups).
     async fn write(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<EventData>,
-    ) -> Result<(AppendResult, bool)> {
-        self.inner.limits.check(&events)?;
-        check_storable(&events)?;
+        events: &[EventData],
+    ) -> Result<AppendResult> {
+        self.inner.limits.check(events)?;
+        check_storable(events)?;
         let expected_code: i64 = match expected {
             ExpectedVersion::Any => -1,
             ExpectedVersion::NoStream => 0,
@@ -178,59 +191,22 @@ impl PgEventStore {
                 }
             },
         };
-        let ids: Vec<Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let schema_versions: Vec<i32> =
-            events.iter().map(|e| i32::from(e.schema_version)).collect();
-        let content_types: Vec<&str> = events.iter().map(|e| e.content_type.as_str()).collect();
-        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_ref()).collect();
-        let correlations: Vec<Option<Uuid>> =
-            events.iter().map(|e| e.metadata.correlation_id).collect();
-        let causations: Vec<Option<Uuid>> =
-            events.iter().map(|e| e.metadata.causation_id).collect();
-        let timestamps: Vec<PgTime> = events
-            .iter()
-            .map(|e| PgTime(e.metadata.timestamp))
-            .collect();
-        let headers: Vec<serde_json::Value> = events
-            .iter()
-            .map(|e| headers_to_json(&e.metadata))
-            .collect();
-        let stream_text = stream.as_str();
-        let batch_params: [&(dyn ToSql + Sync); 11] = [
-            &stream_text,
-            &expected_code,
-            &ids,
-            &types,
-            &schema_versions,
-            &content_types,
-            &payloads,
-            &correlations,
-            &causations,
-            &timestamps,
-            &headers,
-        ];
+        let exact = expected_code >= 0;
+        // The row at the expected version is known to exist (or none is needed): the unique
+        // key alone checks the expected version (see `KnownHeads`).
+        let known =
+            exact && (expected_code == 0 || self.inner.heads.knows(stream, expected_code as u64));
         let single = events.len() == 1;
-        let one_params: [&(dyn ToSql + Sync); 11] = [
-            &stream_text,
-            &expected_code,
-            &ids[0],
-            &types[0],
-            &schema_versions[0],
-            &content_types[0],
-            &payloads[0],
-            &correlations[0],
-            &causations[0],
-            &timestamps[0],
-            &headers[0],
-        ];
-        let exact = (0..i64::MAX).contains(&expected_code);
-        let (sql, params) = match (single, exact) {
-            (true, true) => (&self.inner.sql.append_one_exact, &one_params),
-            (true, false) => (&self.inner.sql.append_one, &one_params),
-            (false, true) => (&self.inner.sql.append_exact, &batch_params),
-            (false, false) => (&self.inner.sql.append, &batch_params),
+        let sql = &self.inner.sql;
+        let sql = match (single, exact, known) {
+            (true, true, true) => &sql.append_one_exact_known,
+            (true, true, false) => &sql.append_one_exact,
+            (true, false, _) => &sql.append_one,
+            (false, true, true) => &sql.append_exact_known,
+            (false, true, false) => &sql.append_exact,
+            (false, false, _) => &sql.append,
         };
+        let params = AppendParams::new(stream, expected_code, events);
         let schema = self.inner.schema.as_str();
         let n = events.len() as i64;
         // The error to give if no attempt answers: `AppendOutcomeUnknown` once an attempt was
@@ -259,7 +235,7 @@ impl PgEventStore {
                         .unwrap_or_else(|| map_append(e, schema, stream, Stage::BeforeWrite)))
                 }
             };
-            let outcome = client.query(&statement, params).await;
+            let outcome = client.query(&statement, &params.as_params()).await;
             let refused = match outcome {
                 Ok(rows) => match answer(&rows, single, n) {
                     Some(answer) => return Ok(answer),
@@ -281,9 +257,8 @@ impl PgEventStore {
                 Err(e) => return Err(map_append(e, schema, stream, Stage::Writing)),
             };
             // Refused: were these ids stored already (a retry, or a concurrent twin)?
-            if let Some(answer) = self.lookup(&client, stream, &events).await? {
-                // Nothing proves where the horizon stands: let the background task check.
-                return answer.map(|result| (result, false));
+            if let Some(answer) = self.lookup(&client, stream, events).await? {
+                return answer;
             }
             match refused {
                 Refused::Check(actual) => {
@@ -422,40 +397,149 @@ impl PgEventStore {
     }
 }
 
-/// The result of an append statement that inserted the batch, with whether the append proved
-/// its events visible to readers (see `LocalCommits::committed`), or `None` when its check
-/// failed.
-fn answer(rows: &[Row], single: bool, n: i64) -> Option<(AppendResult, bool)> {
+/// The result of an append statement that inserted the batch, or `None` when its check failed.
+fn answer(rows: &[Row], single: bool, n: i64) -> Option<AppendResult> {
     let row = rows.first()?;
-    let (first_version, xid, first_seq, last_seq, settled) = if single {
+    let (first_version, xid, first_seq, last_seq) = if single {
         let seq: i64 = row.get(2);
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, Xid8>(1),
-            seq,
-            seq,
-            row.get(3),
-        )
+        (row.get::<_, i64>(0), row.get::<_, Xid8>(1), seq, seq)
     } else {
         if row.get::<_, i64>(4) != n {
             return None;
         }
-        (
-            row.get::<_, i64>(0) + 1,
-            row.get(1),
-            row.get(2),
-            row.get(3),
-            row.get(5),
-        )
+        (row.get::<_, i64>(0) + 1, row.get(1), row.get(2), row.get(3))
     };
     let first_version = Version::new(first_version as u64);
-    let result = AppendResult {
+    Some(AppendResult {
         first_version,
         last_version: first_version.advance(n as u64 - 1),
         first_position: Position::new(xid.0, first_seq as u64),
         last_position: Position::new(xid.0, last_seq as u64),
-    };
-    Some((result, settled))
+    })
+}
+
+/// The parameters of an append statement: `$1` the stream, `$2` the expected-version code,
+/// `$3`–`$11` the event columns (one value each for a single event, arrays for a batch).
+struct AppendParams<'a> {
+    stream: &'a str,
+    expected: i64,
+    columns: Columns<'a>,
+}
+
+enum Columns<'a> {
+    One {
+        id: &'a Uuid,
+        event_type: &'a str,
+        schema_version: i32,
+        content_type: &'a str,
+        payload: &'a [u8],
+        correlation: Option<Uuid>,
+        causation: Option<Uuid>,
+        timestamp: PgTime,
+        headers: serde_json::Value,
+    },
+    Batch {
+        ids: Vec<Uuid>,
+        types: Vec<&'a str>,
+        schema_versions: Vec<i32>,
+        content_types: Vec<&'a str>,
+        payloads: Vec<&'a [u8]>,
+        correlations: Vec<Option<Uuid>>,
+        causations: Vec<Option<Uuid>>,
+        timestamps: Vec<PgTime>,
+        headers: Vec<serde_json::Value>,
+    },
+}
+
+impl<'a> AppendParams<'a> {
+    fn new(stream: &'a StreamId, expected: i64, events: &'a [EventData]) -> AppendParams<'a> {
+        let columns = match events {
+            [e] => Columns::One {
+                id: e.id.as_uuid(),
+                event_type: e.event_type.as_str(),
+                schema_version: i32::from(e.schema_version),
+                content_type: e.content_type.as_str(),
+                payload: e.payload.as_ref(),
+                correlation: e.metadata.correlation_id,
+                causation: e.metadata.causation_id,
+                timestamp: PgTime(e.metadata.timestamp),
+                headers: headers_to_json(&e.metadata),
+            },
+            _ => Columns::Batch {
+                ids: events.iter().map(|e| *e.id.as_uuid()).collect(),
+                types: events.iter().map(|e| e.event_type.as_str()).collect(),
+                schema_versions: events.iter().map(|e| i32::from(e.schema_version)).collect(),
+                content_types: events.iter().map(|e| e.content_type.as_str()).collect(),
+                payloads: events.iter().map(|e| e.payload.as_ref()).collect(),
+                correlations: events.iter().map(|e| e.metadata.correlation_id).collect(),
+                causations: events.iter().map(|e| e.metadata.causation_id).collect(),
+                timestamps: events
+                    .iter()
+                    .map(|e| PgTime(e.metadata.timestamp))
+                    .collect(),
+                headers: events
+                    .iter()
+                    .map(|e| headers_to_json(&e.metadata))
+                    .collect(),
+            },
+        };
+        AppendParams {
+            stream: stream.as_str(),
+            expected,
+            columns,
+        }
+    }
+
+    fn as_params(&self) -> [&(dyn ToSql + Sync); 11] {
+        match &self.columns {
+            Columns::One {
+                id,
+                event_type,
+                schema_version,
+                content_type,
+                payload,
+                correlation,
+                causation,
+                timestamp,
+                headers,
+            } => [
+                &self.stream,
+                &self.expected,
+                *id,
+                event_type,
+                schema_version,
+                content_type,
+                payload,
+                correlation,
+                causation,
+                timestamp,
+                headers,
+            ],
+            Columns::Batch {
+                ids,
+                types,
+                schema_versions,
+                content_types,
+                payloads,
+                correlations,
+                causations,
+                timestamps,
+                headers,
+            } => [
+                &self.stream,
+                &self.expected,
+                ids,
+                types,
+                schema_versions,
+                content_types,
+                payloads,
+                correlations,
+                causations,
+                timestamps,
+                headers,
+            ],
+        }
+    }
 }
 
 /// Where a global read starts, as `(transaction id, seq)`, or `None` when nothing can follow.
@@ -626,6 +710,7 @@ impl EventStore for PgEventStore {
         let _span =
             tracing::debug_span!("read_stream", store = "postgres", stream = %stream).entered();
         let stream_text = stream.as_str().to_owned();
+        let stream = stream.clone();
         let (start, forward) = match options.direction {
             Direction::Forward => (options.from.get().max(1), true),
             Direction::Backward => (options.from.get(), false),
@@ -642,13 +727,20 @@ impl EventStore for PgEventStore {
             options.limit,
             move |inner, from: i64, page| {
                 let stream_text = stream_text.clone();
+                let stream = stream.clone();
                 async move {
                     let sql = if forward {
                         &inner.sql.read_stream_forward
                     } else {
                         &inner.sql.read_stream_backward
                     };
-                    query_events(&inner, sql, &[&stream_text, &from, &limit_param(page)]).await
+                    let events =
+                        query_events(&inner, sql, &[&stream_text, &from, &limit_param(page)])
+                            .await?;
+                    if let Some(head) = events.iter().map(|e| e.version.get()).max() {
+                        inner.heads.saw(&stream, head);
+                    }
+                    Ok(events)
                 }
             },
             move |last| {
@@ -702,7 +794,9 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version> {
         let client = self.inner.pool.get().await.map_err(map_pool)?;
-        self.version_on(&client, stream).await
+        let version = self.version_on(&client, stream).await?;
+        self.inner.heads.saw(stream, version.get());
+        Ok(version)
     }
 
     async fn last_position(&self) -> Result<Option<Position>> {
@@ -881,83 +975,84 @@ impl CheckpointStore for PgEventStore {
 mod tests {
     use super::*;
     use annals_testkit::postgres::PgServer;
+    use futures::TryStreamExt;
 
     fn event(n: u64) -> EventData {
-        EventData::json("Settled", &n).expect("event")
+        EventData::json("Counted", &n).expect("event")
     }
 
-    /// The proof that lets a local commit skip the background horizon check must never be
-    /// given while an older transaction is open (readers would stall until some later commit),
-    /// and must be given when nothing older is open (else the skip never happens). Every
-    /// statement shape: single/batch × exact/any.
+    /// The store learns heads from its appends, its reads and its conflicts, and an exact
+    /// append checked by the unique key alone still refuses every wrong version: past the head
+    /// (another store wrote there) and behind it (a version this store never saw).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_commit_is_settled_only_when_no_older_transaction_is_open() {
+    async fn known_heads_skip_the_probe_and_never_let_a_wrong_version_in() {
         let server = PgServer::shared();
-        let store = PgEventStore::builder()
-            .connection_string(server.connection_string())
-            .schema("settled")
-            .build()
+        let open = || async {
+            let store = PgEventStore::builder()
+                .connection_string(server.connection_string())
+                .schema("known_heads")
+                .build()
+                .await
+                .expect("build");
+            store.init().await.expect("init");
+            store
+        };
+        let (a, b) = (open().await, open().await);
+        let s = StreamId::new("heads-1").expect("id");
+        a.append(&s, ExpectedVersion::NoStream, vec![event(1)])
             .await
-            .expect("build");
-        store.init().await.expect("init");
-        let cases: [(&str, ExpectedVersion, usize); 4] = [
-            ("one-exact", ExpectedVersion::NoStream, 1),
-            ("one-any", ExpectedVersion::Any, 1),
-            ("batch-exact", ExpectedVersion::NoStream, 3),
-            ("batch-any", ExpectedVersion::Any, 3),
-        ];
-        let (holder, connection) =
-            tokio_postgres::connect(&server.connection_string(), tokio_postgres::NoTls)
+            .expect("append");
+        assert!(a.inner.heads.knows(&s, 1) && !b.inner.heads.knows(&s, 1));
+
+        // `b` learns version 1 from a read; `a` moves the stream on to 3.
+        let read: Vec<RecordedEvent> = b
+            .read_stream(&s, ReadStream::forward())
+            .try_collect()
+            .await
+            .expect("read");
+        assert_eq!(read.len(), 1);
+        assert!(b.inner.heads.knows(&s, 1));
+        for v in 1..3 {
+            a.append(&s, ExpectedVersion::exact(v), vec![event(v + 1)])
                 .await
-                .expect("connect");
-        tokio::spawn(connection);
-        for (name, first_expected, n) in cases {
-            let stream = StreamId::new(name).expect("id");
-            let mut expected = first_expected;
-            let mut next = 0;
-            let mut append = |expected: ExpectedVersion| {
-                let events: Vec<EventData> = (0..n).map(|_| event(next)).collect();
-                next += 1;
-                let store = store.clone();
-                let stream = stream.clone();
-                async move {
-                    store
-                        .write(&stream, expected, events)
-                        .await
-                        .expect("append")
-                }
-            };
-            let advance = |expected: ExpectedVersion, result: &AppendResult| match expected {
-                ExpectedVersion::Any => ExpectedVersion::Any,
-                _ => ExpectedVersion::Exact(result.last_version),
-            };
-            // Nothing older open: the store's own background statements take ids too, so a
-            // single append may find one running; one in 50 must be settled.
-            let mut settled_once = false;
-            for _ in 0..50 {
-                let (result, settled) = append(expected).await;
-                expected = advance(expected, &result);
-                if settled {
-                    settled_once = true;
-                    break;
-                }
-            }
-            assert!(settled_once, "{name}: no append was ever settled");
-            // An older transaction with an id is open: never settled.
-            holder.batch_execute("BEGIN").await.expect("begin");
-            holder
-                .execute("SELECT pg_current_xact_id()", &[])
-                .await
-                .expect("take an id");
-            for _ in 0..5 {
-                let (result, settled) = append(expected).await;
-                expected = advance(expected, &result);
-                assert!(
-                    !settled,
-                    "{name}: settled while an older transaction is open"
-                );
-            }
-            holder.batch_execute("COMMIT").await.expect("commit");
+                .expect("append");
         }
+
+        // Past the head: the unique key refuses, as a conflict naming the real head.
+        let err = b
+            .append(&s, ExpectedVersion::exact(1), vec![event(9)])
+            .await
+            .expect_err("stale");
+        assert!(
+            matches!(err, Error::VersionConflict { actual, .. } if actual == Version::new(3)),
+            "{err:?}"
+        );
+        assert!(b.inner.heads.knows(&s, 3), "a conflict teaches the head");
+
+        // Behind the head: a version nobody saw is probed, and refused without a gap.
+        let err = b
+            .append(&s, ExpectedVersion::exact(7), vec![event(9), event(10)])
+            .await
+            .expect_err("ahead");
+        assert!(matches!(err, Error::VersionConflict { actual, .. } if actual == Version::new(3)));
+        assert_eq!(
+            b.stream_version(&s).await.expect("version"),
+            Version::new(3)
+        );
+
+        // The known head takes a single event and a batch.
+        b.append(&s, ExpectedVersion::exact(3), vec![event(4)])
+            .await
+            .expect("single at a known head");
+        b.append(&s, ExpectedVersion::exact(4), vec![event(5), event(6)])
+            .await
+            .expect("batch at a known head");
+        let versions: Vec<u64> = a
+            .read_stream(&s, ReadStream::forward())
+            .map_ok(|e| e.version.get())
+            .try_collect()
+            .await
+            .expect("read");
+        assert_eq!(versions, (1..=6).collect::<Vec<_>>());
     }
 }

@@ -6,8 +6,8 @@
 //!   processes' stores. Its payload is this store's token, so the notification coming back to
 //!   this store's own LISTEN connection is ignored instead of costing another check.
 //! - **Other processes' commits** arrive as notifications on a dedicated LISTEN connection.
-//! - **Held-back readers**: after another process's commit, and after a local commit that could
-//!   not prove itself visible (see [`LocalCommits::committed`]), this task checks whether every
+//! - **Held-back readers**: after another process's commit, and after local commits (see
+//!   [`LocalCommits::committed`]), this task checks whether every
 //!   committed event is below the readers' horizon; while one is not (an older transaction is
 //!   still open), it polls every poll interval and wakes subscribers when the horizon moves.
 //!   Nobody notifies when a *foreign* transaction that holds the horizon back ends.
@@ -44,27 +44,19 @@ pub(crate) const LISTENER_NAME: &str = "annals-postgres listener";
 pub(crate) struct LocalCommits {
     /// Some local commit happened since the task last looked: notify other processes.
     signal: Notify,
-    /// Some local commit could not prove its events visible to readers: check the horizon.
-    unsettled: AtomicBool,
+    /// Some local commit happened since the task last checked the horizon.
+    unchecked: AtomicBool,
 }
 
 impl LocalCommits {
-    /// Records a local commit. `settled` is whether the append proved that every transaction
-    /// with a smaller id than its own had ended when its statement's snapshot was taken
-    /// (`transaction_id <= pg_snapshot_xmin(pg_current_snapshot())`).
+    /// Records a local commit: the task notifies other processes and checks the horizon.
     ///
-    /// Why a settled commit needs no horizon check: ids below a snapshot's `xmin` belong to
-    /// transactions that had ended when it was taken, and an ended transaction stays ended. So
-    /// once the append itself has committed (it has, when this is called), no transaction with
-    /// an id up to the append's own is running, and every later snapshot has an `xmin` above
-    /// that id: the readers' horizon has passed the append's events, which the append's own
-    /// wake-up (sent before this call) lets subscribers read. Anything the check could find
-    /// beyond them is another commit, whose own append, or whose process's notification,
-    /// accounts for it.
-    pub(crate) fn committed(&self, settled: bool) {
-        if !settled {
-            self.unsettled.store(true, Ordering::Release);
-        }
+    /// The append's own wake-up (sent before this call) lets local subscribers read its events
+    /// at once when nothing older is running. When an older transaction is still open they are
+    /// not readable yet, and nobody notifies when it ends; the check sees the horizon move and
+    /// wakes them then. One notification and one check serve every commit of a gap.
+    pub(crate) fn committed(&self) {
+        self.unchecked.store(true, Ordering::Release);
         // Without a waiter this only stores a permit: no wake-up while the task sleeps out its
         // notification gap.
         self.signal.notify_one();
@@ -124,7 +116,7 @@ impl Watcher {
                     }
                 }
             }
-            if self.local.unsettled.swap(false, Ordering::AcqRel) {
+            if self.local.unchecked.swap(false, Ordering::AcqRel) {
                 pending = true;
             }
             let polling = pending || listener.is_none();

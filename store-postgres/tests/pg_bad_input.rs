@@ -168,6 +168,57 @@ async fn a_schema_from_a_newer_version_is_refused() {
     }
 }
 
+/// A schema created by the first version of the crate is upgraded in place by `init()`, its
+/// events kept, and the store writes and reads it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_upgrades_a_version_1_schema_in_place() {
+    let store = support::builder_on(server(), "upgrade")
+        .build()
+        .await
+        .expect("build");
+    let schema = format!("\"{}\"", store.schema());
+    let client = raw_client(server()).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; \
+             CREATE TABLE {schema}.schema_version (version integer PRIMARY KEY, \
+               applied_at timestamptz NOT NULL DEFAULT now()); \
+             {} \
+             INSERT INTO {schema}.schema_version (version) VALUES (1); \
+             INSERT INTO {schema}.events (stream_id, version, event_id, event_type, schema_version, \
+               content_type, payload, event_timestamp) \
+             VALUES ('old-1', 1, gen_random_uuid(), 'Opened', 1, 'application/json', '\\x7b7d', now())",
+            include_str!("../migrations/0001_init.sql").replace("__SCHEMA__", &schema)
+        ))
+        .await
+        .expect("a version 1 schema");
+    assert_eq!(store.schema_version().await.expect("version"), Some(1));
+    assert_eq!(store.init().await.expect("upgrade"), 2);
+    assert_eq!(store.schema_version().await.expect("version"), Some(2));
+    let checks: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = ($1 || '.events')::regclass \
+             AND conname = 'events_schema_version_check'",
+            &[&schema],
+        )
+        .await
+        .expect("constraints")
+        .get(0);
+    assert_eq!(checks, 0, "migration 2 drops the schema version check");
+    let old = StreamId::new("old-1").expect("id");
+    store
+        .append(&old, ExpectedVersion::exact(1), vec![event("Deposited", 2)])
+        .await
+        .expect("append after the upgrade");
+    let events: Vec<_> = store
+        .read_all(ReadAll::all())
+        .try_collect()
+        .await
+        .expect("read");
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Opened", "Deposited"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_builder_settings_are_refused() {
     for schema in ["", "Bad", "a-b", "9x", "x\"; DROP TABLE y"] {
