@@ -16,7 +16,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 /// The format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// The sled tree holding every record.
 pub(crate) const TREE: &[u8] = b"annals";
 
@@ -32,6 +32,11 @@ pub(crate) const COMMIT: u8 = b'W';
 pub(crate) const HEAD: u8 = b'H';
 /// Prefix of the event-id index: `I uuid(16)` → stream, version, position.
 pub(crate) const ID: u8 = b'I';
+/// Prefix of id segments: `J uuid(16)` → the stored ids in (previous segment's key, this key],
+/// sorted, with their positions.
+pub(crate) const SEGMENT: u8 = b'J';
+/// Most ids in one segment.
+pub(crate) const SEGMENT_MAX: usize = 512;
 /// Prefix of snapshots: `N stream-id` → snapshot.
 pub(crate) const SNAPSHOT: u8 = b'N';
 /// Prefix of checkpoints: `C name` → position.
@@ -593,6 +598,86 @@ pub(crate) fn decode_id<'a>(key: &[u8], value: &'a [u8]) -> Result<(&'a str, u64
 }
 
 // ---------------------------------------------------------------------------------------------
+// Id segments: `J last-uuid` → count (BE u32), then per id: uuid (16), position (BE u64); the ids
+// strictly increasing, the last one the key's.
+
+/// Bytes of one id-segment entry.
+const SEGMENT_ENTRY: usize = 24;
+
+pub(crate) fn segment_key(last: &[u8; 16]) -> [u8; 17] {
+    let mut key = [SEGMENT; 17];
+    key[1..].copy_from_slice(last);
+    key
+}
+
+/// The segment value of `entries` (sorted by id, strictly) under `key`.
+pub(crate) fn segment_value(key: &[u8], entries: &[([u8; 16], u64)]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(CRC_LEN + 4 + entries.len() * SEGMENT_ENTRY);
+    value.extend_from_slice(&[0; CRC_LEN]);
+    value.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for (id, position) in entries {
+        value.extend_from_slice(id);
+        value.extend_from_slice(&position.to_be_bytes());
+    }
+    seal(key, value)
+}
+
+/// The checked entries of a segment: checksum, length, strictly increasing ids ending with the
+/// key's.
+pub(crate) fn decode_segment(key: &[u8], value: &[u8]) -> Result<Vec<([u8; 16], u64)>, String> {
+    let entries = segment_entries(key, value)?;
+    let mut out = Vec::with_capacity(entries.len() / SEGMENT_ENTRY);
+    for entry in entries.chunks_exact(SEGMENT_ENTRY) {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&entry[..16]);
+        if out.last().is_some_and(|(prev, _)| *prev >= id) {
+            return Err("segment ids are not strictly increasing".to_owned());
+        }
+        out.push((id, be_u64(&entry[16..])));
+    }
+    if out.last().map(|(id, _)| &id[..]) != key.get(1..) {
+        return Err("the segment's last id is not its key's".to_owned());
+    }
+    Ok(out)
+}
+
+/// The position of `id` in the segment, if it holds it (a binary search; checksum and length
+/// checked, order trusted).
+pub(crate) fn segment_find(key: &[u8], value: &[u8], id: &[u8; 16]) -> Result<Option<u64>, String> {
+    let entries = segment_entries(key, value)?;
+    let (mut lo, mut hi) = (0, entries.len() / SEGMENT_ENTRY);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let entry = &entries[mid * SEGMENT_ENTRY..(mid + 1) * SEGMENT_ENTRY];
+        match entry[..16].cmp(&id[..]) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Ok(Some(be_u64(&entry[16..]))),
+        }
+    }
+    Ok(None)
+}
+
+fn segment_entries<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
+    if key.len() != 17 || key[0] != SEGMENT {
+        return Err("malformed segment key".to_owned());
+    }
+    let body = unseal(key, value)?;
+    if body.len() < 4 {
+        return Err("segment too short".to_owned());
+    }
+    let count = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    let entries = &body[4..];
+    if count == 0 || entries.len() != count * SEGMENT_ENTRY {
+        return Err(format!(
+            "segment of {} bytes does not hold {count} entries",
+            entries.len()
+        ));
+    }
+    Ok(entries)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Snapshots: `N stream` → version, schema version, taken_at, content type, payload.
 
 pub(crate) fn snapshot_value(key: &[u8], s: &Snapshot) -> Vec<u8> {
@@ -670,6 +755,24 @@ pub(crate) fn decode_format(value: &[u8]) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_round_trip_and_find() {
+        let entries: Vec<([u8; 16], u64)> =
+            (1..=5u8).map(|i| ([i * 10; 16], u64::from(i))).collect();
+        let key = segment_key(&entries[4].0);
+        let value = segment_value(&key, &entries);
+        assert_eq!(decode_segment(&key, &value).unwrap(), entries);
+        for (id, position) in &entries {
+            assert_eq!(segment_find(&key, &value, id).unwrap(), Some(*position));
+        }
+        assert_eq!(segment_find(&key, &value, &[15; 16]).unwrap(), None);
+        assert_eq!(segment_find(&key, &value, &[0; 16]).unwrap(), None);
+        let mut flipped = value.clone();
+        flipped[10] ^= 1;
+        assert!(segment_find(&key, &flipped, &[10; 16]).is_err());
+        assert!(decode_segment(&segment_key(&[1; 16]), &value).is_err());
+    }
 
     #[test]
     fn varints_round_trip() {

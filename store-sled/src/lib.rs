@@ -160,7 +160,13 @@ pub mod testing {
     ) -> Result<u64> {
         let (info, _) = commit(tree, stream, first_version, events)?;
         let mut batch = sled::Batch::default();
-        index_batch(&mut batch, std::iter::once(&info), info.last());
+        let mut frontier = recover::frontier(tree)?;
+        index_batch(
+            &mut batch,
+            std::iter::once(&info),
+            info.last(),
+            &mut frontier,
+        );
         tree.apply_batch(batch).map_err(sled_error)?;
         Ok(info.first)
     }

@@ -76,8 +76,9 @@ struct State {
 pub(crate) struct Overlay {
     state: RwLock<State>,
     /// Held while index entries are written, so one indexer runs at a time (and `verify` sees
-    /// the indexes still).
-    indexing: Mutex<()>,
+    /// the indexes still). It guards the id frontier: the last id segment's key (zeros when
+    /// there is none).
+    indexing: Mutex<[u8; 16]>,
     /// Every index entry of a position up to this one is written to sled (not yet flushed,
     /// maybe). The `Mindexed` marker follows it after a flush (see `flusher.rs`).
     written: AtomicU64,
@@ -89,10 +90,12 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
-    pub(crate) fn new(indexed: u64) -> Overlay {
+    /// An empty overlay over indexes complete through `indexed`, whose last id segment ends at
+    /// `frontier`.
+    pub(crate) fn new(indexed: u64, frontier: [u8; 16]) -> Overlay {
         Overlay {
             state: RwLock::new(State::default()),
-            indexing: Mutex::new(()),
+            indexing: Mutex::new(frontier),
             written: AtomicU64::new(indexed),
             durable: AtomicU64::new(indexed),
             wanted: Mutex::new((false, false)),
@@ -231,21 +234,21 @@ impl Overlay {
     }
 
     /// Locks out other indexers.
-    pub(crate) fn lock_indexing(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock_indexing(&self) -> MutexGuard<'_, [u8; 16]> {
         self.indexing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes the index entries of every commit up to `upto` (plain inserts) and then drops
     /// them from the overlay.
     pub(crate) fn index(&self, tree: &sled::Tree, upto: u64) -> Result<()> {
-        let guard = self.lock_indexing();
-        self.index_locked(&guard, tree, upto)
+        let mut guard = self.lock_indexing();
+        self.index_locked(&mut guard, tree, upto)
     }
 
     /// [`index`](Self::index) unless another indexer runs (then it does the work).
     pub(crate) fn try_index(&self, tree: &sled::Tree, upto: u64) -> Result<()> {
         match self.indexing.try_lock() {
-            Ok(guard) => self.index_locked(&guard, tree, upto),
+            Ok(mut guard) => self.index_locked(&mut guard, tree, upto),
             Err(_) => Ok(()),
         }
     }
@@ -253,7 +256,7 @@ impl Overlay {
     /// [`index`](Self::index) with the indexing lock already held.
     pub(crate) fn index_locked(
         &self,
-        _guard: &MutexGuard<'_, ()>,
+        frontier: &mut MutexGuard<'_, [u8; 16]>,
         tree: &sled::Tree,
         upto: u64,
     ) -> Result<()> {
@@ -283,14 +286,22 @@ impl Overlay {
             self.durable_through(last);
         }
         let mut failed = None;
-        index_entries(commits.iter().map(|c| &**c), |key, value| {
-            if failed.is_none() {
-                failed = tree.insert(key, value).err();
-            }
-        });
+        let mut next_frontier = **frontier;
+        index_entries(
+            commits.iter().map(|c| &**c),
+            &mut next_frontier,
+            |key, value| {
+                if failed.is_none() {
+                    failed = tree.insert(key, value).err();
+                }
+            },
+        );
         if let Some(error) = failed {
+            // Some entries may be in: a later round must not put other ids in their segments.
+            **frontier = next_frontier.max(**frontier);
             return Err(sled_error(error));
         }
+        **frontier = next_frontier;
         self.written.fetch_max(last, Ordering::AcqRel);
         span.record("apply_us", started.elapsed().as_micros() as u64);
         // In sled now: readers find them there from here on.
@@ -312,19 +323,29 @@ impl Overlay {
     }
 }
 
-/// Adds the index entries of `commits` (in position order) and the marker `indexed` to `batch`.
+/// Adds the index entries of `commits` (in position order) and the marker `indexed` to `batch`;
+/// `frontier` as in [`index_entries`].
 pub(crate) fn index_batch<'a>(
     batch: &mut sled::Batch,
     commits: impl Iterator<Item = &'a CommitInfo>,
     indexed: u64,
+    frontier: &mut [u8; 16],
 ) {
-    index_entries(commits, |key, value| batch.insert(key, value));
+    index_entries(commits, frontier, |key, value| batch.insert(key, value));
     batch.insert(format::META_INDEXED, format::indexed_value(indexed));
 }
 
 /// Hands the index entries of `commits` (in position order) to `put`.
+///
+/// Event ids go two ways. Those above `frontier` (the key of the last id segment, all ids up to
+/// which are placed) — nearly every UUID v7, the default, which grow with time — go into new id
+/// segments (`J`), up to [`format::SEGMENT_MAX`] sorted ids per sled insert, and `frontier`
+/// moves to the last of them. The others (UUID v5 ids derived from command ids, ids made long
+/// before their append) get an `I` entry each. A lookup reads the `I` entry, then the one
+/// segment whose range holds the id.
 fn index_entries<'a>(
     commits: impl Iterator<Item = &'a CommitInfo>,
+    frontier: &mut [u8; 16],
     mut put: impl FnMut(Vec<u8>, Vec<u8>),
 ) {
     let mut heads: HashMap<&StreamId, Head> = HashMap::new();
@@ -332,6 +353,7 @@ fn index_entries<'a>(
     // entry (versions and positions both run on), so a lone writer's index costs one entry per
     // round, not one per append.
     let mut runs: Vec<(&StreamId, u64, u64, u64)> = Vec::new();
+    let mut segment: Vec<([u8; 16], u64)> = Vec::new();
     for commit in commits {
         let stream = commit.stream.as_str();
         match runs.last_mut() {
@@ -350,18 +372,29 @@ fn index_entries<'a>(
             )),
         }
         for (i, id) in commit.ids.iter().enumerate() {
+            let position = commit.first + i as u64;
+            let bytes = *id.as_uuid().as_bytes();
+            if bytes > *frontier {
+                segment.push((bytes, position));
+                continue;
+            }
             let key = format::id_key(*id);
             put(
                 key.to_vec(),
-                format::id_value(
-                    &key,
-                    stream,
-                    commit.first_version + i as u64,
-                    commit.first + i as u64,
-                ),
+                format::id_value(&key, stream, commit.first_version + i as u64, position),
             );
         }
         heads.insert(&commit.stream, commit.head());
+    }
+    // Ids are unique in the log, so sorted they are strictly increasing.
+    segment.sort_unstable();
+    for chunk in segment.chunks(format::SEGMENT_MAX) {
+        let Some((last, _)) = chunk.last() else {
+            continue;
+        };
+        let key = format::segment_key(last);
+        put(key.to_vec(), format::segment_value(&key, chunk));
+        *frontier = *last;
     }
     for (stream, first_version, first, count) in runs {
         let key = format::stream_key(stream.as_str(), first_version);

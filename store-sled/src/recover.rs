@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use annals::{Error, Position, Result, StreamId, Version};
 
-use crate::format::{self, Head, COMMIT, HEAD, ID, STREAM};
+use crate::format::{self, Head, COMMIT, HEAD, ID, SEGMENT, STREAM};
 use crate::overlay::{index_batch, CommitInfo};
 use crate::sled_error;
 
@@ -29,6 +29,29 @@ pub(crate) fn log_end(tree: &sled::Tree) -> Result<u64> {
             format::parse_commit_key(&key)
                 .map(|(_, last)| last)
                 .ok_or_else(|| Error::corrupt(None, None, None, "malformed commit key"))
+        }
+    }
+}
+
+/// The key of the last id segment (zeros when there is none): the id frontier.
+pub(crate) fn frontier(tree: &sled::Tree) -> Result<[u8; 16]> {
+    last_id_key(tree, SEGMENT)
+}
+
+/// The largest event id the indexes hold (zeros when they hold none): the last `I` key or the
+/// last segment's, whichever is larger.
+pub(crate) fn max_indexed_id(tree: &sled::Tree) -> Result<[u8; 16]> {
+    Ok(last_id_key(tree, ID)?.max(last_id_key(tree, SEGMENT)?))
+}
+
+fn last_id_key(tree: &sled::Tree, prefix: u8) -> Result<[u8; 16]> {
+    match tree.scan_prefix([prefix]).next_back() {
+        None => Ok([0; 16]),
+        Some(entry) => {
+            let (key, _) = entry.map_err(sled_error)?;
+            key.get(1..)
+                .and_then(|id| <[u8; 16]>::try_from(id).ok())
+                .ok_or_else(|| Error::corrupt(None, None, None, "malformed id index key"))
         }
     }
 }
@@ -137,7 +160,10 @@ fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
             batch.remove(key);
         }
     }
-    index_batch(&mut batch, commits.iter(), end);
+    // An interrupted round may have written segments for some of these ids: the redo's ids at
+    // or below the frontier get `I` entries (found either way).
+    let mut frontier = frontier(tree)?;
+    index_batch(&mut batch, commits.iter(), end, &mut frontier);
     tree.apply_batch(batch).map_err(sled_error)?;
     Ok(commits.len())
 }
@@ -166,6 +192,36 @@ fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
         let (key, value) = entry.map_err(sled_error)?;
         if matches!(format::decode_id(&key, &value), Ok((_, _, p)) if p > end) {
             batch.remove(key);
+        }
+    }
+    // A segment holding an id past the end goes; its other ids get `I` entries.
+    for entry in tree.scan_prefix([SEGMENT]) {
+        let (key, value) = entry.map_err(sled_error)?;
+        let Ok(entries) = format::decode_segment(&key, &value) else {
+            continue;
+        };
+        if entries.iter().all(|(_, p)| *p <= end) {
+            continue;
+        }
+        batch.remove(key);
+        for (id, position) in entries.into_iter().filter(|(_, p)| *p <= end) {
+            let Some((commit_key, record)) =
+                format::commit_at(tree, position).map_err(sled_error)?
+            else {
+                continue;
+            };
+            let (Some((first, _)), Ok(commit)) = (
+                format::parse_commit_key(&commit_key),
+                format::parse_commit(&commit_key, &record),
+            ) else {
+                continue;
+            };
+            let id_key = format::id_key(annals::EventId::from_uuid(uuid::Uuid::from_bytes(id)));
+            let version = commit.first_version + (position - first);
+            batch.insert(
+                id_key.to_vec(),
+                format::id_value(&id_key, commit.stream, version, position),
+            );
         }
     }
     for entry in tree.scan_prefix([HEAD]) {

@@ -19,7 +19,7 @@ use crate::overlay::Overlay;
 use crate::read;
 use crate::recover;
 use crate::verify::{self, VerifyReport};
-use crate::writer::{Encoded, Pending, Writer};
+use crate::writer::{Encoded, LogEnd, Pending, Writer};
 use crate::{sled_error, Durability, SledStoreBuilder};
 
 /// The embedded Annals event store, on [sled](https://docs.rs/sled/0.34.7).
@@ -94,7 +94,7 @@ impl SledEventStore {
         let db = open_db(&config)?;
         let tree = check_format(&db)?;
         let last = recover::recover(&db, &tree)?;
-        let overlay = Arc::new(Overlay::new(last));
+        let overlay = Arc::new(Overlay::new(last, recover::frontier(&tree)?));
         let visible = Arc::new(AtomicU64::new(last));
         let notifier = CommitNotifier::new();
         notifier.notify(Position::sequence(last));
@@ -106,9 +106,13 @@ impl SledEventStore {
             visible.clone(),
             notifier.clone(),
         );
+        let end = LogEnd {
+            position: last,
+            max_id: recover::max_indexed_id(&tree)?,
+        };
         let writer = Arc::new(Writer::new(
             tree.clone(),
-            last,
+            end,
             flusher.clone(),
             b.durability,
             visible.clone(),
@@ -227,7 +231,13 @@ fn check_format(db: &sled::Db) -> Result<sled::Tree> {
                      reads format {FORMAT_VERSION} only: upgrade annals-sled to open it"
                 )));
             }
-            if version != FORMAT_VERSION {
+            if version == 2 {
+                // Format 3 only adds id segments: a format 2 store is a format 3 store without
+                // any. Once marked 3, older builds refuse it (they would not see the segments).
+                tree.insert(format::META_FORMAT, format::format_value(FORMAT_VERSION))
+                    .map_err(sled_error)?;
+                db.flush().map_err(sled_error)?;
+            } else if version != FORMAT_VERSION {
                 return Err(Error::Format(format!(
                     "the store was written in format {version} by an older, unreleased \
                      annals-sled; this build reads format {FORMAT_VERSION} only and does not \

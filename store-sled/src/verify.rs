@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use annals::{Position, Result, StreamId, Version};
+use annals::{EventId, Position, Result, StreamId, Version};
 
-use crate::format::{self, CHECKPOINT, COMMIT, HEAD, ID, META, SNAPSHOT, STREAM};
+use crate::format::{self, CHECKPOINT, COMMIT, HEAD, ID, META, SEGMENT, SNAPSHOT, STREAM};
 use crate::overlay::Overlay;
 use crate::sled_error;
 
@@ -139,6 +139,8 @@ struct Walk<'a> {
     /// The stream being walked: its id, last version and last position.
     current: Option<(String, u64, u64)>,
     last_log: u64,
+    /// The key of the last id segment walked (zeros before the first).
+    last_segment: [u8; 16],
 }
 
 impl Walk<'_> {
@@ -390,6 +392,7 @@ impl Walk<'_> {
             };
             let id_key = format::id_key(event.id);
             match self.tree.get(id_key).map_err(sled_error)? {
+                None if self.in_segment(event.id, position)? => {}
                 None => self.problem(
                     ProblemKind::IdIndexMismatch,
                     Some(stream),
@@ -493,6 +496,78 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// Whether the id segment whose range holds `id` maps it to `position`.
+    fn in_segment(&self, id: EventId, position: u64) -> Result<bool> {
+        let bytes = id.as_uuid().as_bytes();
+        let segment = self
+            .tree
+            .range(format::segment_key(bytes)..=format::segment_key(&[0xFF; 16]))
+            .next()
+            .transpose()
+            .map_err(sled_error)?;
+        // A damaged segment is reported when the walk reaches it.
+        Ok(segment.is_some_and(|(key, value)| {
+            format::segment_find(&key, &value, bytes).is_ok_and(|p| p == Some(position))
+        }))
+    }
+
+    fn segment(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let entries = match format::decode_segment(key, value) {
+            Ok(entries) => entries,
+            Err(reason) => {
+                self.problem(
+                    ProblemKind::Corrupt,
+                    None,
+                    None,
+                    None,
+                    format!("id segment: {reason}"),
+                );
+                return Ok(());
+            }
+        };
+        // A lookup reads the first segment whose key is at or above the id: an id at or below
+        // the previous segment's key would never be found here.
+        if entries
+            .first()
+            .is_some_and(|(id, _)| *id <= self.last_segment)
+        {
+            self.problem(
+                ProblemKind::IdIndexMismatch,
+                None,
+                None,
+                None,
+                "an id segment overlaps the one before it",
+            );
+        }
+        if let Some((last, _)) = entries.last() {
+            self.last_segment = *last;
+        }
+        for (id, position) in entries {
+            if position > self.visible {
+                continue;
+            }
+            let id = EventId::from_uuid(uuid::Uuid::from_bytes(id));
+            let holds = format::commit_at(self.tree, position)
+                .map_err(sled_error)?
+                .and_then(|(k, v)| {
+                    let (first, _) = format::parse_commit_key(&k)?;
+                    let commit = format::parse_commit(&k, &v).ok()?;
+                    commit.event_id((position - first) as usize).ok()
+                })
+                == Some(id);
+            if !holds {
+                self.problem(
+                    ProblemKind::IdIndexMismatch,
+                    None,
+                    None,
+                    Some(position),
+                    format!("an id segment maps {id} to a position that does not hold it"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn snapshot(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.report.snapshots += 1;
         let text = String::from_utf8_lossy(&key[1..]).into_owned();
@@ -541,8 +616,8 @@ impl Walk<'_> {
 pub(crate) fn run(tree: &sled::Tree, overlay: &Overlay, visible: u64) -> Result<VerifyReport> {
     // Index everything visible and keep other indexers out: the walk then checks every index
     // entry against the log, and none moves under it.
-    let guard = overlay.lock_indexing();
-    overlay.index_locked(&guard, tree, visible)?;
+    let mut guard = overlay.lock_indexing();
+    overlay.index_locked(&mut guard, tree, visible)?;
     let mut walk = Walk {
         tree,
         visible,
@@ -552,6 +627,7 @@ pub(crate) fn run(tree: &sled::Tree, overlay: &Overlay, visible: u64) -> Result<
         },
         current: None,
         last_log: 0,
+        last_segment: [0; 16],
     };
     let mut marker = false;
     for item in tree.iter() {
@@ -561,6 +637,7 @@ pub(crate) fn run(tree: &sled::Tree, overlay: &Overlay, visible: u64) -> Result<
             Some(COMMIT) => walk.commit(&key, &value)?,
             Some(HEAD) => walk.head(&key, &value)?,
             Some(ID) => walk.id(&key, &value)?,
+            Some(SEGMENT) => walk.segment(&key, &value)?,
             Some(SNAPSHOT) => walk.snapshot(&key, &value)?,
             Some(CHECKPOINT) => {
                 walk.report.checkpoints += 1;

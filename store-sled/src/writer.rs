@@ -87,12 +87,24 @@ pub(crate) struct Writer {
     /// Heads of the streams appended to lately. The writer is the only writer, so what it
     /// cached is authoritative.
     heads: Mutex<HashMap<StreamId, Head>>,
+    /// The largest event id stored (as big-endian bytes, the index's order; zeros when none).
+    /// An id above it cannot be stored, so it needs no lookup: nearly every fresh UUID v7.
+    max_id: Mutex<[u8; 16]>,
+}
+
+/// Where the log ends when the store opens.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogEnd {
+    /// The last position written (0 when empty).
+    pub(crate) position: u64,
+    /// The largest event id stored (zeros when none).
+    pub(crate) max_id: [u8; 16],
 }
 
 impl Writer {
     pub(crate) fn new(
         tree: sled::Tree,
-        last_position: u64,
+        end: LogEnd,
         flusher: Arc<Flusher>,
         durability: Durability,
         visible: Arc<AtomicU64>,
@@ -102,13 +114,14 @@ impl Writer {
         Writer {
             tree,
             queue: Mutex::new(Queue::default()),
-            next_position: AtomicU64::new(last_position + 1),
+            next_position: AtomicU64::new(end.position + 1),
             flusher,
             durability,
             visible,
             notifier,
             overlay,
             heads: Mutex::new(HashMap::new()),
+            max_id: Mutex::new(end.max_id),
         }
     }
 
@@ -271,9 +284,11 @@ impl Writer {
         let started = Instant::now();
         let first_position = self.next_position.load(Ordering::Relaxed);
         let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut max_id = self.max_id.lock().unwrap_or_else(|e| e.into_inner());
         let mut plan = Plan {
             writer: self,
             heads: &mut heads,
+            max_id: &mut max_id,
             next: first_position,
             recorded_at: Timestamp::now(),
             bytes: 0,
@@ -284,6 +299,7 @@ impl Writer {
             answers.push((pending.reply, outcome));
         }
         let (next, bytes) = (plan.next, plan.bytes);
+        drop(max_id);
         drop(heads);
         let written = (next > first_position).then(|| next - 1);
         if let Some(last) = written {
@@ -332,6 +348,8 @@ struct Plan<'a> {
     writer: &'a Writer,
     /// The writer's cache of stream heads, updated as appends are written.
     heads: &'a mut HashMap<StreamId, Head>,
+    /// The writer's largest stored id, raised as appends are written.
+    max_id: &'a mut [u8; 16],
     next: u64,
     recorded_at: Timestamp,
     bytes: usize,
@@ -345,6 +363,10 @@ impl Plan<'_> {
         let ids: Vec<EventId> = p.events.iter().map(|e| e.id).collect();
         let mut found = Vec::with_capacity(ids.len());
         for id in &ids {
+            if id.as_uuid().as_bytes() > &*self.max_id {
+                found.push(None);
+                continue;
+            }
             // The overlay first: an entry leaves it only after it reached sled's index.
             found.push(match w.overlay.lookup_id(*id) {
                 Some(r) => Some(r),
@@ -382,6 +404,9 @@ impl Plan<'_> {
             )
         })?;
         self.next = last + 1;
+        for id in &ids {
+            *self.max_id = (*self.max_id).max(*id.as_uuid().as_bytes());
+        }
         let info = CommitInfo {
             stream: p.stream.clone(),
             first_version: version + 1,
@@ -404,31 +429,74 @@ impl Plan<'_> {
     }
 }
 
-/// Where `id` is stored, if anywhere.
+/// Where `id` is stored, if anywhere: its `I` entry, else the id segment whose range holds it.
 pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredEventRef>> {
     let key = format::id_key(id);
-    let Some(value) = tree.get(key).map_err(sled_error)? else {
+    if let Some(value) = tree.get(key).map_err(sled_error)? {
+        let (stream, version, position) = format::decode_id(&key, &value).map_err(|reason| {
+            Error::corrupt(
+                None,
+                None,
+                None,
+                format!("id index entry of {id}: {reason}"),
+            )
+        })?;
+        let stream_id = StreamId::new(stream).map_err(|e| {
+            Error::corrupt(
+                None,
+                Some(Version::new(version)),
+                Some(Position::sequence(position)),
+                format!("id index entry of {id}: {e}"),
+            )
+        })?;
+        return Ok(Some(StoredEventRef {
+            stream_id,
+            version: Version::new(version),
+            position: Position::sequence(position),
+        }));
+    }
+    let bytes = id.as_uuid().as_bytes();
+    let Some(segment) = tree
+        .range(format::segment_key(bytes)..=format::segment_key(&[0xFF; 16]))
+        .next()
+    else {
         return Ok(None);
     };
-    let (stream, version, position) = format::decode_id(&key, &value).map_err(|reason| {
+    let (segment_key, segment) = segment.map_err(sled_error)?;
+    let found = format::segment_find(&segment_key, &segment, bytes).map_err(|reason| {
         Error::corrupt(
             None,
             None,
             None,
-            format!("id index entry of {id}: {reason}"),
+            format!("id segment holding {id}: {reason}"),
         )
     })?;
-    let stream_id = StreamId::new(stream).map_err(|e| {
+    let Some(position) = found else {
+        return Ok(None);
+    };
+    // The segment names the position; its commit record names the stream and version.
+    let at = Some(Position::sequence(position));
+    let dangling = |reason: String| {
         Error::corrupt(
             None,
-            Some(Version::new(version)),
-            Some(Position::sequence(position)),
-            format!("id index entry of {id}: {e}"),
+            None,
+            at,
+            format!("id segment entry of {id}: {reason}"),
         )
-    })?;
+    };
+    let (commit_key, record) = format::commit_at(tree, position)
+        .map_err(sled_error)?
+        .ok_or_else(|| dangling("no commit record holds its position".into()))?;
+    let (first, _) = format::parse_commit_key(&commit_key)
+        .ok_or_else(|| dangling("malformed commit key".into()))?;
+    let commit = format::parse_commit(&commit_key, &record).map_err(dangling)?;
+    let i = (position - first) as usize;
+    if commit.event_id(i).map_err(dangling)? != id {
+        return Err(dangling("the event at its position has another id".into()));
+    }
     Ok(Some(StoredEventRef {
-        stream_id,
-        version: Version::new(version),
+        stream_id: StreamId::new(commit.stream).map_err(|e| dangling(e.to_string()))?,
+        version: Version::new(commit.first_version + i as u64),
         position: Position::sequence(position),
     }))
 }
