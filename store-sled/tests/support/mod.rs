@@ -57,8 +57,23 @@ pub async fn read_all(store: &SledEventStore) -> Vec<RecordedEvent> {
 }
 
 /// Opens the raw sled tree of a closed store, for tests that damage it on purpose.
+///
+/// A sled database dropped a moment ago (a store closed, or an open refused after reading the
+/// format marker) releases its file lock when sled's own threads finish: a lock still held is
+/// retried for up to two seconds, as the store's own open does.
 pub fn raw_tree(path: &Path) -> (sled::Db, sled::Tree) {
-    let db = sled::open(path).expect("raw sled open");
+    let started = std::time::Instant::now();
+    let db = loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock")
+                    && started.elapsed() < std::time::Duration::from_secs(2) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.expect("raw sled open"),
+        }
+    };
     let tree = db.open_tree("annals").expect("the annals tree");
     (db, tree)
 }
