@@ -19,7 +19,6 @@
 //! connection really is one connection for appends. Only while it is down do they borrow a
 //! pooled connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,10 +41,9 @@ pub(crate) const LISTENER_NAME: &str = "annals-postgres listener";
 /// What appends tell the background task.
 #[derive(Debug, Default)]
 pub(crate) struct LocalCommits {
-    /// Some local commit happened since the task last looked: notify other processes.
+    /// Some local commit happened since the task last looked: notify other processes, then
+    /// check the horizon.
     signal: Notify,
-    /// Some local commit happened since the task last checked the horizon.
-    unchecked: AtomicBool,
 }
 
 impl LocalCommits {
@@ -56,7 +54,6 @@ impl LocalCommits {
     /// not readable yet, and nobody notifies when it ends; the check sees the horizon move and
     /// wakes them then. One notification and one check serve every commit of a gap.
     pub(crate) fn committed(&self) {
-        self.unchecked.store(true, Ordering::Release);
         // Without a waiter this only stores a permit: no wake-up while the task sleeps out its
         // notification gap.
         self.signal.notify_one();
@@ -116,9 +113,6 @@ impl Watcher {
                     }
                 }
             }
-            if self.local.unchecked.swap(false, Ordering::AcqRel) {
-                pending = true;
-            }
             let polling = pending || listener.is_none();
             if polling {
                 match self.check(listener.as_mut(), &mut frontier).await {
@@ -148,6 +142,8 @@ impl Watcher {
                 _ = tokio::time::sleep(self.poll_interval), if polling => {}
             }
             if local {
+                // The check runs at the top of the loop, after the gap.
+                pending = true;
                 self.notify_others(&mut listener).await;
                 // Commits that land during the gap share the next notification (and check, if
                 // one needs it): the background work stays a few statements per gap however

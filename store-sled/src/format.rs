@@ -292,6 +292,36 @@ pub(crate) fn commit_at(
     Ok(found.filter(|(key, _)| parse_commit_key(key).is_some_and(|(_, last)| last >= position)))
 }
 
+/// What the commit record holding a position says of the event there.
+#[derive(Debug)]
+pub(crate) struct EventAt {
+    pub(crate) stream: String,
+    pub(crate) version: u64,
+    pub(crate) id: EventId,
+}
+
+/// The stream, version and id of the event at `position`: `None` when no commit record holds
+/// it, `Some(Err(reason))` when the record is damaged.
+pub(crate) fn event_at(
+    tree: &sled::Tree,
+    position: u64,
+) -> sled::Result<Option<Result<EventAt, String>>> {
+    let Some((key, value)) = commit_at(tree, position)? else {
+        return Ok(None);
+    };
+    let read = || {
+        let (first, _) = parse_commit_key(&key).ok_or("malformed commit key")?;
+        let commit = parse_commit(&key, &value)?;
+        let i = position - first;
+        Ok(EventAt {
+            stream: commit.stream.to_owned(),
+            version: commit.first_version + i,
+            id: commit.event_id(i as usize)?,
+        })
+    };
+    Ok(Some(read()))
+}
+
 fn body_crc(key: &[u8], position: u64, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(key);
@@ -608,6 +638,16 @@ pub(crate) fn segment_key(last: &[u8; 16]) -> [u8; 17] {
     let mut key = [SEGMENT; 17];
     key[1..].copy_from_slice(last);
     key
+}
+
+/// The id segment whose range holds `id` (the first at or above it), if any: key and value.
+pub(crate) fn segment_for(
+    tree: &sled::Tree,
+    id: &[u8; 16],
+) -> sled::Result<Option<(sled::IVec, sled::IVec)>> {
+    tree.range(segment_key(id)..=segment_key(&[0xFF; 16]))
+        .next()
+        .transpose()
 }
 
 /// The segment value of `entries` (sorted by id, strictly) under `key`.

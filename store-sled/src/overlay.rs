@@ -286,22 +286,16 @@ impl Overlay {
             self.durable_through(last);
         }
         let mut failed = None;
-        let mut next_frontier = **frontier;
-        index_entries(
-            commits.iter().map(|c| &**c),
-            &mut next_frontier,
-            |key, value| {
-                if failed.is_none() {
-                    failed = tree.insert(key, value).err();
-                }
-            },
-        );
+        // Moved even when an insert fails: some segments may be in, and a later round must not
+        // put other ids in their ranges.
+        index_entries(commits.iter().map(|c| &**c), frontier, |key, value| {
+            if failed.is_none() {
+                failed = tree.insert(key, value).err();
+            }
+        });
         if let Some(error) = failed {
-            // Some entries may be in: a later round must not put other ids in their segments.
-            **frontier = next_frontier.max(**frontier);
             return Err(sled_error(error));
         }
-        **frontier = next_frontier;
         self.written.fetch_max(last, Ordering::AcqRel);
         span.record("apply_us", started.elapsed().as_micros() as u64);
         // In sled now: readers find them there from here on.

@@ -39,9 +39,9 @@ pub(crate) fn frontier(tree: &sled::Tree) -> Result<[u8; 16]> {
 }
 
 /// The largest event id the indexes hold (zeros when they hold none): the last `I` key or the
-/// last segment's, whichever is larger.
-pub(crate) fn max_indexed_id(tree: &sled::Tree) -> Result<[u8; 16]> {
-    Ok(last_id_key(tree, ID)?.max(last_id_key(tree, SEGMENT)?))
+/// last segment's (the `frontier`), whichever is larger.
+pub(crate) fn max_indexed_id(tree: &sled::Tree, frontier: [u8; 16]) -> Result<[u8; 16]> {
+    Ok(last_id_key(tree, ID)?.max(frontier))
 }
 
 fn last_id_key(tree: &sled::Tree, prefix: u8) -> Result<[u8; 16]> {
@@ -205,22 +205,16 @@ fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
         }
         batch.remove(key);
         for (id, position) in entries.into_iter().filter(|(_, p)| *p <= end) {
-            let Some((commit_key, record)) =
-                format::commit_at(tree, position).map_err(sled_error)?
-            else {
+            let Some(Ok(event)) = format::event_at(tree, position).map_err(sled_error)? else {
                 continue;
             };
-            let (Some((first, _)), Ok(commit)) = (
-                format::parse_commit_key(&commit_key),
-                format::parse_commit(&commit_key, &record),
-            ) else {
+            if event.id.as_uuid().as_bytes() != &id {
                 continue;
-            };
-            let id_key = format::id_key(annals::EventId::from_uuid(uuid::Uuid::from_bytes(id)));
-            let version = commit.first_version + (position - first);
+            }
+            let id_key = format::id_key(event.id);
             batch.insert(
                 id_key.to_vec(),
-                format::id_value(&id_key, commit.stream, version, position),
+                format::id_value(&id_key, &event.stream, event.version, position),
             );
         }
     }

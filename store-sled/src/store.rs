@@ -94,7 +94,8 @@ impl SledEventStore {
         let db = open_db(&config)?;
         let tree = check_format(&db)?;
         let last = recover::recover(&db, &tree)?;
-        let overlay = Arc::new(Overlay::new(last, recover::frontier(&tree)?));
+        let frontier = recover::frontier(&tree)?;
+        let overlay = Arc::new(Overlay::new(last, frontier));
         let visible = Arc::new(AtomicU64::new(last));
         let notifier = CommitNotifier::new();
         notifier.notify(Position::sequence(last));
@@ -108,7 +109,7 @@ impl SledEventStore {
         );
         let end = LogEnd {
             position: last,
-            max_id: recover::max_indexed_id(&tree)?,
+            max_id: recover::max_indexed_id(&tree, frontier)?,
         };
         let writer = Arc::new(Writer::new(
             tree.clone(),

@@ -499,12 +499,7 @@ impl Walk<'_> {
     /// Whether the id segment whose range holds `id` maps it to `position`.
     fn in_segment(&self, id: EventId, position: u64) -> Result<bool> {
         let bytes = id.as_uuid().as_bytes();
-        let segment = self
-            .tree
-            .range(format::segment_key(bytes)..=format::segment_key(&[0xFF; 16]))
-            .next()
-            .transpose()
-            .map_err(sled_error)?;
+        let segment = format::segment_for(self.tree, bytes).map_err(sled_error)?;
         // A damaged segment is reported when the walk reaches it.
         Ok(segment.is_some_and(|(key, value)| {
             format::segment_find(&key, &value, bytes).is_ok_and(|p| p == Some(position))
@@ -547,14 +542,9 @@ impl Walk<'_> {
                 continue;
             }
             let id = EventId::from_uuid(uuid::Uuid::from_bytes(id));
-            let holds = format::commit_at(self.tree, position)
+            let holds = format::event_at(self.tree, position)
                 .map_err(sled_error)?
-                .and_then(|(k, v)| {
-                    let (first, _) = format::parse_commit_key(&k)?;
-                    let commit = format::parse_commit(&k, &v).ok()?;
-                    commit.event_id((position - first) as usize).ok()
-                })
-                == Some(id);
+                .is_some_and(|event| event.is_ok_and(|event| event.id == id));
             if !holds {
                 self.problem(
                     ProblemKind::IdIndexMismatch,

@@ -456,13 +456,9 @@ pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredE
         }));
     }
     let bytes = id.as_uuid().as_bytes();
-    let Some(segment) = tree
-        .range(format::segment_key(bytes)..=format::segment_key(&[0xFF; 16]))
-        .next()
-    else {
+    let Some((segment_key, segment)) = format::segment_for(tree, bytes).map_err(sled_error)? else {
         return Ok(None);
     };
-    let (segment_key, segment) = segment.map_err(sled_error)?;
     let found = format::segment_find(&segment_key, &segment, bytes).map_err(|reason| {
         Error::corrupt(
             None,
@@ -484,19 +480,16 @@ pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredE
             format!("id segment entry of {id}: {reason}"),
         )
     };
-    let (commit_key, record) = format::commit_at(tree, position)
+    let event = format::event_at(tree, position)
         .map_err(sled_error)?
-        .ok_or_else(|| dangling("no commit record holds its position".into()))?;
-    let (first, _) = format::parse_commit_key(&commit_key)
-        .ok_or_else(|| dangling("malformed commit key".into()))?;
-    let commit = format::parse_commit(&commit_key, &record).map_err(dangling)?;
-    let i = (position - first) as usize;
-    if commit.event_id(i).map_err(dangling)? != id {
+        .ok_or_else(|| dangling("no commit record holds its position".into()))?
+        .map_err(dangling)?;
+    if event.id != id {
         return Err(dangling("the event at its position has another id".into()));
     }
     Ok(Some(StoredEventRef {
-        stream_id: StreamId::new(commit.stream).map_err(|e| dangling(e.to_string()))?,
-        version: Version::new(commit.first_version + i as u64),
+        stream_id: StreamId::new(event.stream).map_err(|e| dangling(e.to_string()))?,
+        version: Version::new(event.version),
         position: Position::sequence(position),
     }))
 }

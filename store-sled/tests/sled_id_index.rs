@@ -6,7 +6,7 @@ mod support;
 
 use annals::{Error, EventData, EventId, EventStore, ExpectedVersion};
 use annals_sled::{ProblemKind, SledEventStore};
-use support::{event, open, raw_tree, read_all, read_stream, shut, sid};
+use support::{event, format_marker, open, raw_tree, read_all, read_stream, shut, sid};
 use uuid::Uuid;
 
 /// Keys of the raw tree starting with `prefix`.
@@ -159,18 +159,9 @@ async fn a_format_2_store_is_upgraded_in_place() {
         .expect("append");
     shut(store).await;
     // What format 2 wrote: the same records with marker 2, and ids only in `I` entries.
-    let marker = |version: u32| {
-        let body = version.to_be_bytes();
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(b"Mformat");
-        hasher.update(&body);
-        let mut value = hasher.finalize().to_le_bytes().to_vec();
-        value.extend_from_slice(&body);
-        value
-    };
     {
         let (db, tree) = raw_tree(&path);
-        tree.insert(b"Mformat", marker(2)).expect("marker");
+        tree.insert(b"Mformat", format_marker(2)).expect("marker");
         db.flush().expect("flush");
     }
     let store = SledEventStore::builder()
@@ -193,7 +184,7 @@ async fn a_format_2_store_is_upgraded_in_place() {
     let (_db, tree) = raw_tree(&path);
     assert_eq!(
         tree.get(b"Mformat").expect("get").expect("marker").to_vec(),
-        marker(annals_sled::FORMAT_VERSION)
+        format_marker(annals_sled::FORMAT_VERSION)
     );
     assert_eq!(annals_sled::FORMAT_VERSION, 3);
 }

@@ -8,7 +8,7 @@ use annals::{
 };
 use annals_sled::{Durability, SledEventStore};
 use bytes::Bytes;
-use support::{event, open, open_with, raw_tree, read_all, read_stream, shut, sid};
+use support::{event, format_marker, open, open_with, raw_tree, read_all, read_stream, shut, sid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_survives_a_reopen_and_positions_continue() {
@@ -119,17 +119,11 @@ async fn a_newer_format_is_refused_with_a_clear_error() {
         .await
         .expect("append");
     shut(store).await;
-    // The marker as another build would write it: crc32(key ++ body) LE, then the version as
-    // BE u32.
+    // The marker as another build would write it.
     let set_marker = |version: u32| {
         let (db, tree) = raw_tree(&path);
-        let body = version.to_be_bytes();
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(b"Mformat");
-        hasher.update(&body);
-        let mut value = hasher.finalize().to_le_bytes().to_vec();
-        value.extend_from_slice(&body);
-        tree.insert(b"Mformat", value).expect("insert");
+        tree.insert(b"Mformat", format_marker(version))
+            .expect("insert");
         db.flush().expect("flush");
     };
     let newer = annals_sled::FORMAT_VERSION + 1;

@@ -134,3 +134,15 @@ pub fn body_range(value: &[u8], index: usize) -> std::ops::Range<usize> {
     let start = at + lens[..index].iter().sum::<usize>();
     start..start + lens[index]
 }
+
+/// The format marker's value as a build of format `version` writes it: crc32(key ++ body) LE,
+/// then the version as BE u32.
+pub fn format_marker(version: u32) -> Vec<u8> {
+    let body = version.to_be_bytes();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(b"Mformat");
+    hasher.update(&body);
+    let mut value = hasher.finalize().to_le_bytes().to_vec();
+    value.extend_from_slice(&body);
+    value
+}
