@@ -1,8 +1,8 @@
 //! The one error type of the core and of every store.
 
-use std::fmt;
+use std::ops::RangeInclusive;
 
-use crate::{EventId, ExpectedVersion, Limit, Position, StreamId, Version};
+use crate::{EventId, ExpectedVersion, Limit, RecordPlace, StreamId, Version};
 
 /// A boxed error from a backend or a codec.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -74,15 +74,12 @@ pub enum Error {
         existing_stream: StreamId,
     },
 
-    /// A stored record failed its integrity check or could not be decoded.
-    #[error("corrupt record ({}): {reason}", place(.stream.as_ref(), *.version, *.position))]
+    /// A stored record failed its integrity check or could not be decoded, or stored state is
+    /// missing or damaged.
+    #[error("corrupt record ({place}): {reason}")]
     Corrupt {
-        /// The record's stream, when known.
-        stream: Option<StreamId>,
-        /// The record's version, when known.
-        version: Option<Version>,
-        /// The record's global position, when known.
-        position: Option<Position>,
+        /// Where the record is, as far as known.
+        place: RecordPlace,
         /// What is wrong.
         reason: String,
     },
@@ -162,9 +159,36 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The store's data is in a format this version of Annals cannot read, or is not set up.
-    #[error("{0}")]
-    Format(String),
+    /// A setting given to a builder, or a store URL, is missing or wrong; nothing was opened.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Configuration {
+        /// The setting, as named by the builder method or URL part that takes it.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The store's schema was never set up (or is incomplete) on its server: call the store's
+    /// `init()` once.
+    #[error("the Annals schema `{schema}` is not set up (or is incomplete): call `init()` on the store first")]
+    NotInitialized {
+        /// The schema (or namespace) that was looked for.
+        schema: String,
+    },
+
+    /// The store's data is in a format this build cannot read: written by a newer (or an old,
+    /// unconvertible) build, or not an Annals store at all. Nothing was changed.
+    #[error("{backend} data format{}: {reason} (this build reads format versions {}–{})", fmt_found(*.found), .supported.start(), .supported.end())]
+    Format {
+        /// Which backend's format.
+        backend: &'static str,
+        /// The format version found, when there is a readable one.
+        found: Option<u32>,
+        /// The format versions this build reads.
+        supported: RangeInclusive<u32>,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
 
     /// The store was closed.
     #[error("the store is closed")]
@@ -187,29 +211,31 @@ impl Error {
         matches!(self, Error::VersionConflict { .. })
     }
 
-    /// Whether retrying the same operation later may succeed (unavailable, timed out, unknown
-    /// outcome, or a conflict after reloading).
+    /// Whether retrying the *same* operation later, unchanged, may succeed: the backend was
+    /// unavailable, timed out, or lost the connection during an append.
+    ///
+    /// A version conflict is not transient: the same append fails again. A caller retries it
+    /// only after reloading the stream and deciding anew (see [`is_conflict`](Self::is_conflict));
+    /// [`Repository`](crate::Repository) does that.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. }
-                | Error::Timeout { .. }
-                | Error::AppendOutcomeUnknown { .. }
-                | Error::VersionConflict { .. }
+            Error::Unavailable { .. } | Error::Timeout { .. } | Error::AppendOutcomeUnknown { .. }
         )
     }
 
-    /// A corruption error for a record at a known place.
-    pub fn corrupt(
-        stream: Option<StreamId>,
-        version: Option<Version>,
-        position: Option<Position>,
-        reason: impl Into<String>,
-    ) -> Self {
+    /// A corruption error for a record at `place`.
+    pub fn corrupt(place: RecordPlace, reason: impl Into<String>) -> Self {
         Error::Corrupt {
-            stream,
-            version,
-            position,
+            place,
+            reason: reason.into(),
+        }
+    }
+
+    /// A configuration error naming the `setting` at fault.
+    pub fn configuration(setting: &'static str, reason: impl Into<String>) -> Self {
+        Error::Configuration {
+            setting,
             reason: reason.into(),
         }
     }
@@ -227,42 +253,6 @@ fn fmt_opt_id(id: &Option<EventId>) -> String {
     id.map(|id| format!(" {id}")).unwrap_or_default()
 }
 
-fn place(
-    stream: Option<&StreamId>,
-    version: Option<Version>,
-    position: Option<Position>,
-) -> RecordRef<'_> {
-    RecordRef {
-        stream,
-        version,
-        position,
-    }
-}
-
-struct RecordRef<'a> {
-    stream: Option<&'a StreamId>,
-    version: Option<Version>,
-    position: Option<Position>,
-}
-
-impl fmt::Display for RecordRef<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut sep = "";
-        if let Some(s) = self.stream {
-            write!(f, "stream `{s}`")?;
-            sep = ", ";
-        }
-        if let Some(v) = self.version {
-            write!(f, "{sep}version {v}")?;
-            sep = ", ";
-        }
-        if let Some(p) = self.position {
-            write!(f, "{sep}position {p}")?;
-            sep = ", ";
-        }
-        if sep.is_empty() {
-            f.write_str("unknown place")?;
-        }
-        Ok(())
-    }
+fn fmt_found(found: Option<u32>) -> String {
+    found.map(|v| format!(" version {v}")).unwrap_or_default()
 }

@@ -110,18 +110,11 @@
 //!
 //! The minimum supported Rust version is 1.89.
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 pub mod aggregate;
 pub mod bus;
 pub mod codec;
 pub mod error;
+pub mod lease;
 pub mod memory;
 pub mod model;
 pub mod repository;
@@ -139,7 +132,9 @@ pub use model::*;
 pub use repository::{
     Changes, ExecuteError, Loaded, Outcome, Repository, RepositoryBuilder, SnapshotPolicy,
 };
+pub use lease::{Lease, Leases, LocalLeases};
 pub use store::{
-    subscribe_all, AnyStore, CheckpointStore, CommitNotifier, CommitWatch, Direction, DynStore,
-    EventStore, Filter, IntoAnyStore, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamInfo,
+    subscribe_all, AnyStore, CheckpointStore, CommitWatch, Direction, DynStore, EventStore, Filter,
+    IntoAnyStore, Problem, ProblemKind, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamInfo,
+    VerifyReport,
 };

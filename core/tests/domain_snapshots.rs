@@ -5,7 +5,7 @@ mod support;
 
 use annals::{
     codec::Bincode, CommandContext, InMemoryStore, Repository, Snapshot, SnapshotPolicy,
-    SnapshotStore, Timestamp, Version,
+    SnapshotStore, Version,
 };
 use support::{add, BrokenSnapshots, Tally, TallyCommand, TallyV2};
 
@@ -129,14 +129,12 @@ async fn an_undecodable_snapshot_is_ignored() {
     let tallies = every_100(&store);
     write(&tallies, 120).await;
     store
-        .save_snapshot(Snapshot {
-            stream_id: tallies.stream_id("1").unwrap(),
-            version: Version::new(100),
-            schema_version: 1,
-            content_type: "application/json".into(),
-            payload: b"{ not json".to_vec().into(),
-            taken_at: Timestamp::now(),
-        })
+        .save_snapshot(Snapshot::new(
+            tallies.stream_id("1").unwrap(),
+            Version::new(100),
+            "application/json",
+            b"{ not json".to_vec(),
+        ))
         .await
         .unwrap();
     assert!(tallies.snapshot("1").await.is_err(), "a check reports it");

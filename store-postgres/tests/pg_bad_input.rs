@@ -31,7 +31,7 @@ async fn invalid_stream_ids_and_oversized_payloads_are_refused() {
         );
     }
     let store = support::init(
-        support::builder_on(server(), "limits").limits(Limits::new().max_payload_bytes(1024)),
+        support::builder_on(server(), "limits").limits(Limits::new().with_max_payload_bytes(1024)),
     )
     .await;
     let stream = StreamId::new("bad-1").expect("id");

@@ -36,7 +36,7 @@ impl std::fmt::Debug for Copier {
 
 impl Copier {
     pub(crate) fn new(target: AnyStore) -> Self {
-        let max_batch = target.limits().batch_events().clamp(1, 500);
+        let max_batch = target.limits().max_batch_events().clamp(1, 500);
         Copier {
             target,
             max_batch,

@@ -3,15 +3,18 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
-use tracing::Instrument;
 
+use crate::lease::{Lease, Leases, LocalLeases};
+use crate::store::kit::{
+    instrument_append, instrument_read, resolve_retry, CommitNotifier, StoredEventRef,
+};
 use crate::store::{
-    resolve_retry, CheckpointStore, CommitNotifier, CommitWatch, Direction, EventStore, ReadAll,
-    ReadStream, Snapshot, SnapshotStore, StoredEventRef, StreamInfo,
+    CheckpointStore, CommitWatch, Direction, EventStore, Problem, ProblemKind, ReadAll,
+    ReadStream, Snapshot, SnapshotStore, StreamInfo, VerifyReport,
 };
 use crate::{
-    AppendResult, EventData, EventId, ExpectedVersion, Limits, Position, RecordedEvent, Result,
-    StreamId, Timestamp, Version,
+    AppendResult, EventData, EventId, ExpectedVersion, Limits, Position, RecordPlace,
+    RecordedEvent, Result, StreamId, Timestamp, Version,
 };
 
 /// An event store in memory: for tests, examples and quick starts. Everything is lost when the
@@ -44,6 +47,7 @@ struct Inner {
     state: RwLock<State>,
     notifier: CommitNotifier,
     limits: Limits,
+    leases: LocalLeases,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +75,11 @@ impl InMemoryStore {
                 ..Inner::default()
             }),
         }
+    }
+
+    /// The store's lease table, e.g. to [`revoke`](LocalLeases::revoke) a lease in a test.
+    pub fn leases(&self) -> &LocalLeases {
+        &self.inner.leases
     }
 
     /// The number of events stored.
@@ -158,15 +167,10 @@ impl EventStore for InMemoryStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        let span = tracing::debug_span!("append", store = "memory", stream = %stream, count = events.len(), version = tracing::field::Empty, position = tracing::field::Empty);
-        async {
-            let result = self.append_now(stream, expected, events)?;
-            let span = tracing::Span::current();
-            span.record("version", result.last_version.get());
-            span.record("position", tracing::field::display(result.last_position));
-            Ok(result)
-        }
-        .instrument(span)
+        let count = events.len();
+        instrument_append("memory", stream, count, async {
+            self.append_now(stream, expected, events)
+        })
         .await
     }
 
@@ -175,8 +179,6 @@ impl EventStore for InMemoryStore {
         stream: &StreamId,
         options: ReadStream,
     ) -> BoxStream<'static, Result<RecordedEvent>> {
-        let _span =
-            tracing::debug_span!("read_stream", store = "memory", stream = %stream).entered();
         let state = self.read();
         let Some(indexes) = state.streams.get(stream) else {
             return stream::empty().boxed();
@@ -197,12 +199,16 @@ impl EventStore for InMemoryStore {
                 }
             }
         };
-        stream::iter(events).boxed()
+        instrument_read(
+            "memory",
+            "read_stream",
+            Some(stream),
+            options.from,
+            stream::iter(events).boxed(),
+        )
     }
 
     fn read_all(&self, options: ReadAll) -> BoxStream<'static, Result<RecordedEvent>> {
-        let _span =
-            tracing::debug_span!("read_all", store = "memory", from = %options.from).entered();
         let state = self.read();
         // Positions are (index + 1, 0): the first index at or after `from`.
         let start = if options.from.prepare() == 0 {
@@ -219,7 +225,13 @@ impl EventStore for InMemoryStore {
             .cloned()
             .map(Ok)
             .collect();
-        stream::iter(events).boxed()
+        instrument_read(
+            "memory",
+            "read_all",
+            None,
+            options.from,
+            stream::iter(events).boxed(),
+        )
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version> {
@@ -242,12 +254,12 @@ impl EventStore for InMemoryStore {
             .iter()
             .filter_map(|(id, indexes)| {
                 let last = &state.log[*indexes.last()?];
-                Some(Ok(StreamInfo {
-                    stream_id: id.clone(),
-                    version: last.version,
-                    last_position: last.position,
-                    last_recorded_at: last.recorded_at,
-                }))
+                Some(Ok(StreamInfo::new(
+                    id.clone(),
+                    last.version,
+                    last.position,
+                    last.recorded_at,
+                )))
             })
             .collect();
         stream::iter(infos).boxed()
@@ -259,6 +271,51 @@ impl EventStore for InMemoryStore {
 
     fn limits(&self) -> Limits {
         self.inner.limits
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Counts what is stored and checks the log's order and every stream's versions; memory has
+    /// no checksums to check.
+    async fn verify(&self) -> Result<VerifyReport> {
+        let state = self.read();
+        let mut report = VerifyReport::new();
+        report.events = state.log.len() as u64;
+        report.streams = state.streams.len() as u64;
+        report.snapshots = state.snapshots.len() as u64;
+        report.checkpoints = state.checkpoints.len() as u64;
+        report.last_position = state.log.last().map(|e| e.position);
+        for (stream, indexes) in &state.streams {
+            for (n, &i) in indexes.iter().enumerate() {
+                let event = &state.log[i];
+                if event.version.get() != n as u64 + 1 {
+                    report.push(Problem::new(
+                        ProblemKind::VersionGap,
+                        RecordPlace::of(event),
+                        format!("expected version {}", n + 1),
+                    ));
+                }
+            }
+            if let Some(snapshot) = state.snapshots.get(stream) {
+                if snapshot.version.get() > indexes.len() as u64 {
+                    report.push(Problem::new(
+                        ProblemKind::SnapshotAhead,
+                        RecordPlace::new().stream(stream.clone()).version(snapshot.version),
+                        format!("the stream is at version {}", indexes.len()),
+                    ));
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Leases for InMemoryStore {
+    /// In-process leases (see [`LocalLeases`]); clones of the store share them.
+    async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
+        Ok(self.inner.leases.try_lease(name))
     }
 }
 

@@ -76,7 +76,17 @@ impl FromStr for EventId {
 }
 
 /// What travels with an event besides its payload.
+///
+/// ```
+/// use annals::Metadata;
+/// use uuid::Uuid;
+///
+/// let request = Uuid::now_v7();
+/// let metadata = Metadata::now().with_correlation_id(request).with_header("user", "ada");
+/// assert_eq!(metadata.correlation_id, Some(request));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Metadata {
     /// Ties together every event caused, directly or not, by one original request.
     pub correlation_id: Option<Uuid>,
@@ -92,12 +102,45 @@ pub struct Metadata {
 impl Metadata {
     /// Metadata stamped now, with no ids and no headers.
     pub fn now() -> Self {
+        Metadata::at(Timestamp::now())
+    }
+
+    /// Metadata stamped `timestamp`, with no ids and no headers.
+    pub fn at(timestamp: Timestamp) -> Self {
         Metadata {
             correlation_id: None,
             causation_id: None,
-            timestamp: Timestamp::now(),
+            timestamp,
             headers: BTreeMap::new(),
         }
+    }
+
+    /// Sets (or, with `None`, clears) the correlation id.
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: impl Into<Option<Uuid>>) -> Self {
+        self.correlation_id = id.into();
+        self
+    }
+
+    /// Sets (or, with `None`, clears) the causation id.
+    #[must_use]
+    pub fn with_causation_id(mut self, id: impl Into<Option<Uuid>>) -> Self {
+        self.causation_id = id.into();
+        self
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// Replaces the headers.
+    #[must_use]
+    pub fn with_headers(mut self, headers: BTreeMap<String, String>) -> Self {
+        self.headers = headers;
+        self
     }
 
     /// The total size of the headers in bytes (keys plus values).

@@ -11,8 +11,8 @@ use crate::Error;
 /// ```
 /// use annals::Limits;
 ///
-/// let limits = Limits::new().max_payload_bytes(64 * 1024);
-/// assert_eq!(limits.payload_bytes(), 64 * 1024);
+/// let limits = Limits::new().with_max_payload_bytes(64 * 1024);
+/// assert_eq!(limits.max_payload_bytes(), 64 * 1024);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -76,61 +76,61 @@ impl Limits {
 
     /// Sets the largest payload of one event, in bytes.
     #[must_use]
-    pub const fn max_payload_bytes(mut self, n: usize) -> Self {
+    pub const fn with_max_payload_bytes(mut self, n: usize) -> Self {
         self.max_payload_bytes = n;
         self
     }
 
     /// Sets the most events one append may carry.
     #[must_use]
-    pub const fn max_batch_events(mut self, n: usize) -> Self {
+    pub const fn with_max_batch_events(mut self, n: usize) -> Self {
         self.max_batch_events = n;
         self
     }
 
     /// Sets the most payload bytes one append may carry.
     #[must_use]
-    pub const fn max_batch_bytes(mut self, n: usize) -> Self {
+    pub const fn with_max_batch_bytes(mut self, n: usize) -> Self {
         self.max_batch_bytes = n;
         self
     }
 
     /// Sets the largest headers of one event (keys plus values), in bytes.
     #[must_use]
-    pub const fn max_header_bytes(mut self, n: usize) -> Self {
+    pub const fn with_max_header_bytes(mut self, n: usize) -> Self {
         self.max_header_bytes = n;
         self
     }
 
     /// Sets the longest event type name, in bytes.
     #[must_use]
-    pub const fn max_event_type_bytes(mut self, n: usize) -> Self {
+    pub const fn with_max_event_type_bytes(mut self, n: usize) -> Self {
         self.max_event_type_bytes = n;
         self
     }
 
     /// The largest payload of one event, in bytes.
-    pub const fn payload_bytes(&self) -> usize {
+    pub const fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
     }
 
     /// The most events per append.
-    pub const fn batch_events(&self) -> usize {
+    pub const fn max_batch_events(&self) -> usize {
         self.max_batch_events
     }
 
     /// The most payload bytes per append.
-    pub const fn batch_bytes(&self) -> usize {
+    pub const fn max_batch_bytes(&self) -> usize {
         self.max_batch_bytes
     }
 
     /// The largest headers per event, in bytes.
-    pub const fn header_bytes(&self) -> usize {
+    pub const fn max_header_bytes(&self) -> usize {
         self.max_header_bytes
     }
 
     /// The longest event type name, in bytes.
-    pub const fn event_type_bytes(&self) -> usize {
+    pub const fn max_event_type_bytes(&self) -> usize {
         self.max_event_type_bytes
     }
 

@@ -2,6 +2,7 @@
 
 mod event;
 mod limits;
+mod place;
 mod position;
 mod stream_id;
 mod timestamp;
@@ -12,6 +13,7 @@ pub use event::{
     CONTENT_TYPE_JSON, CONTENT_TYPE_OCTET_STREAM,
 };
 pub use limits::{Limit, Limits};
+pub use place::RecordPlace;
 pub use position::{ParsePositionError, Position};
 pub use stream_id::{category_of, StreamId, MAX_STREAM_ID_LEN};
 pub use timestamp::Timestamp;

@@ -6,18 +6,19 @@ use futures::FutureExt;
 
 use super::{
     CheckpointStore, CommitWatch, EventStore, ReadAll, ReadStream, Snapshot, SnapshotStore,
-    StreamInfo,
+    StreamInfo, VerifyReport,
 };
+use crate::lease::{Lease, Leases};
 use crate::{
     AppendResult, EventData, ExpectedVersion, Limits, Position, RecordedEvent, Result, StreamId,
     Version,
 };
 
-/// The `dyn`-compatible twin of [`EventStore`] + [`SnapshotStore`] + [`CheckpointStore`], for
-/// choosing a store at run time (the CLI, the projection runtime).
+/// The `dyn`-compatible twin of [`EventStore`] + [`SnapshotStore`] + [`CheckpointStore`] +
+/// [`Leases`], for choosing a store at run time (the CLI, the projection runtime).
 ///
-/// Every type implementing the three traits implements this one; [`AnyStore`] (an
-/// `Arc<dyn DynStore>`) implements the three traits again, so code generic over them takes a
+/// Every type implementing the four traits implements this one; [`AnyStore`] (an
+/// `Arc<dyn DynStore>`) implements the four traits again, so code generic over them takes a
 /// store chosen at run time as well.
 ///
 /// ```
@@ -57,6 +58,10 @@ pub trait DynStore: Send + Sync {
     fn dyn_watch_commits(&self) -> CommitWatch;
     /// [`EventStore::limits`].
     fn dyn_limits(&self) -> Limits;
+    /// [`EventStore::close`].
+    fn dyn_close(&self) -> BoxFuture<'_, Result<()>>;
+    /// [`EventStore::verify`].
+    fn dyn_verify(&self) -> BoxFuture<'_, Result<VerifyReport>>;
     /// [`SnapshotStore::save_snapshot`].
     fn dyn_save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<()>>;
     /// [`SnapshotStore::load_snapshot`].
@@ -72,6 +77,8 @@ pub trait DynStore: Send + Sync {
     ) -> BoxFuture<'a, Result<()>>;
     /// [`CheckpointStore::load_checkpoint`].
     fn dyn_load_checkpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Position>>>;
+    /// [`Leases::try_lease`].
+    fn dyn_try_lease<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>>>;
 }
 
 /// A store chosen at run time.
@@ -85,7 +92,7 @@ pub trait IntoAnyStore {
 
 impl<T> IntoAnyStore for T
 where
-    T: EventStore + SnapshotStore + CheckpointStore + 'static,
+    T: EventStore + SnapshotStore + CheckpointStore + Leases + 'static,
 {
     fn into_any(self) -> AnyStore {
         Arc::new(self)
@@ -94,7 +101,7 @@ where
 
 impl<T> DynStore for T
 where
-    T: EventStore + SnapshotStore + CheckpointStore,
+    T: EventStore + SnapshotStore + CheckpointStore + Leases,
 {
     fn dyn_append<'a>(
         &'a self,
@@ -129,6 +136,12 @@ where
     fn dyn_limits(&self) -> Limits {
         self.limits()
     }
+    fn dyn_close(&self) -> BoxFuture<'_, Result<()>> {
+        self.close().boxed()
+    }
+    fn dyn_verify(&self) -> BoxFuture<'_, Result<VerifyReport>> {
+        self.verify().boxed()
+    }
     fn dyn_save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<()>> {
         self.save_snapshot(snapshot).boxed()
     }
@@ -147,6 +160,9 @@ where
     }
     fn dyn_load_checkpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Position>>> {
         self.load_checkpoint(name).boxed()
+    }
+    fn dyn_try_lease<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
+        self.try_lease(name).boxed()
     }
 }
 
@@ -184,6 +200,12 @@ impl EventStore for AnyStore {
     fn limits(&self) -> Limits {
         (**self).dyn_limits()
     }
+    async fn close(&self) -> Result<()> {
+        (**self).dyn_close().await
+    }
+    async fn verify(&self) -> Result<VerifyReport> {
+        (**self).dyn_verify().await
+    }
 }
 
 impl SnapshotStore for AnyStore {
@@ -201,5 +223,11 @@ impl CheckpointStore for AnyStore {
     }
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
         (**self).dyn_load_checkpoint(name).await
+    }
+}
+
+impl Leases for AnyStore {
+    async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
+        (**self).dyn_try_lease(name).await
     }
 }

@@ -1,15 +1,16 @@
-//! The store traits, their `dyn` twin, subscriptions and helpers for store implementors.
+//! The store traits, their `dyn` twin, subscriptions, and the [`kit`] for store implementors.
 
 mod dynamic;
-mod idempotency;
+pub mod kit;
 mod notify;
 mod options;
 mod subscription;
 mod traits;
+mod verify;
 
 pub use dynamic::{AnyStore, DynStore, IntoAnyStore};
-pub use idempotency::{resolve_retry, StoredEventRef};
-pub use notify::{CommitNotifier, CommitWatch};
+pub use notify::CommitWatch;
 pub use options::{Direction, Filter, ReadAll, ReadStream};
 pub use subscription::subscribe_all;
 pub use traits::{CheckpointStore, EventStore, Snapshot, SnapshotStore, StreamInfo};
+pub use verify::{Problem, ProblemKind, VerifyReport};

@@ -26,6 +26,7 @@ pub enum Direction {
 /// # let _ = (first, last, tail);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct ReadStream {
     /// Which way to read.
     pub direction: Direction,
@@ -115,6 +116,7 @@ impl Default for ReadStream {
 /// assert!(!deposits.matches_parts("order-1", "Deposited"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Filter {
     /// Stream categories to keep (empty: all).
     pub categories: Vec<String>,
@@ -161,6 +163,7 @@ impl Filter {
 
 /// What to read of the global log: a starting position (inclusive), a limit and a filter.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct ReadAll {
     /// The first position to return (inclusive).
     pub from: Position,

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use super::{CommitWatch, ReadAll, ReadStream};
+use super::{CommitWatch, ReadAll, ReadStream, VerifyReport};
 use crate::{
     AppendResult, EventData, ExpectedVersion, Limits, Position, RecordedEvent, Result, StreamId,
     Timestamp, Version,
@@ -65,10 +65,29 @@ pub trait EventStore: Send + Sync {
 
     /// The limits appends are checked against.
     fn limits(&self) -> Limits;
+
+    /// Makes everything acknowledged durable and announced, then stops the store's background
+    /// work: a buffered store flushes, a server store sends the commit notifications it still
+    /// owes to subscribers in other processes. Call it before a process exits.
+    ///
+    /// Operations after `close` fail with [`Error::Closed`](crate::Error::Closed) or reopen
+    /// what they need, as each store documents; closing twice is harmless.
+    fn close(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// The store's own integrity check: every record against its checksum and every index
+    /// against its target, as far as the store can check. Records in its format are walked in
+    /// bounded memory.
+    ///
+    /// # Errors
+    ///
+    /// Only when the store cannot be read at all; damaged records are
+    /// [problems](VerifyReport::problems) of the report.
+    fn verify(&self) -> impl Future<Output = Result<VerifyReport>> + Send;
 }
 
 /// A stream's vital statistics, as listed by [`EventStore::streams`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StreamInfo {
     /// The stream.
     pub stream_id: StreamId,
@@ -81,7 +100,17 @@ pub struct StreamInfo {
 }
 
 /// A saved aggregate state: the fold of its stream up to `version`.
+///
+/// ```
+/// use annals::{Snapshot, StreamId, Version};
+///
+/// let snapshot = Snapshot::new(StreamId::new("account-1")?, Version::new(10), "application/json", "{}")
+///     .with_schema_version(2);
+/// assert_eq!(snapshot.schema_version, 2);
+/// # Ok::<(), annals::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The stream the state was folded from.
     pub stream_id: StreamId,
@@ -95,6 +124,58 @@ pub struct Snapshot {
     pub payload: Bytes,
     /// When the snapshot was taken.
     pub taken_at: Timestamp,
+}
+
+impl StreamInfo {
+    /// A stream at `version` whose last event is at `last_position`, recorded at
+    /// `last_recorded_at`.
+    pub fn new(
+        stream_id: StreamId,
+        version: Version,
+        last_position: Position,
+        last_recorded_at: Timestamp,
+    ) -> Self {
+        StreamInfo {
+            stream_id,
+            version,
+            last_position,
+            last_recorded_at,
+        }
+    }
+}
+
+impl Snapshot {
+    /// The state `payload`, written by the codec `content_type`, folded from `stream_id` up to
+    /// `version`; schema version 1, taken now.
+    pub fn new(
+        stream_id: StreamId,
+        version: Version,
+        content_type: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        Snapshot {
+            stream_id,
+            version,
+            schema_version: 1,
+            content_type: content_type.into(),
+            payload: payload.into(),
+            taken_at: Timestamp::now(),
+        }
+    }
+
+    /// Sets the schema version of the state's type.
+    #[must_use]
+    pub fn with_schema_version(mut self, schema_version: u16) -> Self {
+        self.schema_version = schema_version;
+        self
+    }
+
+    /// Sets when the snapshot was taken.
+    #[must_use]
+    pub fn with_taken_at(mut self, taken_at: Timestamp) -> Self {
+        self.taken_at = taken_at;
+        self
+    }
 }
 
 /// Where aggregate snapshots are kept: one per stream, the newest overwriting the older.

@@ -144,6 +144,12 @@ impl EventStore for BrokenSnapshots {
     fn limits(&self) -> Limits {
         self.0.limits()
     }
+    async fn close(&self) -> annals::Result<()> {
+        self.0.close().await
+    }
+    async fn verify(&self) -> annals::Result<annals::VerifyReport> {
+        self.0.verify().await
+    }
 }
 
 impl SnapshotStore for BrokenSnapshots {

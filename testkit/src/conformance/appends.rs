@@ -18,12 +18,10 @@ pub async fn append_and_read_back<F: StoreFactory>(factory: &F) {
     let mut headers = BTreeMap::new();
     headers.insert("user".to_owned(), "ada".to_owned());
     headers.insert("ünïcødé".to_owned(), "✓ \"quoted\" \\ back".to_owned());
-    let metadata = Metadata {
-        correlation_id: Some(Uuid::now_v7()),
-        causation_id: Some(Uuid::now_v7()),
-        timestamp: Timestamp::from_unix_micros(1_795_000_000_123_456),
-        headers,
-    };
+    let metadata = Metadata::at(Timestamp::from_unix_micros(1_795_000_000_123_456))
+        .with_correlation_id(Uuid::now_v7())
+        .with_causation_id(Uuid::now_v7())
+        .with_headers(headers);
     let events = vec![
         EventData::new("Opened", "application/octet-stream", binary.clone())
             .with_metadata(metadata.clone())
@@ -180,7 +178,7 @@ pub async fn atomic_batch<F: StoreFactory>(factory: &F) {
     assert_eq!(ids, batch.iter().map(|e| e.id).collect::<Vec<_>>());
 
     // An oversized payload in the middle: nothing of the batch lands.
-    let max = store.limits().payload_bytes();
+    let max = store.limits().max_payload_bytes();
     let mut bad: Vec<_> = (0..5).map(|i| event("Item", i)).collect();
     bad[2] = EventData::new("Big", "application/octet-stream", vec![0u8; max + 1]);
     let err = store

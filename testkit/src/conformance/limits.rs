@@ -36,13 +36,13 @@ pub async fn rejects_bad_input<F: StoreFactory>(factory: &F) {
             .append(
                 &stream,
                 ExpectedVersion::Any,
-                vec![event("Ok", 1), raw(limits.payload_bytes() + 1)],
+                vec![event("Ok", 1), raw(limits.max_payload_bytes() + 1)],
             )
             .await,
         Limit::PayloadBytes,
         "payload",
     );
-    let many: Vec<_> = (0..=limits.batch_events() as u64)
+    let many: Vec<_> = (0..=limits.max_batch_events() as u64)
         .map(|i| event("Many", i))
         .collect();
     expect_limit(
@@ -50,7 +50,7 @@ pub async fn rejects_bad_input<F: StoreFactory>(factory: &F) {
         Limit::BatchEvents,
         "batch size",
     );
-    let big_header = event("Headed", 1).with_header("h", "v".repeat(limits.header_bytes()));
+    let big_header = event("Headed", 1).with_header("h", "v".repeat(limits.max_header_bytes()));
     expect_limit(
         store
             .append(&stream, ExpectedVersion::Any, vec![big_header])
@@ -59,7 +59,7 @@ pub async fn rejects_bad_input<F: StoreFactory>(factory: &F) {
         "headers",
     );
     let long_type = EventData::new(
-        "T".repeat(limits.event_type_bytes() + 1),
+        "T".repeat(limits.max_event_type_bytes() + 1),
         "application/json",
         &b"{}"[..],
     );
@@ -105,8 +105,8 @@ pub async fn rejects_bad_input<F: StoreFactory>(factory: &F) {
 
     // Exactly at the limits is fine.
     let at_limit = vec![
-        raw(limits.payload_bytes()),
-        event("Headed", 2).with_header("h", "v".repeat(limits.header_bytes() - 1)),
+        raw(limits.max_payload_bytes()),
+        event("Headed", 2).with_header("h", "v".repeat(limits.max_header_bytes() - 1)),
     ];
     store
         .append(&stream, ExpectedVersion::NoStream, at_limit)

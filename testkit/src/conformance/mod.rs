@@ -1,5 +1,5 @@
-//! The store conformance suite: the executable contract of [`EventStore`], [`SnapshotStore`]
-//! and [`CheckpointStore`].
+//! The store conformance suite: the executable contract of [`EventStore`], [`SnapshotStore`],
+//! [`CheckpointStore`] and [`Leases`].
 //!
 //! Every function takes a [`StoreFactory`] and makes the fresh stores it needs, so behaviours
 //! never see each other's data. A failing behaviour panics with a message naming what broke,
@@ -19,17 +19,19 @@ use std::future::Future;
 use std::time::Duration;
 
 use annals::{
-    AnyStore, CheckpointStore, EventData, EventStore, IntoAnyStore, Metadata, ReadAll, ReadStream,
-    RecordedEvent, SnapshotStore, StreamId,
+    AnyStore, CheckpointStore, EventData, EventStore, IntoAnyStore, Leases, Metadata, ReadAll,
+    ReadStream, RecordedEvent, SnapshotStore, StreamId,
 };
 use futures::TryStreamExt;
 
+mod admin;
 mod appends;
 mod concurrency;
 mod limits;
 mod reads;
 mod snapshots;
 
+pub use admin::{close, leases, verify_a_sound_store};
 pub use appends::{
     append_and_read_back, atomic_batch, expected_version_rules, idempotent_reappend,
 };
@@ -39,8 +41,8 @@ pub use reads::{read_all_filters, read_all_paging, read_stream_edges, stream_lis
 pub use snapshots::{checkpoints, snapshots};
 
 /// Everything a store under test must be.
-pub trait TestStore: EventStore + SnapshotStore + CheckpointStore + Clone + 'static {}
-impl<T: EventStore + SnapshotStore + CheckpointStore + Clone + 'static> TestStore for T {}
+pub trait TestStore: EventStore + SnapshotStore + CheckpointStore + Leases + Clone + 'static {}
+impl<T: EventStore + SnapshotStore + CheckpointStore + Leases + Clone + 'static> TestStore for T {}
 
 /// Makes a fresh, empty store for each behaviour.
 pub trait StoreFactory: Send + Sync {
@@ -100,6 +102,9 @@ pub async fn run_all<F: StoreFactory>(factory: &F) {
         snapshots,
         checkpoints,
         stream_listing_and_signal,
+        leases,
+        verify_a_sound_store,
+        close,
     );
 }
 

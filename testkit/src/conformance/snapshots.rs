@@ -4,14 +4,14 @@ use bytes::Bytes;
 use super::{sid, StoreFactory};
 
 fn snapshot(stream: &str, version: u64, payload: &'static [u8]) -> Snapshot {
-    Snapshot {
-        stream_id: sid(stream),
-        version: Version::new(version),
-        schema_version: 2,
-        content_type: "application/json".into(),
-        payload: Bytes::from_static(payload),
-        taken_at: Timestamp::from_unix_micros(1_795_000_000_000_001),
-    }
+    Snapshot::new(
+        sid(stream),
+        Version::new(version),
+        "application/json",
+        Bytes::from_static(payload),
+    )
+    .with_schema_version(2)
+    .with_taken_at(Timestamp::from_unix_micros(1_795_000_000_000_001))
 }
 
 /// Snapshots: a missing one loads as `None`; a saved one loads back equal; a newer one

@@ -1,0 +1,243 @@
+//! Leases: one owner at a time for a named piece of work (a projection partition, the relay).
+//!
+//! A store that can arbitrate between owners implements [`Leases`]: [`try_lease`](Leases::try_lease)
+//! takes the lease `name` if nobody holds it and returns a [`Lease`]. The holder works while
+//! it holds the lease and stops as soon as [`Lease::lost`] completes (a lost connection, a
+//! revoked lease): someone else may own the work from then on. [`Lease::release`] gives it up;
+//! dropping a `Lease` does too.
+//!
+//! A lease alone cannot stop a holder that was paused and wakes up after losing it: work whose
+//! effects must never come from two owners also checks a fencing token inside its own
+//! transaction (the projection runtime does).
+//!
+//! Store authors build a [`Lease`] with [`Lease::new`] around their own [`LeaseHolder`] (what
+//! releasing means for them) and keep the [`LeaseLoss`] to signal a loss. [`LocalLeases`] is
+//! the in-process table used by the in-memory and embedded stores, whose data only one
+//! process can open.
+//!
+//! ```
+//! use annals::{InMemoryStore, Leases};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> annals::Result<()> {
+//! let store = InMemoryStore::new();
+//! let lease = store.try_lease("relay").await?.expect("nobody holds it yet");
+//! assert!(store.try_lease("relay").await?.is_none(), "one owner at a time");
+//! lease.release().await?;
+//! assert!(store.try_lease("relay").await?.is_some());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::Result;
+
+/// Something that hands out named [`Lease`]s, one holder per name at a time.
+///
+/// # Contract
+///
+/// - While a `Lease` for `name` is held and not lost, `try_lease(name)` returns `Ok(None)`
+///   everywhere the store is shared (every process, for a server-backed store).
+/// - A lease whose holder can no longer be sure it holds it (a lost connection) is signalled
+///   lost through [`Lease::lost`] before anyone else can take it, as far as the backend allows;
+///   see each implementation for its timing.
+/// - [`Lease::release`], or dropping the `Lease`, frees the name.
+pub trait Leases: Send + Sync {
+    /// Takes the lease `name` if nobody holds it; `Ok(None)` when someone does.
+    fn try_lease(&self, name: &str) -> impl Future<Output = Result<Option<Lease>>> + Send;
+}
+
+/// What a store does to give up a lease it handed out: the store author's half of a [`Lease`].
+///
+/// Dropping the holder must free the lease too (perhaps later, as a closed connection does).
+pub trait LeaseHolder: Send + Sync + fmt::Debug + 'static {
+    /// Frees the lease and waits until it is free.
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// A held lease (see the [module docs](self)).
+#[derive(Debug)]
+pub struct Lease {
+    name: String,
+    lost: watch::Receiver<bool>,
+    holder: Box<dyn LeaseHolder>,
+}
+
+/// The signal a store keeps to tell a [`Lease`]'s holder that the lease is lost.
+#[derive(Debug, Clone)]
+pub struct LeaseLoss {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl LeaseLoss {
+    /// Tells the holder its lease is lost ([`Lease::lost`] completes). Idempotent.
+    pub fn signal(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+impl Lease {
+    /// A lease on `name`, released through `holder`; the [`LeaseLoss`] signals its loss.
+    pub fn new(name: impl Into<String>, holder: impl LeaseHolder) -> (Lease, LeaseLoss) {
+        let (tx, lost) = watch::channel(false);
+        let lease = Lease {
+            name: name.into(),
+            lost,
+            holder: Box::new(holder),
+        };
+        (lease, LeaseLoss { tx: Arc::new(tx) })
+    }
+
+    /// The lease's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the lease was signalled lost.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Completes when the lease is lost (at once if it already is). The holder must then stop
+    /// acting as owner. A lease whose store dropped its loss signal counts as lost.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Gives the lease up and waits until it is free.
+    ///
+    /// # Errors
+    ///
+    /// The backend's failure to release; the lease is freed anyway when its holder is dropped
+    /// (for a server-backed store, when its connection closes).
+    pub async fn release(self) -> Result<()> {
+        self.holder.release().await
+    }
+}
+
+/// An in-process lease table: one holder per name among the users of one process.
+///
+/// Right for stores only one process can open (the in-memory store, the embedded sled store).
+/// [`revoke`](Self::revoke) takes a lease away from its holder, as a lost connection would on a
+/// server; tests use it to check that holders stop.
+#[derive(Clone, Debug, Default)]
+pub struct LocalLeases {
+    table: Arc<Mutex<Table>>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    held: HashMap<String, (u64, LeaseLoss)>,
+}
+
+impl LocalLeases {
+    /// An empty table.
+    pub fn new() -> Self {
+        LocalLeases::default()
+    }
+
+    /// Takes `name` if free.
+    pub fn try_lease(&self, name: &str) -> Option<Lease> {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.held.contains_key(name) {
+            return None;
+        }
+        table.next_id += 1;
+        let id = table.next_id;
+        let holder = LocalHolder {
+            table: self.table.clone(),
+            name: name.to_owned(),
+            id,
+        };
+        let (lease, loss) = Lease::new(name, holder);
+        table.held.insert(name.to_owned(), (id, loss));
+        Some(lease)
+    }
+
+    /// Takes `name` away from its holder, which is told through [`Lease::lost`]; the name is
+    /// free at once. Returns whether it was held.
+    pub fn revoke(&self, name: &str) -> bool {
+        let removed = self
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+            .remove(name);
+        match removed {
+            Some((_, loss)) => {
+                loss.signal();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `name` is held.
+    pub fn is_held(&self, name: &str) -> bool {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+            .contains_key(name)
+    }
+}
+
+impl Leases for LocalLeases {
+    async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
+        Ok(LocalLeases::try_lease(self, name))
+    }
+}
+
+#[derive(Debug)]
+struct LocalHolder {
+    table: Arc<Mutex<Table>>,
+    name: String,
+    id: u64,
+}
+
+impl LeaseHolder for LocalHolder {
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        drop(self);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for LocalHolder {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only our own entry: after a revoke the name may already belong to someone else.
+        if table.held.get(&self.name).is_some_and(|(id, _)| *id == self.id) {
+            table.held.remove(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_revoked_lease_is_lost_and_its_late_drop_frees_nothing_of_the_next_holder() {
+        let leases = LocalLeases::new();
+        let first = leases.try_lease("p-1").unwrap();
+        assert!(leases.try_lease("p-1").is_none());
+        assert!(leases.revoke("p-1"));
+        first.lost().await;
+        assert!(first.is_lost());
+        let second = leases.try_lease("p-1").expect("free after the revoke");
+        drop(first);
+        assert!(leases.is_held("p-1"), "the old holder's drop must not free the new lease");
+        assert!(!second.is_lost());
+        second.release().await.unwrap();
+        assert!(!leases.is_held("p-1"));
+    }
+}
