@@ -9,14 +9,6 @@
 //! (a new store, a new layer), implement the trait in its own module and add it
 //! to that list.
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -58,16 +50,21 @@ pub struct Line {
     pub baseline: f64,
     /// `annals / baseline`, oriented so that higher is better.
     pub ratio: f64,
-    /// The lowest ratio the issues accept.
+    /// The lowest ratio the issues accept; 0 for a line shown for information only.
     pub target: f64,
     /// Rounds measured.
     pub rounds: usize,
 }
 
 impl Line {
-    /// Whether the ratio reaches the target.
+    /// Whether the ratio reaches the target (always, for a line without one).
     pub fn passes(&self) -> bool {
         self.ratio >= self.target
+    }
+
+    /// Whether the line is shown for information only (it has no target).
+    pub fn is_informational(&self) -> bool {
+        self.target == 0.0
     }
 
     /// The line as one JSON object with exactly the report's keys.
@@ -94,7 +91,13 @@ impl Line {
             self.unit,
             self.ratio,
             self.target,
-            if self.passes() { "ok" } else { "MISSED" },
+            if self.is_informational() {
+                "info"
+            } else if self.passes() {
+                "ok"
+            } else {
+                "MISSED"
+            },
             self.rounds
         )
     }

@@ -89,7 +89,7 @@ pub async fn fresh_store(server: &PgServer, pool: usize) -> anyhow::Result<PgEve
         .connection_string(server.connection_string())
         .schema(fresh_schema("annals"))
         .pool_size(pool)
-        .build()
+        .open()
         .await?;
     store.init().await?;
     let open = futures::future::try_join_all((0..pool).map(|_| store.pool().get())).await?;

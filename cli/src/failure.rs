@@ -76,7 +76,9 @@ impl From<annals::Error> for Failure {
         let code = match &error {
             E::Unavailable { .. }
             | E::Timeout { .. }
-            | E::Format(_)
+            | E::Configuration { .. }
+            | E::NotInitialized { .. }
+            | E::Format { .. }
             | E::InvalidStreamId { .. } => 2,
             _ => 1,
         };

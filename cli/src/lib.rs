@@ -18,9 +18,6 @@
 //! other than `annals`); `ANNALS_STORE` is the default. Exit codes: 0 ok, 1 a problem was found
 //! or the thing asked for does not exist, 2 usage or connection error.
 
-#![forbid(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
-
 mod args;
 mod commands;
 mod export_format;
@@ -42,7 +39,7 @@ pub use export_format::{
     ExportWriter, ExportedEvent, Reader as ExportReader, FORMAT, FORMAT_VERSION,
 };
 pub use failure::{CliResult, Failure};
-pub use open::{open, OpenedStore};
+pub use open::{open, OpenMode, OpenedStore};
 pub use registry::{Registry, ReplayPoint, ReplayedChanges, ReplayedState, Replayer};
 pub use replayer::AggregateReplayer;
 
@@ -126,8 +123,11 @@ impl App {
         let url = cli.store.as_deref().ok_or_else(|| {
             Failure::usage("no store given: pass --store sled:<path> or --store postgres://…, or set ANNALS_STORE")
         })?;
-        let creates = matches!(cli.command, Command::Import { .. });
-        let store = open(url, creates).await?;
+        let mode = match cli.command {
+            Command::Import { .. } => OpenMode::CreateIfMissing,
+            _ => OpenMode::Existing,
+        };
+        let store = open(url, mode).await?;
         let out = Out::new(cli.json);
         let cx = Context {
             store: &store,

@@ -2,86 +2,93 @@
 
 use std::path::PathBuf;
 
-use annals::{AnyStore, IntoAnyStore};
+use annals::{AnyStore, EventStore, IntoAnyStore};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 
-use crate::commands::verify::Problem;
 use crate::failure::{CliResult, Failure};
 
-/// A store opened from a URL: the run-time-chosen [`AnyStore`] every command uses, and the
-/// concrete store where a command needs more (sled's checksum walk in `verify`).
+/// How [`open`] treats a store that does not exist yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The store must exist: a missing sled directory or an uninitialised PostgreSQL schema is
+    /// an error. Every command but `import` (and `migrate`'s target) opens this way.
+    Existing,
+    /// A missing sled store is created; a PostgreSQL schema is initialised (idempotent).
+    CreateIfMissing,
+}
+
+/// A store opened from a URL: the run-time-chosen [`AnyStore`] every command uses.
 #[derive(Clone)]
 pub struct OpenedStore {
     /// The URL it was opened from.
     pub url: String,
     /// The store.
     pub any: AnyStore,
-    backend: Backend,
-}
-
-#[derive(Clone)]
-enum Backend {
-    Sled(annals_sled::SledEventStore),
-    #[cfg(feature = "postgres")]
-    Postgres,
 }
 
 impl std::fmt::Debug for OpenedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenedStore")
-            .field("url", &self.url)
+            .field("url", &redact(&self.url))
             .finish_non_exhaustive()
     }
 }
 
+type Opener = for<'a> fn(&'a str, OpenMode) -> BoxFuture<'a, CliResult<AnyStore>>;
+
+/// Every URL scheme the CLI knows, with the function that opens its stores.
+const SCHEMES: &[(&str, Opener)] = &[
+    ("sled", |url, mode| open_sled(url, mode).boxed()),
+    ("postgres", |url, mode| open_postgres(url, mode).boxed()),
+    ("postgresql", |url, mode| open_postgres(url, mode).boxed()),
+];
+
 /// Opens the store named by `url`: `sled:<path>` or `postgres://…` / `postgresql://…`
-/// (`?schema=<name>` selects the schema; default `annals`).
-///
-/// With `create`, a missing sled store is created and a PostgreSQL schema initialised; without
-/// it, a missing store is an error.
+/// (`?schema=<name>` selects the schema; default `annals`), as `mode` says.
 ///
 /// # Errors
 ///
 /// A usage failure (exit 2) for an unknown scheme, a missing store, or a server that cannot be
 /// reached.
-pub async fn open(url: &str, create: bool) -> CliResult<OpenedStore> {
-    if let Some(path) = url.strip_prefix("sled:") {
-        let path = PathBuf::from(path.strip_prefix("//").unwrap_or(path));
-        if path.as_os_str().is_empty() {
-            return Err(Failure::usage(format!(
-                "store URL `{url}` names no path: use sled:<path>"
-            )));
-        }
-        if !create && !path.exists() {
-            return Err(Failure::usage(format!(
-                "no sled store at {}",
-                path.display()
-            )));
-        }
-        let store = annals_sled::SledEventStore::builder()
-            .path(&path)
-            .open()
-            .await
-            .map_err(|e| {
-                Failure::usage(crate::failure::one_line(&e))
-                    .context(format!("opening sled store {}", path.display()))
-            })?;
-        return Ok(OpenedStore {
-            url: url.to_owned(),
-            any: store.clone().into_any(),
-            backend: Backend::Sled(store),
-        });
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return open_postgres(url, create).await;
-    }
+pub async fn open(url: &str, mode: OpenMode) -> CliResult<OpenedStore> {
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
-    Err(Failure::usage(format!(
-        "unknown store URL scheme `{scheme}` in `{url}`: use sled:<path> or postgres://user@host/db"
-    )))
+    let Some((_, opener)) = SCHEMES.iter().find(|(name, _)| *name == scheme) else {
+        return Err(Failure::usage(format!(
+            "unknown store URL scheme `{scheme}` in `{}`: use sled:<path> or postgres://user@host/db",
+            redact(url)
+        )));
+    };
+    Ok(OpenedStore {
+        url: url.to_owned(),
+        any: opener(url, mode).await?,
+    })
+}
+
+async fn open_sled(url: &str, mode: OpenMode) -> CliResult<AnyStore> {
+    let path = url.strip_prefix("sled:").unwrap_or(url);
+    let path = PathBuf::from(path.strip_prefix("//").unwrap_or(path));
+    if path.as_os_str().is_empty() {
+        return Err(Failure::usage(format!(
+            "store URL `{url}` names no path: use sled:<path>"
+        )));
+    }
+    if mode == OpenMode::Existing && !path.exists() {
+        return Err(Failure::usage(format!(
+            "no sled store at {}",
+            path.display()
+        )));
+    }
+    let store = annals_sled::SledEventStore::builder()
+        .path(&path)
+        .open()
+        .await
+        .map_err(|e| Failure::from(e).context(format!("opening sled store {}", path.display())))?;
+    Ok(store.into_any())
 }
 
 #[cfg(feature = "postgres")]
-async fn open_postgres(url: &str, create: bool) -> CliResult<OpenedStore> {
+async fn open_postgres(url: &str, mode: OpenMode) -> CliResult<AnyStore> {
     let (connection, schema) = split_schema(url);
     let mut builder = annals_postgres::PgEventStore::builder().connection_string(connection);
     if let Some(schema) = schema {
@@ -89,24 +96,20 @@ async fn open_postgres(url: &str, create: bool) -> CliResult<OpenedStore> {
     }
     let place = format!("connecting to {}", redact(connection));
     let store = builder
-        .build()
+        .open()
         .await
         .map_err(|e| Failure::usage(crate::failure::one_line(&e)).context(&place))?;
-    if create {
+    if mode == OpenMode::CreateIfMissing {
         store
             .init()
             .await
             .map_err(|e| Failure::usage(crate::failure::one_line(&e)).context(&place))?;
     }
-    Ok(OpenedStore {
-        url: url.to_owned(),
-        any: store.into_any(),
-        backend: Backend::Postgres,
-    })
+    Ok(store.into_any())
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn open_postgres(url: &str, _create: bool) -> CliResult<OpenedStore> {
+async fn open_postgres(url: &str, _mode: OpenMode) -> CliResult<AnyStore> {
     Err(Failure::usage(format!(
         "`{}`: this build has no PostgreSQL support (feature `postgres`)",
         redact(url)
@@ -147,33 +150,13 @@ fn redact(url: &str) -> String {
 }
 
 impl OpenedStore {
-    /// Store-specific integrity checks (sled: every record's checksum and every index).
-    pub(crate) async fn native_verify(&self) -> CliResult<Vec<Problem>> {
-        match &self.backend {
-            Backend::Sled(store) => {
-                let report = store.verify().await?;
-                Ok(report
-                    .problems
-                    .iter()
-                    .map(|p| Problem {
-                        stream: p.stream.as_ref().map(ToString::to_string),
-                        version: p.version.map(|v| v.get()),
-                        position: p.position.map(|p| p.to_string()),
-                        problem: format!("{:?}: {}", p.kind, p.detail),
-                    })
-                    .collect())
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Postgres => Ok(Vec::new()),
-        }
-    }
-
-    /// Flushes and closes what needs it.
+    /// Makes everything durable and announced, and stops the store's background work.
     pub(crate) async fn close(&self) {
-        if let Backend::Sled(store) = &self.backend {
-            if let Err(e) = store.close().await {
-                eprintln!("annals: closing the sled store: {e}");
-            }
+        if let Err(e) = self.any.close().await {
+            eprintln!(
+                "annals: closing the store: {}",
+                crate::failure::one_line(&e)
+            );
         }
     }
 }

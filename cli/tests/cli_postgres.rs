@@ -94,7 +94,7 @@ async fn tail_follows_appends_made_by_another_process() {
             server.port()
         ))
         .schema("tailed")
-        .build()
+        .open()
         .await
         .unwrap();
     store.init().await.unwrap();

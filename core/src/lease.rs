@@ -215,7 +215,11 @@ impl Drop for LocalHolder {
     fn drop(&mut self) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         // Only our own entry: after a revoke the name may already belong to someone else.
-        if table.held.get(&self.name).is_some_and(|(id, _)| *id == self.id) {
+        if table
+            .held
+            .get(&self.name)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
             table.held.remove(&self.name);
         }
     }
@@ -235,7 +239,10 @@ mod tests {
         assert!(first.is_lost());
         let second = leases.try_lease("p-1").expect("free after the revoke");
         drop(first);
-        assert!(leases.is_held("p-1"), "the old holder's drop must not free the new lease");
+        assert!(
+            leases.is_held("p-1"),
+            "the old holder's drop must not free the new lease"
+        );
         assert!(!second.is_lost());
         second.release().await.unwrap();
         assert!(!leases.is_held("p-1"));

@@ -127,12 +127,12 @@ pub use annals_derive::DomainEvent;
 
 pub use bus::Bus;
 pub use error::{BoxError, Error, Result};
+pub use lease::{Lease, Leases, LocalLeases};
 pub use memory::{InMemoryBus, InMemoryStore};
 pub use model::*;
 pub use repository::{
     Changes, ExecuteError, Loaded, Outcome, Repository, RepositoryBuilder, SnapshotPolicy,
 };
-pub use lease::{Lease, Leases, LocalLeases};
 pub use store::{
     subscribe_all, AnyStore, CheckpointStore, CommitWatch, Direction, DynStore, EventStore, Filter,
     IntoAnyStore, Problem, ProblemKind, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamInfo,

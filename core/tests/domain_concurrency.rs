@@ -13,10 +13,10 @@ const TASKS: u64 = 8;
 const COMMANDS: u64 = 40;
 
 async fn run(tallies: Vec<Repository<Tally, InMemoryStore>>) -> (Tally, u64, u64, u32) {
-    let barrier = Arc::new(Barrier::new(TASKS as usize));
+    let barrier = Arc::new(Barrier::new(usize::try_from(TASKS).unwrap()));
     let mut handles = Vec::new();
     for task in 0..TASKS {
-        let tallies = tallies[task as usize % tallies.len()].clone();
+        let tallies = tallies[usize::try_from(task).unwrap() % tallies.len()].clone();
         let barrier = Arc::clone(&barrier);
         handles.push(tokio::spawn(async move {
             barrier.wait().await;
@@ -110,7 +110,7 @@ async fn withdrawals_racing_never_overdraw() {
         .await
         .unwrap();
     let mut handles = Vec::new();
-    for task in 0..TASKS as usize {
+    for task in 0..usize::try_from(TASKS).unwrap() {
         let tallies = repositories[task % 4].clone();
         handles.push(tokio::spawn(async move {
             let mut taken = 0;

@@ -192,8 +192,8 @@ async fn the_context_reaches_every_event() {
         .try_collect()
         .await
         .unwrap();
-    for (i, event) in events[..2].iter().enumerate() {
-        assert_eq!(event.id, EventId::derived(command, i as u32));
+    for (i, event) in (0u32..).zip(&events[..2]) {
+        assert_eq!(event.id, EventId::derived(command, i));
         assert_eq!(event.metadata.causation_id, Some(command));
         assert_eq!(event.metadata.correlation_id, Some(correlation));
         assert_eq!(event.metadata.headers["tenant"], "acme");

@@ -10,14 +10,6 @@
 //! enum must also derive `Serialize` and `Deserialize` with serde's default (externally
 //! tagged) representation.
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;

@@ -3,14 +3,6 @@
 //!
 //! - [`bank_account`]: the bank account aggregate used by the quickstart, the CLI's demos and
 //!   the benchmarks.
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 pub mod bank_account;
 
 /// The README's Rust examples, compiled and run as doc tests so the README stays true.

@@ -20,14 +20,6 @@
 //! # }
 //! ```
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 pub mod conformance;
 pub mod harness;
 #[cfg(feature = "postgres")]

@@ -15,7 +15,7 @@ const CHECKPOINT_EVERY: u64 = 1_000;
 
 /// `annals migrate --to <URL>`.
 pub(crate) async fn migrate(cx: &Context<'_>, to: &str) -> CliResult {
-    let target = crate::open::open(to, true)
+    let target = crate::open::open(to, crate::OpenMode::CreateIfMissing)
         .await
         .map_err(|e| e.context(format!("target {to}")))?;
     let source = cx.store.any.clone();

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use annals::{Error, EventStore, Position, ReadAll, SnapshotStore, StreamId, StreamInfo, Version};
+use annals::{
+    Error, EventStore, Position, Problem as StoreProblem, ProblemKind, ReadAll, RecordPlace,
+    SnapshotStore, StreamId, StreamInfo, Version,
+};
 use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -10,52 +13,61 @@ use serde_json::json;
 use crate::failure::{CliResult, Failure};
 use crate::Context;
 
-/// One problem found.
-#[derive(Debug, Clone, Serialize)]
+/// One problem found, as the CLI prints it: `PROBLEM <place>: <what>`, or in JSON
+/// `{"problem": {"stream", "version", "position", "kind", "problem"}}`.
+#[derive(Debug, Clone)]
 pub(crate) struct Problem {
-    pub(crate) stream: Option<String>,
-    pub(crate) version: Option<u64>,
-    pub(crate) position: Option<String>,
-    pub(crate) problem: String,
+    place: RecordPlace,
+    kind: Option<ProblemKind>,
+    problem: String,
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        json!({
+            "stream": self.place.stream.as_ref().map(StreamId::as_str),
+            "version": self.place.version.map(Version::get),
+            "position": self.place.position.map(|p| p.to_string()),
+            "kind": self.kind.map(|k| k.to_string()),
+            "problem": self.problem,
+        })
+        .serialize(serializer)
+    }
 }
 
 impl Problem {
+    fn new(place: RecordPlace, problem: String) -> Self {
+        Problem {
+            place,
+            kind: None,
+            problem,
+        }
+    }
+
     fn text(&self) -> String {
-        let mut place = Vec::new();
-        if let Some(s) = &self.stream {
-            place.push(format!("stream {s}"));
+        if self.place.is_unknown() {
+            format!("PROBLEM store: {}", self.problem)
+        } else {
+            format!("PROBLEM {}: {}", self.place, self.problem)
         }
-        if let Some(v) = self.version {
-            place.push(format!("version {v}"));
+    }
+
+    fn of_store(problem: &StoreProblem) -> Self {
+        Problem {
+            place: problem.place.clone(),
+            kind: Some(problem.kind),
+            problem: format!("{}: {}", problem.kind, problem.detail),
         }
-        if let Some(p) = &self.position {
-            place.push(format!("position {p}"));
-        }
-        if place.is_empty() {
-            place.push("store".into());
-        }
-        format!("PROBLEM {}: {}", place.join(", "), self.problem)
     }
 
     pub(crate) fn of_error(error: &Error) -> Self {
         match error {
-            Error::Corrupt {
-                stream,
-                version,
-                position,
-                reason,
-            } => Problem {
-                stream: stream.as_ref().map(ToString::to_string),
-                version: version.map(Version::get),
-                position: position.map(|p| p.to_string()),
+            Error::Corrupt { place, reason } => Problem {
+                place: place.clone(),
+                kind: Some(ProblemKind::Corrupt),
                 problem: format!("corrupt record: {reason}"),
             },
-            other => Problem {
-                stream: None,
-                version: None,
-                position: None,
-                problem: crate::failure::one_line(other),
-            },
+            other => Problem::new(RecordPlace::new(), crate::failure::one_line(other)),
         }
     }
 }
@@ -71,7 +83,19 @@ pub(crate) async fn total_events(cx: &Context<'_>) -> annals::Result<u64> {
 
 /// `annals verify`.
 pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
-    let mut problems: Vec<Problem> = cx.store.native_verify().await?;
+    // The store's own checks (sled: every record's checksum and every index), then the walk
+    // below, which any store gets: the log's order, every stream's versions, the heads.
+    let report = cx.store.any.verify().await?;
+    let mut problems: Vec<Problem> = report.problems.iter().map(Problem::of_store).collect();
+    if report.problems_omitted > 0 {
+        problems.push(Problem::new(
+            RecordPlace::new(),
+            format!(
+                "… and {} more problems found by the store's own check",
+                report.problems_omitted
+            ),
+        ));
+    }
     // The stream heads, listed once: they size the progress bar and are checked against the log.
     let heads: Vec<StreamInfo> = cx.store.any.streams().try_collect().await?;
     let total = heads.iter().map(|s| s.version.get()).sum();
@@ -90,26 +114,22 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
                     checked += 1;
                     progress.inc(1);
                     if last.is_some_and(|l| event.position <= l) {
-                        problems.push(Problem {
-                            stream: Some(event.stream_id.to_string()),
-                            version: Some(event.version.get()),
-                            position: Some(event.position.to_string()),
-                            problem: format!(
+                        problems.push(Problem::new(
+                            RecordPlace::of(&event),
+                            format!(
                                 "position does not increase (previous {})",
                                 last.unwrap_or_default()
                             ),
-                        });
+                        ));
                     }
                     last = Some(event.position);
                     from = event.position.next();
                     let seen = versions.entry(event.stream_id.clone()).or_default();
                     if event.version.get() != *seen + 1 {
-                        problems.push(Problem {
-                            stream: Some(event.stream_id.to_string()),
-                            version: Some(event.version.get()),
-                            position: Some(event.position.to_string()),
-                            problem: format!("version gap: expected version {}", *seen + 1),
-                        });
+                        problems.push(Problem::new(
+                            RecordPlace::of(&event),
+                            format!("version gap: expected version {}", *seen + 1),
+                        ));
                     }
                     *seen = event.version.get();
                 }
@@ -118,14 +138,14 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
                     let problem = Problem::of_error(&error);
                     // Skip past a corrupt record when we know where it is; else stop here.
                     let resume = match &error {
-                        Error::Corrupt {
-                            position: Some(p), ..
-                        } if *p >= from => Some(p.next()),
+                        Error::Corrupt { place, .. } => {
+                            place.position.filter(|p| *p >= from).map(Position::next)
+                        }
                         _ => None,
                     };
                     if !problems
                         .iter()
-                        .any(|p| p.problem == problem.problem && p.position == problem.position)
+                        .any(|p| p.problem == problem.problem && p.place == problem.place)
                     {
                         problems.push(problem);
                     }
@@ -147,26 +167,26 @@ pub(crate) async fn verify(cx: &Context<'_>, max_problems: usize) -> CliResult {
     for info in &heads {
         let seen = versions.get(&info.stream_id).copied().unwrap_or(0);
         if seen != info.version.get() && problems.len() < 10_000 {
-            problems.push(Problem {
-                stream: Some(info.stream_id.to_string()),
-                version: Some(info.version.get()),
-                position: None,
-                problem: format!(
+            problems.push(Problem::new(
+                RecordPlace::new()
+                    .stream(info.stream_id.clone())
+                    .version(info.version),
+                format!(
                     "the stream is at version {}, but the log holds {seen} of its events",
                     info.version
                 ),
-            });
+            ));
         }
         match cx.store.any.load_snapshot(&info.stream_id).await {
-            Ok(Some(snapshot)) if snapshot.version > info.version => problems.push(Problem {
-                stream: Some(info.stream_id.to_string()),
-                version: Some(snapshot.version.get()),
-                position: None,
-                problem: format!(
+            Ok(Some(snapshot)) if snapshot.version > info.version => problems.push(Problem::new(
+                RecordPlace::new()
+                    .stream(info.stream_id.clone())
+                    .version(snapshot.version),
+                format!(
                     "snapshot at version {} is ahead of the stream (version {})",
                     snapshot.version, info.version
                 ),
-            }),
+            )),
             Ok(_) => {}
             Err(e) => problems.push(Problem::of_error(&e)),
         }

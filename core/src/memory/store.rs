@@ -9,8 +9,8 @@ use crate::store::kit::{
     instrument_append, instrument_read, resolve_retry, CommitNotifier, StoredEventRef,
 };
 use crate::store::{
-    CheckpointStore, CommitWatch, Direction, EventStore, Problem, ProblemKind, ReadAll,
-    ReadStream, Snapshot, SnapshotStore, StreamInfo, VerifyReport,
+    CheckpointStore, CommitWatch, Direction, EventStore, Problem, ProblemKind, ReadAll, ReadStream,
+    Snapshot, SnapshotStore, StreamInfo, VerifyReport,
 };
 use crate::{
     AppendResult, EventData, EventId, ExpectedVersion, Limits, Position, RecordPlace,
@@ -187,6 +187,8 @@ impl EventStore for InMemoryStore {
         let events: Vec<Result<RecordedEvent>> = match options.range(head) {
             None => Vec::new(),
             Some((first, last)) => {
+                // The range lies within `1..=head`, and `head` is a Vec's length: both fit.
+                #[allow(clippy::cast_possible_truncation)]
                 let (lo, hi) = (
                     first.min(last).get() as usize,
                     first.max(last).get() as usize,
@@ -215,7 +217,9 @@ impl EventStore for InMemoryStore {
             options.from.commit().saturating_sub(1)
         } else {
             options.from.commit()
-        } as usize;
+        };
+        // A start beyond any index reads nothing.
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
         let events: Vec<Result<RecordedEvent>> = state
             .log
             .iter()
@@ -302,7 +306,9 @@ impl EventStore for InMemoryStore {
                 if snapshot.version.get() > indexes.len() as u64 {
                     report.push(Problem::new(
                         ProblemKind::SnapshotAhead,
-                        RecordPlace::new().stream(stream.clone()).version(snapshot.version),
+                        RecordPlace::new()
+                            .stream(stream.clone())
+                            .version(snapshot.version),
                         format!("the stream is at version {}", indexes.len()),
                     ));
                 }

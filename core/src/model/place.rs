@@ -17,7 +17,7 @@ use super::{Position, RecordedEvent, StreamId, Version};
 ///     .stream(StreamId::new("account-1")?)
 ///     .version(Version::new(3))
 ///     .position(Position::sequence(17));
-/// assert_eq!(place.to_string(), "stream `account-1`, version 3, position 17");
+/// assert_eq!(place.to_string(), "stream account-1, version 3, position 17");
 /// assert_eq!(RecordPlace::new().to_string(), "unknown place");
 /// # Ok::<(), annals::Error>(())
 /// ```
@@ -89,7 +89,7 @@ impl fmt::Display for RecordPlace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut sep = "";
         if let Some(s) = &self.stream {
-            write!(f, "stream `{s}`")?;
+            write!(f, "stream {s}")?;
             sep = ", ";
         }
         if let Some(v) = self.version {

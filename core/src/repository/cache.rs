@@ -96,6 +96,8 @@ impl<A: Clone> StateCache<A> {
         }
         // Start the sample at a moving offset so that eviction does not always hit the
         // same shard.
+        // Only a spread is wanted: truncating the tick on 32-bit targets is harmless.
+        #[allow(clippy::cast_possible_truncation)]
         let offset = (self.tick() as usize).wrapping_mul(0x9E37_79B9) % len.min(256);
         let victim = self
             .map

@@ -266,7 +266,7 @@ where
         let ours = found
             .iter()
             .enumerate()
-            .all(|(i, r)| r.id == EventId::derived(command_id, i as u32));
+            .all(|(i, r)| u32::try_from(i).is_ok_and(|i| r.id == EventId::derived(command_id, i)));
         let (Some(first), Some(last)) = (found.first(), found.last()) else {
             return Ok(None);
         };
@@ -304,8 +304,15 @@ where
             .iter()
             .enumerate()
             .map(|(i, event)| {
+                let index = u32::try_from(i).map_err(|_| Error::InvalidEvent {
+                    event_id: None,
+                    reason: format!(
+                        "a command emitted {} events; at most 2^32 fit one command's ids",
+                        events.len()
+                    ),
+                })?;
                 Ok(EventData {
-                    id: context.event_id(i as u32),
+                    id: context.event_id(index),
                     event_type: event.event_type().to_owned(),
                     schema_version: event.schema_version(),
                     content_type: codec.content_type().to_owned(),

@@ -84,7 +84,7 @@ impl fmt::Display for VerifyReport {
 /// One thing wrong in a store.
 ///
 /// Prints as `<place>: <kind>: <detail>`, e.g.
-/// ``stream `account-1`, version 3: corrupt record: checksum mismatch``.
+/// `stream account-1, version 3: corrupt record: checksum mismatch`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Problem {

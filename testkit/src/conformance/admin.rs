@@ -1,6 +1,5 @@
 use annals::{
-    CheckpointStore, EventStore, ExpectedVersion, Leases, Snapshot, SnapshotStore,
-    Version,
+    CheckpointStore, EventStore, ExpectedVersion, Leases, Snapshot, SnapshotStore, Version,
 };
 
 use super::{event, sid, StoreFactory, HANG_GUARD};
@@ -96,7 +95,11 @@ pub async fn close<F: StoreFactory>(factory: &F) {
     let store = factory.new_store().await;
     let stream = sid("close-1");
     store
-        .append(&stream, ExpectedVersion::NoStream, vec![event("Counted", 1)])
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("Counted", 1)],
+        )
         .await
         .expect("append");
     store.close().await.expect("close");

@@ -74,7 +74,7 @@ pub async fn concurrent_exact_appends<F: StoreFactory>(factory: &F) {
 pub async fn subscribe_while_appending<F: StoreFactory>(factory: &F) {
     const TASKS: u64 = 8;
     const PER_TASK: u64 = 60;
-    let total = (TASKS * PER_TASK) as usize;
+    let total = usize::try_from(TASKS * PER_TASK).expect("480 fits");
     let store = factory.new_store().await;
     // Some events before the subscription, so it catches up first and then goes live.
     let seed = sid("seed-0");

@@ -41,7 +41,10 @@ pub use reads::{read_all_filters, read_all_paging, read_stream_edges, stream_lis
 pub use snapshots::{checkpoints, snapshots};
 
 /// Everything a store under test must be.
-pub trait TestStore: EventStore + SnapshotStore + CheckpointStore + Leases + Clone + 'static {}
+pub trait TestStore:
+    EventStore + SnapshotStore + CheckpointStore + Leases + Clone + 'static
+{
+}
 impl<T: EventStore + SnapshotStore + CheckpointStore + Leases + Clone + 'static> TestStore for T {}
 
 /// Makes a fresh, empty store for each behaviour.
