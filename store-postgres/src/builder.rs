@@ -1,7 +1,6 @@
 //! [`PgEventStoreBuilder`]: where the store connects and how it behaves.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{Error, Limits, Result};
@@ -9,9 +8,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{Config, NoTls};
 
 use crate::error::BACKEND;
-use crate::schema::{validate_schema_name, Sql};
-use crate::store::{Inner, PgEventStore};
-use crate::watcher;
+use crate::schema::validate_schema_name;
+use crate::store::{PgEventStore, Settings};
+use crate::watcher::NOTIFY_INTERVAL;
 
 enum Source {
     Text(String),
@@ -43,7 +42,7 @@ impl fmt::Debug for Source {
 ///     .schema("billing")
 ///     .pool_size(32)
 ///     .statement_timeout(Duration::from_secs(5))
-///     .build()
+///     .open()
 ///     .await?;
 /// store.init().await?;
 /// # Ok(())
@@ -59,6 +58,7 @@ pub struct PgEventStoreBuilder {
     statement_timeout: Option<Duration>,
     connect_timeout: Duration,
     poll_interval: Duration,
+    notify_interval: Duration,
     page_size: usize,
     lease_check_interval: Duration,
 }
@@ -81,6 +81,7 @@ impl PgEventStoreBuilder {
     /// - a connect timeout of 10 s;
     /// - a poll interval of 100 ms, used only while the LISTEN connection is down or while
     ///   readers are held back by an open transaction;
+    /// - at most one notification to other processes every 5 ms;
     /// - pages of 1,000 events for reads;
     /// - leases check their connection every second.
     pub fn new() -> Self {
@@ -93,6 +94,7 @@ impl PgEventStoreBuilder {
             statement_timeout: None,
             connect_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
+            notify_interval: NOTIFY_INTERVAL,
             page_size: 1000,
             lease_check_interval: Duration::from_secs(1),
         }
@@ -179,6 +181,18 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// The least time between two notifications this store sends to other processes for its
+    /// appends (default 5 ms). Local subscribers are woken by each append at once; other
+    /// processes' subscribers wait at most this long (commits meanwhile share one
+    /// notification), which keeps the background work a few statements per interval however
+    /// fast appends come. [`close`](annals::EventStore::close) sends the notification still
+    /// owed without waiting for the interval.
+    #[must_use]
+    pub fn notify_interval(mut self, interval: Duration) -> Self {
+        self.notify_interval = interval;
+        self
+    }
+
     /// How many events one query of a read fetches (default 1,000).
     #[must_use]
     pub fn page_size(mut self, events: usize) -> Self {
@@ -186,7 +200,7 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// How often a held [lease](crate::PgLease) checks that its connection is alive
+    /// How often a held [lease](annals::Leases) checks that its connection is alive
     /// (default 1 s).
     #[must_use]
     pub fn lease_check_interval(mut self, interval: Duration) -> Self {
@@ -194,72 +208,88 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// Makes the store and starts its background task (which must run on a Tokio runtime). It
+    /// Opens the store and starts its background task (which must run on a Tokio runtime). It
     /// connects lazily: a server that is down makes the first request fail with
     /// [`Error::Unavailable`], not this call. Call [`PgEventStore::init`] once to create the
     /// schema.
     ///
     /// # Errors
     ///
-    /// [`Error::Format`] for a bad schema name, page or pool size, a missing connection or an
+    /// [`Error::Configuration`] naming the setting at fault: `schema` for a bad schema name,
+    /// `page_size` or `pool_size` for 0, `connection_string` for a missing connection or an
     /// unparsable connection string; [`Error::Backend`] if the pool cannot be made.
-    pub async fn build(mut self) -> Result<PgEventStore> {
+    pub async fn open(mut self) -> Result<PgEventStore> {
         validate_schema_name(&self.schema)?;
-        if self.page_size == 0 || self.pool_size == 0 {
-            return Err(Error::Format(
-                "the page size and the pool size must be at least 1".into(),
+        if self.page_size == 0 {
+            return Err(Error::configuration(
+                "page_size",
+                "the page size must be at least 1",
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::configuration(
+                "pool_size",
+                "the pool size must be at least 1",
             ));
         }
         let (pool, own_config) = match self.source.take() {
             None => {
-                return Err(Error::Format(
-                    "no connection string, config or pool was given to the store builder".into(),
+                return Err(Error::configuration(
+                    "connection_string",
+                    "no connection string, config or pool was given to the store builder",
                 ))
             }
             Some(Source::Pool(pool)) => (pool, None),
             Some(Source::Text(text)) => {
                 let config = text.parse::<Config>().map_err(|e| {
-                    Error::Format(format!("invalid PostgreSQL connection string: {e}"))
+                    Error::configuration(
+                        "connection_string",
+                        format!("invalid PostgreSQL connection string: {e}"),
+                    )
                 })?;
                 own_pool(config, &self)?
             }
             Some(Source::Config(config)) => own_pool(*config, &self)?,
         };
-        let listen_config = self.listen_config.or(own_config);
-        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
-        let local = Arc::new(watcher::LocalCommits::default());
-        let notifier = annals::CommitNotifier::new();
-        let sql = Sql::new(&self.schema);
-        watcher::spawn(watcher::Watcher {
-            pool: pool.clone(),
-            listen_config,
-            channel: channel_name(&self.schema),
-            token: uuid::Uuid::now_v7().simple().to_string(),
-            horizon_sql: sql.horizon.clone(),
-            schema: self.schema.clone(),
-            notifier: notifier.clone(),
-            local: local.clone(),
-            poll_interval: self.poll_interval,
-            shutdown: shutdown_rx,
-        });
-        Ok(PgEventStore::from_inner(Inner {
+        let owns_pool = own_config.is_some();
+        Ok(PgEventStore::open(Settings {
             pool,
+            owns_pool,
+            listen_config: self.listen_config.or(own_config),
+            channel: channel_name(&self.schema),
             schema: self.schema,
-            sql,
             limits: self.limits,
             page_size: self.page_size,
-            notifier,
-            local,
-            heads: Default::default(),
+            poll_interval: self.poll_interval,
+            notify_interval: self.notify_interval,
             lease_check_interval: self.lease_check_interval,
-            _shutdown: shutdown,
         }))
+    }
+}
+
+impl PgEventStore {
+    /// A [builder](PgEventStoreBuilder) with the defaults.
+    pub fn builder() -> PgEventStoreBuilder {
+        PgEventStoreBuilder::new()
+    }
+
+    /// A store with the default settings on the database of `connection_string`
+    /// (see [`PgEventStoreBuilder::open`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`PgEventStoreBuilder::open`].
+    pub async fn connect(connection_string: &str) -> Result<PgEventStore> {
+        PgEventStoreBuilder::new()
+            .connection_string(connection_string)
+            .open()
+            .await
     }
 }
 
 /// The LISTEN/NOTIFY channel of a schema.
 /// Channel names are identifiers of at most 63 bytes: a long schema name is hashed.
-pub(crate) fn channel_name(schema: &str) -> String {
+fn channel_name(schema: &str) -> String {
     let name = format!("annals_{schema}");
     if name.len() <= 63 {
         return name;

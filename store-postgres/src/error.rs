@@ -1,7 +1,9 @@
 //! How PostgreSQL failures become [`annals::Error`]s.
 
-use annals::{Error, StreamId};
+use annals::{Error, Result, StreamId};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
 
 /// The backend name carried by errors.
 pub(crate) const BACKEND: &str = "postgres";
@@ -34,10 +36,17 @@ pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
 }
 
 fn not_set_up(schema: &str) -> Error {
-    Error::Format(format!(
-        "the Annals schema `{schema}` is not set up in this database (or is incomplete): \
-         call `PgEventStore::init()` first"
-    ))
+    Error::NotInitialized {
+        schema: schema.to_owned(),
+    }
+}
+
+/// Reads column `idx` of a row answering one of the store's control statements (a lock, a
+/// schema version, a count): a failure means the server answered something else than the
+/// statement asks for, a backend error. (Rows holding stored records are read by
+/// `store::rows`, whose failures are corruptions.)
+pub(crate) fn column<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
+    row.try_get(idx).map_err(|e| Error::backend(BACKEND, e))
 }
 
 /// Maps a statement failure that did not depend on an append's outcome.

@@ -1,28 +1,42 @@
-//! [`PgLease`]: "one owner at a time" on PostgreSQL session advisory locks.
+//! [`Leases`] on PostgreSQL session advisory locks: "one owner at a time" across processes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals::Result;
-use deadpool_postgres::{ClientWrapper, Object, Pool};
-use tokio::sync::watch;
+use annals::lease::{LeaseHolder, LeaseLoss};
+use annals::{Lease, Leases, Result};
+use deadpool_postgres::{ClientWrapper, Object};
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::error::{map, map_pool};
+use crate::error::{column, map};
+use crate::store::PgEventStore;
 
-/// A held lease: the session advisory lock `key`, on a connection of its own.
+/// Leases of a [`PgEventStore`]: the lease `name` is the session advisory lock
+/// [`lease_key`]`(schema, name)`, taken with `pg_try_advisory_lock` on a connection of its own
+/// (taken out of the pool for good, so the lock is never lent to another user of the pool).
 ///
-/// The lock lives as long as the connection's session, so a lease is lost when its connection
-/// is: the server ends the session (restart, `pg_terminate_backend`, a network failure) and
-/// another process may then take the lease. The guard notices: a background task checks the
-/// connection every check interval, and [`lost`](Self::lost) completes (and
-/// [`is_lost`](Self::is_lost) turns true) when it fails. An owner must stop acting as owner
-/// when that happens.
+/// - **One owner at a time, across processes**: every store on the same schema of the same
+///   database competes for the same locks; another process's store, a clone of this one and
+///   this very store all get `None` while the lease is held.
+/// - **Loss**: the lock lives as long as the connection's session, so the lease is lost when
+///   its connection is (a server restart, `pg_terminate_backend`, a network failure), and
+///   another process may then take it. A background task checks the connection every
+///   [`lease_check_interval`](crate::PgEventStoreBuilder::lease_check_interval);
+///   [`Lease::lost`] completes (and [`Lease::is_lost`] turns true) when a check fails. An owner
+///   must stop acting as owner then.
+/// - **Release**: [`Lease::release`] unlocks and closes the connection; dropping the `Lease`
+///   closes it, which releases the lock as soon as the server sees the session end.
+/// - After [`close`](annals::EventStore::close), `try_lease` fails with
+///   [`Error::Closed`](annals::Error::Closed); leases taken before stay held until released
+///   or dropped (they have their own connections).
 ///
-/// Dropping the guard closes its connection, which releases the lock;
-/// [`release`](Self::release) does so explicitly and waits for it.
+/// An operator finds the session holding a lease in `pg_locks` (`locktype = 'advisory'`,
+/// `objsubid = 1`, key `(classid::bigint << 32) | objid::bigint`).
 ///
 /// ```no_run
+/// use annals::Leases;
 /// # use annals_postgres::PgEventStore;
 /// # async fn demo(store: PgEventStore) -> annals::Result<()> {
 /// if let Some(lease) = store.try_lease("projection:balances:partition-3").await? {
@@ -35,92 +49,89 @@ use crate::error::{map, map_pool};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
-pub struct PgLease {
-    key: i64,
-    client: Arc<ClientWrapper>,
-    lost: watch::Receiver<bool>,
-    checker: JoinHandle<()>,
-}
-
-impl PgLease {
-    /// Tries to take the advisory lock `key` on a connection taken out of `pool` for good.
-    /// Returns `None` when another session holds it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Unavailable`](annals::Error::Unavailable) when no connection can be made.
-    pub async fn try_acquire(
-        pool: &Pool,
-        key: i64,
-        check_interval: Duration,
-    ) -> Result<Option<PgLease>> {
-        let object = pool.get().await.map_err(map_pool)?;
-        let acquired: bool = object
+impl Leases for PgEventStore {
+    async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
+        let key = lease_key(self.schema(), name);
+        let object = self.client().await?;
+        let row = object
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
             .await
-            .map_err(|e| map(e, "(lease)"))?
-            .get(0);
-        if !acquired {
+            .map_err(|e| map(e, self.schema()))?;
+        if !column::<bool>(&row, 0)? {
             return Ok(None);
         }
         // Out of the pool: the lock must never be lent to another user of the pool.
         let client = Arc::new(Object::take(object));
-        let (tx, lost) = watch::channel(false);
-        let checker = tokio::spawn(check(client.clone(), key, check_interval, tx));
-        tracing::debug!(key, "annals-postgres: lease acquired");
-        Ok(Some(PgLease {
+        // The checker owns the loss signal for as long as the lease lives (a dropped signal
+        // reads as a loss); the holder stops it on release or drop. The signal only exists
+        // once the lease does, so it is handed to the running checker.
+        let (signal_tx, signal) = oneshot::channel();
+        let checker = tokio::spawn(check(
+            client.clone(),
             key,
+            self.lease_check_interval(),
+            signal,
+        ));
+        let holder = PgLeaseHolder {
+            key,
+            schema: self.schema().to_owned(),
             client,
-            lost,
-            checker,
-        }))
-    }
-
-    /// The advisory lock key.
-    pub fn key(&self) -> i64 {
-        self.key
-    }
-
-    /// Whether the lease's connection was found lost.
-    pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
-    /// Completes when the lease's connection is found lost (at once if it already was).
-    pub async fn lost(&self) {
-        let mut lost = self.lost.clone();
-        // An error means the checker ended, which it only does after sending `true`.
-        let _ = lost.wait_for(|lost| *lost).await;
-    }
-
-    /// Unlocks and closes the connection.
-    ///
-    /// # Errors
-    ///
-    /// The unlock's failure (the lock is released anyway when the connection closes).
-    pub async fn release(self) -> Result<()> {
-        self.checker.abort();
-        let result = self
-            .client
-            .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
-            .await;
-        result.map(drop).map_err(|e| map(e, "(lease)"))
+            checker: Some(checker),
+        };
+        let (lease, loss) = Lease::new(name, holder);
+        // The checker ends only when aborted with the holder, which lives as long as `lease`.
+        let _ = signal_tx.send(loss);
+        tracing::debug!(key, name, "annals-postgres: lease acquired");
+        Ok(Some(lease))
     }
 }
 
-impl Drop for PgLease {
+/// What a [`Lease`] of this store holds: the connection with the lock, and the task that
+/// checks it.
+#[derive(Debug)]
+struct PgLeaseHolder {
+    key: i64,
+    schema: String,
+    client: Arc<ClientWrapper>,
+    checker: Option<JoinHandle<()>>,
+}
+
+impl LeaseHolder for PgLeaseHolder {
+    fn release(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        if let Some(checker) = self.checker.take() {
+            checker.abort();
+        }
+        Box::pin(async move {
+            let unlocked = self
+                .client
+                .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
+                .await;
+            // Dropping `self` closes the connection (once the aborted checker lets go of it),
+            // which releases the lock even if the unlock failed.
+            unlocked.map(drop).map_err(|e| map(e, &self.schema))
+        })
+    }
+}
+
+impl Drop for PgLeaseHolder {
     fn drop(&mut self) {
-        self.checker.abort();
+        if let Some(checker) = self.checker.take() {
+            checker.abort();
+        }
     }
 }
 
+/// Checks the lease's connection every `interval`; signals the loss and ends when a check
+/// fails.
 async fn check(
     client: Arc<ClientWrapper>,
     key: i64,
     interval: Duration,
-    lost: watch::Sender<bool>,
+    loss: oneshot::Receiver<LeaseLoss>,
 ) {
+    let Ok(loss) = loss.await else {
+        return;
+    };
     loop {
         tokio::time::sleep(interval).await;
         let alive = !client.is_closed()
@@ -132,7 +143,7 @@ async fn check(
             .is_ok_and(|r| r.is_ok());
         if !alive {
             tracing::warn!(key, "annals-postgres: lease lost with its connection");
-            let _ = lost.send(true);
+            loss.signal();
             return;
         }
     }

@@ -3,7 +3,8 @@
 //! The PostgreSQL event store of [Annals](annals), for applications that outgrow one machine:
 //! [`PgEventStore`] implements [`EventStore`](annals::EventStore),
 //! [`SnapshotStore`](annals::SnapshotStore) and [`CheckpointStore`](annals::CheckpointStore) on
-//! `tokio-postgres` with a `deadpool-postgres` pool, for PostgreSQL 13 and later.
+//! `tokio-postgres` with a `deadpool-postgres` pool, for PostgreSQL 13 and later, and
+//! [`Leases`](annals::Leases) on advisory locks.
 //!
 //! # Usage
 //!
@@ -16,7 +17,7 @@
 //! let store = PgEventStore::builder()
 //!     .connection_string("host=127.0.0.1 user=postgres dbname=app")
 //!     .schema("billing")
-//!     .build()
+//!     .open()
 //!     .await?;
 //! store.init().await?; // creates or migrates the schema; safe on every start
 //!
@@ -24,6 +25,7 @@
 //! store
 //!     .append(&account, ExpectedVersion::NoStream, vec![EventData::json("Opened", &())?])
 //!     .await?;
+//! store.close().await?; // before the process exits: announces the last appends
 //! # Ok(())
 //! # }
 //! ```
@@ -35,7 +37,8 @@
 //! and the later, smaller steps beside it)
 //! in the store's schema (`annals` unless [set](PgEventStoreBuilder::schema)), and records the
 //! version in `schema_version`. A store used on a database where `init` never ran fails with
-//! [`Error::Format`](annals::Error::Format) saying so.
+//! [`Error::NotInitialized`](annals::Error::NotInitialized); `init` on a schema newer than this
+//! crate fails with [`Error::Format`](annals::Error::Format) naming the version found.
 //!
 //! - `events`: one row per event — `transaction_id xid8`, `seq bigserial`, stream id, version
 //!   (unique with the stream id), event id (unique: the idempotency key), type, schema version,
@@ -64,7 +67,7 @@
 //! Idempotency costs nothing on the happy path: only when the statement writes nothing (a
 //! failed check, or a unique violation on an event id) does the store look the ids up; a
 //! complete earlier append answers with its first result through
-//! [`resolve_retry`](annals::store::resolve_retry), a partial match is an
+//! [`resolve_retry`](annals::store::kit::resolve_retry), a partial match is an
 //! [`Error::IdempotencyConflict`](annals::Error::IdempotencyConflict). Nothing is ever
 //! silently dropped (`ON CONFLICT DO NOTHING` is not used).
 //!
@@ -114,8 +117,9 @@
 //! of all notifying transactions behind one cluster-wide lock held through the commit's WAL
 //! flush, which would turn concurrent appends into one-at-a-time commits.
 //!
-//! Notifications for this process's commits are sent at most every 5 ms (commits meanwhile share
-//! one), so the background work stays small however fast appends come. They, and the checks of
+//! Notifications for this process's commits are sent at most every 5 ms
+//! ([`notify_interval`](PgEventStoreBuilder::notify_interval); commits meanwhile share one), so
+//! the background work stays small however fast appends come. They, and the checks of
 //! the readers' horizon, run on the LISTEN connection (while it is up), never on the pool, so
 //! they never make an append wait for a connection.
 //!
@@ -129,8 +133,26 @@
 //!
 //! Polling (every [`poll_interval`](PgEventStoreBuilder::poll_interval)) takes over while the
 //! LISTEN connection is down, until it is back, and while committed events are held back by an
-//! open transaction (whose end notifies nobody). If a writing process dies between its commit
-//! and its `pg_notify`, other processes see those events at the next commit.
+//! open transaction (whose end notifies nobody).
+//!
+//! [`close`](annals::EventStore::close) sends the notification still owed for the last gap's
+//! commits and waits until it is sent: a process that closes its store before it exits never
+//! leaves other processes' subscribers waiting. (Dropping the store's last clone sends it too,
+//! without waiting, if the runtime lets the task run.) If a writing process dies between its
+//! commit and its `pg_notify`, other processes see those events at the next commit.
+//!
+//! # Closing
+//!
+//! After [`close`](annals::EventStore::close) (of any clone), every operation that needs the
+//! server fails with [`Error::Closed`](annals::Error::Closed); a pool the store made is closed,
+//! one given to [`pool`](PgEventStoreBuilder::pool) is left open; held leases stay held until
+//! released or dropped. Closing twice is harmless.
+//!
+//! # Verifying
+//!
+//! [`verify`](annals::EventStore::verify) checks the store in a few SQL statements, in bounded
+//! memory: the counts, every stream's versions running 1..n, snapshots not ahead of their
+//! stream, and event rows the store can read back.
 //!
 //! # Errors
 //!
@@ -139,7 +161,10 @@
 //! | server down, connection refused | [`Error::Unavailable`](annals::Error::Unavailable) (nothing written) |
 //! | connection lost while an append was in flight | [`Error::AppendOutcomeUnknown`](annals::Error::AppendOutcomeUnknown): retry with the same event ids |
 //! | [statement timeout](PgEventStoreBuilder::statement_timeout) (SQLSTATE 57014) | [`Error::Timeout`](annals::Error::Timeout) (nothing written) |
-//! | schema missing | [`Error::Format`](annals::Error::Format): call `init()` |
+//! | schema missing | [`Error::NotInitialized`](annals::Error::NotInitialized): call `init()` |
+//! | schema newer than this crate (`init`) | [`Error::Format`](annals::Error::Format), with the version found |
+//! | bad builder setting | [`Error::Configuration`](annals::Error::Configuration), naming the setting |
+//! | store closed | [`Error::Closed`](annals::Error::Closed) |
 //! | text PostgreSQL cannot store (U+0000 in a header or content type) | [`Error::InvalidEvent`](annals::Error::InvalidEvent) (nothing written) |
 //! | anything else | [`Error::Backend`](annals::Error::Backend) |
 //!
@@ -148,20 +173,15 @@
 //!
 //! # Leases
 //!
-//! [`PgLease`] is "one owner at a time" on a session advisory lock, for projection partitions
-//! and relays; it notices when its connection is lost.
+//! [`PgEventStore`] implements [`Leases`](annals::Leases): a lease is "one owner at a time" on a
+//! session advisory lock (keyed by [`lease_key`]), on a connection of its own, across every
+//! process on the same schema, for projection partitions and relays. Its
+//! [`lost`](annals::Lease::lost) completes when its connection is found lost. See
+//! [the `Leases` impl](PgEventStore#impl-Leases-for-PgEventStore).
 //!
 //! # Supported Rust versions
 //!
 //! The minimum supported Rust version is 1.89.
-
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 
 mod builder;
 mod error;
@@ -173,7 +193,7 @@ mod types;
 mod watcher;
 
 pub use builder::PgEventStoreBuilder;
-pub use lease::{lease_key, PgLease};
+pub use lease::lease_key;
 pub use schema::SCHEMA_VERSION;
 pub use store::PgEventStore;
 

@@ -1,8 +1,10 @@
 //! The schema: its name, its migrations and the SQL of every statement the store runs.
 
+use std::ops::RangeInclusive;
+
 use annals::{Error, Result};
 
-use crate::error::{map, BACKEND};
+use crate::error::{column, map, BACKEND};
 
 /// The migrations, in order: `(version, DDL)`. `__SCHEMA__` stands for the quoted schema name.
 pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
@@ -16,6 +18,21 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
 /// The schema version this crate creates and reads.
 pub const SCHEMA_VERSION: i32 = 2;
 
+/// The schema versions this build reads (older ones are migrated by `init`), as
+/// [`Error::Format`] reports them.
+const SUPPORTED: RangeInclusive<u32> = 1..=SCHEMA_VERSION.unsigned_abs();
+
+/// `$2` of an append statement for [`ExpectedVersion::Any`](annals::ExpectedVersion::Any):
+/// no check.
+pub(crate) const EXPECT_ANY: i64 = -1;
+/// `$2` of an append statement for
+/// [`ExpectedVersion::StreamExists`](annals::ExpectedVersion::StreamExists): the stream has an
+/// event.
+pub(crate) const EXPECT_EXISTS: i64 = -2;
+/// `$2` of an append statement for [`ExpectedVersion::NoStream`](annals::ExpectedVersion::NoStream):
+/// the stream has no event. `Exact(n)` is `n` itself (`n` ≥ 0, so never one of the codes above).
+pub(crate) const EXPECT_NO_STREAM: i64 = 0;
+
 /// Checks a schema name: ASCII lower-case letters, digits and `_`, not starting with a digit,
 /// at most 63 bytes (PostgreSQL's identifier limit), so it never needs escaping.
 pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
@@ -28,9 +45,12 @@ pub(crate) fn validate_schema_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Format(format!(
-            "invalid schema name {name:?}: use 1 to 63 characters of a-z, 0-9 and _, not starting with a digit"
-        )))
+        Err(Error::configuration(
+            "schema",
+            format!(
+                "invalid schema name {name:?}: use 1 to 63 characters of a-z, 0-9 and _, not starting with a digit"
+            ),
+        ))
     }
 }
 
@@ -55,6 +75,10 @@ pub(crate) struct Sql {
     pub(crate) load_snapshot: String,
     pub(crate) save_checkpoint: String,
     pub(crate) load_checkpoint: String,
+    pub(crate) verify_counts: String,
+    pub(crate) verify_versions: String,
+    pub(crate) verify_snapshots: String,
+    pub(crate) verify_rows: String,
 }
 
 /// The columns of an event row, in the order `row_to_event` reads them.
@@ -86,7 +110,7 @@ impl Sql {
         // Together with the unique (stream_id, version) key, which refuses the rows when the
         // stream is already past `$2`, it makes "the stream is exactly at `$2`" one index probe.
         let probe =
-            format!("($2::bigint = 0 OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint))");
+            format!("($2::bigint = {EXPECT_NO_STREAM} OR EXISTS (SELECT FROM {s}.events WHERE stream_id = $1 AND version = $2::bigint))");
         let batch_exact = |check: &str| {
             format!(
                 "WITH ins AS (INSERT INTO {s}.events ({INSERT_COLUMNS}) \
@@ -106,7 +130,8 @@ impl Sql {
                  ins AS (INSERT INTO {s}.events ({INSERT_COLUMNS}) \
                    SELECT $1, cur.v + u.ord, u.id, u.typ, u.sv, u.ct, u.pl, u.co, u.ca, u.ts, u.hd \
                    FROM cur, {UNNEST} \
-                   WHERE CASE WHEN $2::bigint = -1 THEN true WHEN $2::bigint = -2 THEN cur.v > 0 \
+                   WHERE CASE WHEN $2::bigint = {EXPECT_ANY} THEN true \
+                     WHEN $2::bigint = {EXPECT_EXISTS} THEN cur.v > 0 \
                      ELSE cur.v = $2::bigint END \
                    ORDER BY u.ord \
                    RETURNING transaction_id, seq) \
@@ -123,8 +148,8 @@ impl Sql {
                 "INSERT INTO {s}.events ({INSERT_COLUMNS}) \
                  SELECT $1, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
                  FROM {s}.events WHERE stream_id = $1 \
-                 HAVING CASE WHEN $2::bigint = -1 THEN true \
-                   WHEN $2::bigint = -2 THEN coalesce(max(version), 0) > 0 \
+                 HAVING CASE WHEN $2::bigint = {EXPECT_ANY} THEN true \
+                   WHEN $2::bigint = {EXPECT_EXISTS} THEN coalesce(max(version), 0) > 0 \
                    ELSE coalesce(max(version), 0) = $2::bigint END \
                  RETURNING version, transaction_id, seq"
             ),
@@ -198,6 +223,53 @@ impl Sql {
             load_checkpoint: format!(
                 "SELECT commit_pos, prepare FROM {s}.checkpoints WHERE name = $1"
             ),
+            // What `verify` counts: events and streams (one scan), snapshots, checkpoints, and
+            // the last position of every committed row (not only the readers' horizon).
+            verify_counts: format!(
+                "SELECT e.events, e.streams, (SELECT count(*) FROM {s}.snapshots), \
+                   (SELECT count(*) FROM {s}.checkpoints), last.transaction_id, last.seq \
+                 FROM (SELECT count(*) AS events, count(DISTINCT stream_id) AS streams FROM {s}.events) AS e \
+                 LEFT JOIN LATERAL (SELECT transaction_id, seq FROM {s}.events \
+                   ORDER BY transaction_id DESC, seq DESC LIMIT 1) AS last ON true"
+            ),
+            // Streams whose versions are not 1..n: the i-th version of a stream (numbered in
+            // version order, on the unique index) must be i; the first i that is not is the
+            // first missing version. One row per bad stream, at most `$1`, each with the count
+            // of every bad stream.
+            verify_versions: format!(
+                "SELECT stream_id, min(CASE WHEN version <> n THEN n END), count(*), max(version), \
+                   count(*) OVER () \
+                 FROM (SELECT stream_id, version, \
+                   row_number() OVER (PARTITION BY stream_id ORDER BY version) AS n FROM {s}.events) AS v \
+                 GROUP BY stream_id HAVING bool_or(version <> n) \
+                 ORDER BY stream_id LIMIT $1"
+            ),
+            // Snapshots of a version their stream has not reached (a negative `version` holds a
+            // u64 past i64::MAX: ahead of any stream). At most `$1`, with the count of all.
+            verify_snapshots: format!(
+                "SELECT sn.stream_id, sn.version, h.head, count(*) OVER () FROM {s}.snapshots AS sn \
+                 CROSS JOIN LATERAL (SELECT coalesce(max(version), 0) AS head FROM {s}.events AS e \
+                   WHERE e.stream_id = sn.stream_id) AS h \
+                 WHERE sn.version < 0 OR sn.version > h.head \
+                 ORDER BY sn.stream_id LIMIT $1"
+            ),
+            // Event rows the store cannot read back, with the reason. (`jsonb_each` fails on a
+            // non-object: the CASE keeps it to objects.) At most `$1`, with the count of all.
+            verify_rows: format!(
+                "SELECT transaction_id, seq, stream_id, version, \
+                   CASE WHEN seq < 0 THEN 'negative seq ' || seq \
+                     WHEN schema_version NOT BETWEEN 1 AND 65535 \
+                       THEN 'schema version ' || schema_version || ' is out of range' \
+                     WHEN jsonb_typeof(headers) <> 'object' THEN 'headers are not an object' \
+                     ELSE 'a header is not a string' END, \
+                   count(*) OVER () \
+                 FROM {s}.events \
+                 WHERE seq < 0 OR schema_version NOT BETWEEN 1 AND 65535 \
+                   OR CASE WHEN jsonb_typeof(headers) = 'object' \
+                     THEN EXISTS (SELECT FROM jsonb_each(headers) AS h WHERE jsonb_typeof(h.value) <> 'string') \
+                     ELSE true END \
+                 ORDER BY transaction_id, seq LIMIT $1"
+            ),
         }
     }
 }
@@ -220,14 +292,14 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
     ))
     .await
     .map_err(|e| map(e, schema))?;
-    let current: i32 = tx
+    let row = tx
         .query_one(
             &format!("SELECT coalesce(max(version), 0) FROM {quoted}.schema_version"),
             &[],
         )
         .await
-        .map_err(|e| map(e, schema))?
-        .get(0);
+        .map_err(|e| map(e, schema))?;
+    let current: i32 = column(&row, 0)?;
     if current > SCHEMA_VERSION {
         return Err(newer(schema, current));
     }
@@ -254,15 +326,14 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -
 
 /// The schema's recorded version, or `None` when it is not set up.
 pub(crate) async fn version(client: &tokio_postgres::Client, schema: &str) -> Result<Option<i32>> {
-    let exists: bool = client
+    let row = client
         .query_one(
             "SELECT to_regclass(quote_ident($1::text) || '.schema_version') IS NOT NULL",
             &[&schema],
         )
         .await
-        .map_err(|e| map(e, schema))?
-        .get(0);
-    if !exists {
+        .map_err(|e| map(e, schema))?;
+    if !column::<bool>(&row, 0)? {
         return Ok(None);
     }
     let row = client
@@ -272,14 +343,20 @@ pub(crate) async fn version(client: &tokio_postgres::Client, schema: &str) -> Re
         )
         .await
         .map_err(|e| map(e, schema))?;
-    Ok(row.get(0))
+    column(&row, 0)
 }
 
+/// The error for a schema at version `found`, newer than this build knows.
 pub(crate) fn newer(schema: &str, found: i32) -> Error {
-    Error::Format(format!(
-        "the Annals schema `{schema}` is at version {found}, newer than this annals-postgres \
-         knows ({SCHEMA_VERSION}): upgrade annals-postgres"
-    ))
+    Error::Format {
+        backend: BACKEND,
+        found: u32::try_from(found).ok(),
+        supported: SUPPORTED,
+        reason: format!(
+            "the Annals schema `{schema}` is at version {found}, newer than this annals-postgres \
+             knows ({SCHEMA_VERSION}): upgrade annals-postgres"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -293,7 +370,13 @@ mod tests {
         }
         for bad in ["", "1x", "Annals", "a-b", "a\"b", "a b", &"a".repeat(64)] {
             assert!(
-                matches!(validate_schema_name(bad), Err(Error::Format(_))),
+                matches!(
+                    validate_schema_name(bad),
+                    Err(Error::Configuration {
+                        setting: "schema",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }

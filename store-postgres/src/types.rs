@@ -93,7 +93,13 @@ mod tests {
 
     #[test]
     fn bit_casts_round_trip() {
-        for n in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+        for n in [
+            0,
+            1,
+            i64::MAX.unsigned_abs(),
+            i64::MAX.unsigned_abs() + 1,
+            u64::MAX,
+        ] {
             assert_eq!(bits_to_u64(bits_to_i64(n)), n);
         }
     }

@@ -18,21 +18,35 @@
 //! never on the pool: they never take a connection an append is waiting for, so a pool of one
 //! connection really is one connection for appends. Only while it is down do they borrow a
 //! pooled connection.
+//!
+//! **Stopping**: [`Background::stop`] (the store's `close`), or dropping it with the store's
+//! last clone, stops the task; before it ends, it sends the notification still owed for local
+//! commits that none has announced yet (those of the current notification gap). `stop` waits
+//! for it, so a process that closes its store before exiting never leaves other processes'
+//! subscribers waiting.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use annals::{CommitNotifier, Position};
+use annals::store::kit::CommitNotifier;
+use annals::{Error, Position, Result};
 use deadpool_postgres::Pool;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Config, NoTls, Statement};
 
+use crate::error::{map_pool, BACKEND};
 use crate::types::Xid8;
 
-/// The least time between two notifications sent for this process's commits (local subscribers
-/// are woken at once by the append itself; this only delays other processes).
-const NOTIFY_GAP: Duration = Duration::from_millis(5);
+/// The default least time between two notifications sent for this process's commits (local
+/// subscribers are woken at once by the append itself; this only delays other processes).
+pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The longest a stop waits for the notification it still owes (a server that cannot be
+/// reached makes it fail rather than hang the caller's shutdown).
+const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// The name the LISTEN connection reports in `pg_stat_activity.application_name`, unless its
 /// configuration names one already.
@@ -44,6 +58,9 @@ pub(crate) struct LocalCommits {
     /// Some local commit happened since the task last looked: notify other processes, then
     /// check the horizon.
     signal: Notify,
+    /// How many local commits there were: the task announced them all once it sent a
+    /// notification after reading this count.
+    count: AtomicU64,
 }
 
 impl LocalCommits {
@@ -54,9 +71,40 @@ impl LocalCommits {
     /// not readable yet, and nobody notifies when it ends; the check sees the horizon move and
     /// wakes them then. One notification and one check serve every commit of a gap.
     pub(crate) fn committed(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
         // Without a waiter this only stores a permit: no wake-up while the task sleeps out its
         // notification gap.
         self.signal.notify_one();
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// The running background task, as the store holds it.
+#[derive(Debug)]
+pub(crate) struct Background {
+    /// Sending, or dropping, stops the task.
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Background {
+    /// Stops the task and waits until it has sent the notification it still owed.
+    ///
+    /// # Errors
+    ///
+    /// The notification's failure ([`Error::Unavailable`] or [`Error::Timeout`] when the
+    /// server could not be told).
+    pub(crate) async fn stop(self) -> Result<()> {
+        // An error means the task ended already (its runtime is shutting down).
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(sent) => sent,
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(Error::backend(BACKEND, e)),
+        }
     }
 }
 
@@ -72,11 +120,17 @@ pub(crate) struct Watcher {
     pub(crate) notifier: CommitNotifier,
     pub(crate) local: Arc<LocalCommits>,
     pub(crate) poll_interval: Duration,
-    pub(crate) shutdown: oneshot::Receiver<()>,
+    /// The least time between two notifications for local commits.
+    pub(crate) notify_interval: Duration,
 }
 
-pub(crate) fn spawn(watcher: Watcher) {
-    tokio::spawn(watcher.run());
+/// Starts the background task (on the current Tokio runtime).
+pub(crate) fn spawn(watcher: Watcher) -> Background {
+    let (stop, stopped) = oneshot::channel();
+    Background {
+        stop,
+        task: tokio::spawn(watcher.run(stopped)),
+    }
 }
 
 /// A live LISTEN connection: its client (dropping it closes the connection), the channel its
@@ -92,18 +146,53 @@ struct Listener {
 
 const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2)";
 
+/// What the task keeps across its loop, so that a stop can finish its work.
+struct State {
+    listener: Option<Listener>,
+    /// The local commit count when the last notification was sent.
+    announced: u64,
+}
+
 impl Watcher {
-    async fn run(mut self) {
-        let mut listener: Option<Listener> = None;
+    /// Serves until `stopped` fires (or its sender is dropped), then sends the notification
+    /// still owed for local commits.
+    async fn run(self, stopped: oneshot::Receiver<()>) -> Result<()> {
+        let mut state = State {
+            listener: None,
+            announced: 0,
+        };
+        tokio::select! {
+            biased;
+            _ = stopped => {}
+            () = self.serve(&mut state) => {}
+        }
+        if self.local.count() == state.announced {
+            return Ok(());
+        }
+        let sent = match tokio::time::timeout(STOP_LIMIT, self.notify_others(&mut state)).await {
+            Ok(sent) => sent,
+            Err(elapsed) => Err(Error::Timeout {
+                backend: BACKEND,
+                source: Box::new(elapsed),
+            }),
+        };
+        if let Err(e) = &sent {
+            tracing::warn!(error = %e, "annals-postgres: the last commit notification could not be sent; other processes see those events at their next wake-up");
+        }
+        sent
+    }
+
+    /// The task's loop; it never ends by itself.
+    async fn serve(&self, state: &mut State) {
         let mut pending = true;
         let mut frontier = Position::START;
         loop {
-            if listener.is_none() {
+            if state.listener.is_none() {
                 if let Some(config) = &self.listen_config {
                     match listen(config, &self.channel, &self.token).await {
                         Ok(l) => {
                             tracing::debug!(channel = %self.channel, "annals-postgres: listening");
-                            listener = Some(l);
+                            state.listener = Some(l);
                             // Commits may have come while nobody listened.
                             pending = true;
                         }
@@ -113,29 +202,32 @@ impl Watcher {
                     }
                 }
             }
-            let polling = pending || listener.is_none();
+            let polling = pending || state.listener.is_none();
             if polling {
-                match self.check(listener.as_mut(), &mut frontier).await {
+                match self.check(state.listener.as_mut(), &mut frontier).await {
                     Some(all_visible) => pending = !all_visible,
                     None => {
                         pending = true;
                         // A check that failed on a closed LISTEN connection: reconnect now
                         // rather than when its reader notices, and poll through the pool.
-                        if listener.as_ref().is_some_and(|l| l.client.is_closed()) {
-                            listener = None;
+                        if state
+                            .listener
+                            .as_ref()
+                            .is_some_and(|l| l.client.is_closed())
+                        {
+                            state.listener = None;
                         }
                     }
                 }
             }
-            let polling = pending || listener.is_none();
+            let polling = pending || state.listener.is_none();
             let mut local = false;
             tokio::select! {
-                _ = &mut self.shutdown => return,
                 _ = self.local.signal.notified() => local = true,
-                signal = next_signal(&mut listener) => {
+                signal = next_signal(&mut state.listener) => {
                     if signal.is_none() {
                         tracing::debug!("annals-postgres: LISTEN connection lost; polling until it is back");
-                        listener = None;
+                        state.listener = None;
                     }
                     pending = true;
                 }
@@ -144,42 +236,49 @@ impl Watcher {
             if local {
                 // The check runs at the top of the loop, after the gap.
                 pending = true;
-                self.notify_others(&mut listener).await;
+                if let Err(e) = self.notify_others(state).await {
+                    // Best effort: other processes learn of the commit at the next one, or
+                    // from their own polling.
+                    tracing::debug!(error = %e, "annals-postgres: pg_notify failed");
+                }
                 // Commits that land during the gap share the next notification (and check, if
                 // one needs it): the background work stays a few statements per gap however
-                // fast appends come.
-                tokio::time::sleep(NOTIFY_GAP).await;
+                // fast appends come. A stop cuts the gap short and sends what it owes.
+                tokio::time::sleep(self.notify_interval).await;
             }
         }
     }
 
-    /// Sends one notification for other processes' stores (best effort: a failure only delays
-    /// them until the next commit or their own polling).
+    /// Sends one notification for other processes' stores, announcing every local commit so
+    /// far.
     ///
     /// A LISTEN connection that fails to send is presumed lost, even before its reader notices:
     /// it is dropped (so the loop reconnects, and checks what came meanwhile) and this
     /// notification goes through the pool instead of being lost with it.
-    async fn notify_others(&self, listener: &mut Option<Listener>) {
+    async fn notify_others(&self, state: &mut State) -> Result<()> {
+        // Read before sending: a commit counted after this is announced by the next one.
+        let count = self.local.count();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.channel, &self.token];
-        if let Some(l) = listener.as_ref() {
+        if let Some(l) = state.listener.as_ref() {
             match l.client.execute(&l.notify, &params).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    state.announced = count;
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "annals-postgres: pg_notify failed on the LISTEN connection; reconnecting");
-                    *listener = None;
+                    state.listener = None;
                 }
             }
         }
-        let sent = match self.pool.get().await {
-            Ok(client) => match client.prepare_cached(NOTIFY_SQL).await {
-                Ok(statement) => client.execute(&statement, &params).await,
-                Err(e) => Err(e),
-            },
-            Err(_) => return,
+        let client = self.pool.get().await.map_err(map_pool)?;
+        let sent = match client.prepare_cached(NOTIFY_SQL).await {
+            Ok(statement) => client.execute(&statement, &params).await,
+            Err(e) => Err(e),
         };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "annals-postgres: pg_notify failed");
-        }
+        sent.map_err(|e| crate::error::map(e, &self.schema))?;
+        state.announced = count;
+        Ok(())
     }
 
     /// Reads the readers' frontier; wakes subscribers when it moved. Returns whether every
@@ -223,11 +322,27 @@ impl Watcher {
                 return None;
             }
         };
-        let all_visible: bool = row.get(0);
-        let xid: Option<Xid8> = row.get(1);
-        let seq: Option<i64> = row.get(2);
-        if let (Some(xid), Some(seq)) = (xid, seq) {
-            let visible = Position::new(xid.0, seq as u64);
+        let read = || -> std::result::Result<_, String> {
+            let all_visible: bool = row.try_get(0).map_err(|e| e.to_string())?;
+            let xid: Option<Xid8> = row.try_get(1).map_err(|e| e.to_string())?;
+            let seq: Option<i64> = row.try_get(2).map_err(|e| e.to_string())?;
+            let visible = match (xid, seq) {
+                (Some(xid), Some(seq)) => Some(Position::new(
+                    xid.0,
+                    u64::try_from(seq).map_err(|_| format!("negative seq {seq}"))?,
+                )),
+                _ => None,
+            };
+            Ok((all_visible, visible))
+        };
+        let (all_visible, visible) = match read() {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(schema = %self.schema, error = %e, "annals-postgres: horizon check answered an unreadable row");
+                return None;
+            }
+        };
+        if let Some(visible) = visible {
             if visible > *frontier {
                 *frontier = visible;
                 self.notifier.notify(visible);

@@ -19,7 +19,7 @@ async fn count(store: &PgEventStore) -> usize {
         .await
         .expect("count")
         .get(0);
-    n as usize
+    usize::try_from(n).expect("a count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,17 +98,21 @@ async fn text_postgres_cannot_store_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_without_the_schema_says_to_call_init() {
     let store = support::builder_on(server(), "missing")
-        .build()
+        .open()
         .await
-        .expect("build");
+        .expect("open");
     assert_eq!(store.schema_version().await.expect("version"), None);
     let stream = StreamId::new("missing-1").expect("id");
     let expect_init = |what: &str, result: Result<(), Error>| match result {
-        Err(Error::Format(message)) => {
+        Err(e @ Error::NotInitialized { .. }) => {
+            let message = e.to_string();
             assert!(message.contains("init()"), "{what}: {message}");
-            assert!(message.contains(store.schema()), "{what}: {message}");
+            assert!(
+                matches!(&e, Error::NotInitialized { schema } if schema == store.schema()),
+                "{what}: {message}"
+            );
         }
-        other => panic!("{what}: expected Error::Format, got {other:?}"),
+        other => panic!("{what}: expected Error::NotInitialized, got {other:?}"),
     };
     expect_init(
         "append",
@@ -163,7 +167,18 @@ async fn a_schema_from_a_newer_version_is_refused() {
         .await
         .expect("insert");
     match store.init().await {
-        Err(Error::Format(message)) => assert!(message.contains("99"), "{message}"),
+        Err(Error::Format {
+            backend: "postgres",
+            found,
+            supported,
+            ..
+        }) => {
+            assert_eq!(found, Some(99));
+            assert_eq!(
+                supported,
+                1..=u32::try_from(annals_postgres::SCHEMA_VERSION).expect("a version")
+            );
+        }
         other => panic!("expected Error::Format, got {other:?}"),
     }
 }
@@ -173,9 +188,9 @@ async fn a_schema_from_a_newer_version_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_upgrades_a_version_1_schema_in_place() {
     let store = support::builder_on(server(), "upgrade")
-        .build()
+        .open()
         .await
-        .expect("build");
+        .expect("open");
     let schema = format!("\"{}\"", store.schema());
     let client = raw_client(server()).await;
     client
@@ -225,18 +240,36 @@ async fn bad_builder_settings_are_refused() {
         let built = PgEventStore::builder()
             .connection_string(server().connection_string())
             .schema(schema)
-            .build()
+            .open()
             .await;
-        assert!(matches!(built, Err(Error::Format(_))), "{schema:?}");
+        assert!(
+            matches!(
+                built,
+                Err(Error::Configuration {
+                    setting: "schema",
+                    ..
+                })
+            ),
+            "{schema:?}"
+        );
     }
     let built = PgEventStore::builder()
         .connection_string("host=127.0.0.1 port=notaport")
-        .build()
+        .open()
         .await;
-    assert!(matches!(built, Err(Error::Format(_))));
     assert!(matches!(
-        PgEventStore::builder().build().await,
-        Err(Error::Format(_))
+        built,
+        Err(Error::Configuration {
+            setting: "connection_string",
+            ..
+        })
+    ));
+    assert!(matches!(
+        PgEventStore::builder().open().await,
+        Err(Error::Configuration {
+            setting: "connection_string",
+            ..
+        })
     ));
 }
 

@@ -30,7 +30,10 @@ async fn sixteen_connections_race_on_one_stream() {
                     .append(
                         &stream,
                         ExpectedVersion::exact(round),
-                        vec![support::event("Raced", task as u64)],
+                        vec![support::event(
+                            "Raced",
+                            u64::try_from(task).expect("a task"),
+                        )],
                     )
                     .await
                 {
@@ -61,7 +64,7 @@ async fn sixteen_connections_race_on_one_stream() {
     );
     assert_eq!(
         lost,
-        (TASKS as u64 - 1) * ROUNDS,
+        (u64::try_from(TASKS).expect("tasks") - 1) * ROUNDS,
         "everyone else conflicted"
     );
     let versions: Vec<u64> = store
@@ -90,7 +93,7 @@ async fn sixteen_connections_create_one_stream() {
                     &StreamId::new("new-1").expect("id"),
                     ExpectedVersion::NoStream,
                     vec![
-                        support::event("Created", task as u64),
+                        support::event("Created", u64::try_from(task).expect("a task")),
                         support::event("Next", 0),
                     ],
                 )

@@ -51,7 +51,7 @@ async fn a_late_commit_is_never_skipped() {
         .expect("append A in an open transaction");
     let a_position = Position::new(
         row.get::<_, String>(0).parse().expect("xid"),
-        row.get::<_, i64>(1) as u64,
+        u64::try_from(row.get::<_, i64>(1)).expect("a seq"),
     );
 
     // Transaction B commits while A is open.
@@ -127,7 +127,7 @@ async fn concurrent_writers_never_make_a_reader_skip() {
         tokio::spawn(async move {
             let events: Vec<RecordedEvent> = tokio::time::timeout(
                 HANG_GUARD,
-                live.take(TOTAL as usize)
+                live.take(usize::try_from(TOTAL).expect("a count"))
                     .map(|e| e.expect("subscription"))
                     .collect(),
             )
@@ -165,7 +165,7 @@ async fn concurrent_writers_never_make_a_reader_skip() {
         w.await.expect("writer");
     }
     let written = written.lock().expect("lock").clone();
-    assert_eq!(written.len() as u64, TOTAL);
+    assert_eq!(u64::try_from(written.len()).expect("a count"), TOTAL);
     for reader in readers {
         let events = reader.await.expect("reader task");
         let ids: HashSet<_> = events.iter().map(|e| e.id).collect();

@@ -2,6 +2,8 @@
 
 mod support;
 
+use annals::Leases;
+use annals_postgres::lease_key;
 use support::{raw_client, server, HANG_GUARD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +59,7 @@ async fn a_lost_connection_is_noticed() {
             "SELECT pg_terminate_backend(pid) FROM pg_locks \
              WHERE locktype = 'advisory' AND objsubid = 1 AND granted \
              AND ((classid::bigint << 32) | objid::bigint) = $1",
-            &[&lease.key()],
+            &[&lease_key(store.schema(), "relay")],
         )
         .await
         .expect("terminate")

@@ -85,7 +85,7 @@ async fn a_restart_loses_nothing_acknowledged() {
         tokio::spawn(async move {
             let mut seen = HashSet::new();
             let mut resumed = 0;
-            let total = (WRITERS * PER_WRITER) as usize;
+            let total = usize::try_from(WRITERS * PER_WRITER).expect("a count");
             'outer: loop {
                 let from = loop {
                     match store.load_checkpoint("restart-test").await {
@@ -120,7 +120,7 @@ async fn a_restart_loses_nothing_acknowledged() {
     // Restart once a third of the events is acknowledged.
     tokio::time::timeout(
         HANG_GUARD,
-        progress.wait_for(|n| *n >= (WRITERS * PER_WRITER / 3) as usize),
+        progress.wait_for(|n| *n >= usize::try_from(WRITERS * PER_WRITER / 3).expect("a count")),
     )
     .await
     .expect("writers made no progress")
@@ -145,7 +145,10 @@ async fn a_restart_loses_nothing_acknowledged() {
     let errors = errors.lock().expect("lock").clone();
     assert!(!errors.is_empty(), "no append saw the restart");
     let acked: HashSet<_> = acked.lock().expect("lock").iter().copied().collect();
-    assert_eq!(acked.len(), (WRITERS * PER_WRITER) as usize);
+    assert_eq!(
+        acked.len(),
+        usize::try_from(WRITERS * PER_WRITER).expect("a count")
+    );
     let stored: Vec<_> = store
         .read_all(ReadAll::all())
         .try_collect()

@@ -16,9 +16,9 @@ async fn second_store(first: &PgEventStore, poll: Duration) -> PgEventStore {
         .connection_string(server().connection_string())
         .schema(first.schema())
         .poll_interval(poll)
-        .build()
+        .open()
         .await
-        .expect("build")
+        .expect("open")
 }
 
 async fn next_type(

@@ -37,9 +37,9 @@ pub async fn fresh_store(prefix: &str) -> PgEventStore {
     init(builder_on(server(), prefix)).await
 }
 
-/// Builds and initialises.
+/// Opens and initialises.
 pub async fn init(builder: PgEventStoreBuilder) -> PgEventStore {
-    let store = builder.build().await.expect("build the store");
+    let store = builder.open().await.expect("open the store");
     store.init().await.expect("init the schema");
     store
 }
