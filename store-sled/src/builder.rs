@@ -1,33 +1,17 @@
+//! The builder: collects the settings, checks them and hands them to the one open function.
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use annals::{Error, Limits, Result};
 
-use crate::SledEventStore;
-
-/// When an append is answered, relative to the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum Durability {
-    /// An append is answered after its events reached the disk (`fsync`). A crash, even of the
-    /// whole machine, loses no acknowledged event. Appends that arrive while a flush runs share
-    /// the next one (group commit), so concurrent writers pay for far fewer flushes than appends.
-    ///
-    /// Readers (reads, [`subscribe_all`](annals::subscribe_all)) only ever see flushed events,
-    /// so nothing a reader has seen can vanish in a crash.
-    #[default]
-    Flush,
-    /// An append is answered after its events are written in memory; the store flushes on a
-    /// timer (see [`SledStoreBuilder::flush_interval`]) and on close. A crash of the process or
-    /// machine may lose the events of the last interval — whole appends only, never part of one,
-    /// and never anything before a flushed append. Readers see events as soon as they are
-    /// answered, so after such a crash a position a reader saw may be given to another event.
-    Buffered,
-}
+use crate::open::{self, Settings};
+use crate::{Durability, SledEventStore};
 
 /// Opens a [`SledEventStore`]; made by [`SledEventStore::builder`].
 ///
 /// ```
+/// use annals::EventStore;
 /// use annals_sled::{Durability, SledEventStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -43,22 +27,29 @@ pub enum Durability {
 /// # }
 /// ```
 #[derive(Clone, Debug)]
-pub struct SledStoreBuilder {
-    pub(crate) path: Option<PathBuf>,
-    pub(crate) temporary: bool,
-    pub(crate) durability: Durability,
-    pub(crate) limits: Limits,
-    pub(crate) cache_bytes: u64,
-    pub(crate) flush_interval: Duration,
+pub struct SledEventStoreBuilder {
+    path: Option<PathBuf>,
+    temporary: bool,
+    durability: Durability,
+    limits: Limits,
+    cache_bytes: u64,
+    flush_interval: Duration,
 }
 
-impl Default for SledStoreBuilder {
-    fn default() -> Self {
-        SledStoreBuilder::new()
+impl SledEventStore {
+    /// A builder; see [`SledEventStoreBuilder::new`] for the defaults.
+    pub fn builder() -> SledEventStoreBuilder {
+        SledEventStoreBuilder::new()
     }
 }
 
-impl SledStoreBuilder {
+impl Default for SledEventStoreBuilder {
+    fn default() -> Self {
+        SledEventStoreBuilder::new()
+    }
+}
+
+impl SledEventStoreBuilder {
     /// A builder with the defaults:
     ///
     /// - path: none; [`path`](Self::path) or [`temporary`](Self::temporary) must be set before
@@ -70,7 +61,7 @@ impl SledStoreBuilder {
     /// - flush interval: 500 ms, the most a [`Durability::Buffered`] store waits before
     ///   flushing what it has written (sled's own default).
     pub fn new() -> Self {
-        SledStoreBuilder {
+        SledEventStoreBuilder {
             path: None,
             temporary: false,
             durability: Durability::Flush,
@@ -128,27 +119,38 @@ impl SledStoreBuilder {
     ///
     /// # Errors
     ///
-    /// - [`Error::Format`] when neither a path nor `temporary` was given, when the data was
-    ///   written in a format this build does not know (a newer `annals-sled`), or when the
-    ///   directory holds a sled database that is not an Annals store;
+    /// - [`Error::Configuration`] when neither a path nor `temporary` was given (setting
+    ///   `path`), or when the flush interval is zero (setting `flush_interval`);
+    /// - [`Error::Format`] when the data was written in a format this build does not know (a
+    ///   newer `annals-sled`), when its format marker is damaged, or when the directory holds a
+    ///   sled database that is not an Annals store;
     /// - [`Error::Unavailable`] when sled cannot open the directory (for example because
     ///   another process has it open: its lock is waited for up to half a second first);
     /// - [`Error::Corrupt`] when sled finds its files damaged.
     pub async fn open(self) -> Result<SledEventStore> {
+        open::open(self.settings()?).await
+    }
+
+    /// The checked settings.
+    fn settings(self) -> Result<Settings> {
         if !self.temporary && self.path.is_none() {
-            return Err(Error::Format(
-                "no path given: call `path(..)` or `temporary()` on the builder before `open()`"
-                    .into(),
+            return Err(Error::configuration(
+                "path",
+                "no path given: call `path(..)` or `temporary()` on the builder before `open()`",
             ));
         }
         if self.flush_interval.is_zero() {
-            return Err(Error::Format(
-                "the flush interval must be above zero".into(),
+            return Err(Error::configuration(
+                "flush_interval",
+                "the flush interval must be above zero",
             ));
         }
-        // Opening replays sled's log: blocking file I/O, kept off the async workers.
-        tokio::task::spawn_blocking(move || SledEventStore::open_blocking(self))
-            .await
-            .map_err(|e| Error::backend("sled", e))?
+        Ok(Settings {
+            path: self.path,
+            durability: self.durability,
+            limits: self.limits,
+            cache_bytes: self.cache_bytes,
+            flush_interval: self.flush_interval,
+        })
     }
 }

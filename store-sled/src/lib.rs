@@ -2,9 +2,10 @@
 //!
 //! The embedded [Annals](annals) event store: durable, with no server to start, on
 //! [sled](https://docs.rs/sled/0.34.7) 0.34.7. [`SledEventStore`] implements
-//! [`EventStore`](annals::EventStore), [`SnapshotStore`](annals::SnapshotStore) and
-//! [`CheckpointStore`](annals::CheckpointStore), and passes the conformance suite of
-//! `annals-testkit`.
+//! [`EventStore`](annals::EventStore) (with its [`close`](annals::EventStore::close) and
+//! [`verify`](annals::EventStore::verify)), [`SnapshotStore`](annals::SnapshotStore),
+//! [`CheckpointStore`](annals::CheckpointStore) and [`Leases`](annals::Leases), and passes the
+//! conformance suite of `annals-testkit`.
 //!
 //! # Usage
 //!
@@ -49,29 +50,42 @@
 //! - **Readers never see what could vanish**: with [`Durability::Flush`], reads and
 //!   subscriptions see only flushed events.
 //! - **Integrity**: every stored value carries a CRC-32 over its key and bytes; reads check
-//!   it and a mismatch is [`Error::Corrupt`](annals::Error::Corrupt) naming the stream, version
-//!   and position. [`SledEventStore::verify`] walks the whole store.
-//! - **Format**: the layout is versioned (`FORMAT.md`); a store written by a newer build is
-//!   refused with [`Error::Format`](annals::Error::Format), never misread.
+//!   it and a mismatch is [`Error::Corrupt`](annals::Error::Corrupt) whose
+//!   [`RecordPlace`](annals::RecordPlace) names the stream, version and position.
+//!   [`verify`](annals::EventStore::verify) walks the whole store and reports what it finds in
+//!   the core [`VerifyReport`](annals::VerifyReport).
+//! - **Format**: the layout is versioned (`FORMAT.md`); a store written by a newer build, a
+//!   damaged format marker, or a sled database that is not an Annals store is refused with
+//!   [`Error::Format`](annals::Error::Format) (`backend: "sled"`, the version `found` when
+//!   readable, and the `supported` versions: 2 to [`FORMAT_VERSION`], a format 2 store being
+//!   upgraded in place at open), never misread. Builder mistakes (no path, a zero flush
+//!   interval) are [`Error::Configuration`](annals::Error::Configuration).
 //! - **Bounded memory**: sled's cache (64 MiB by default) bounds what is held whatever the
 //!   size of the store; besides it, only the not-yet-indexed tail of the log (at most tens of
 //!   thousands of events' ids and places) and a bounded cache of stream heads stay in memory.
+//! - **Reads off the async workers**: reads fetch their pages of sled records (a few hundred
+//!   records each) inside `block_in_place` on a multi-thread tokio runtime and on the blocking
+//!   pool on a current-thread one, so a long read never holds up the runtime's other tasks.
+//!   (Known limit: on a current-thread runtime that has *entered* a multi-thread runtime's
+//!   handle, tokio cannot tell the two apart and `block_in_place` panics; read and append from
+//!   a task of the runtime you entered in that setup.)
+//! - **Leases** ([`Leases`](annals::Leases)): in-process ([`LocalLeases`](annals::LocalLeases)),
+//!   shared by the clones of a store. That is enough because a sled database is opened by one
+//!   process at a time (sled locks its files), so every user of the data is in this process.
 //!
 //! # Supported Rust versions
 //!
 //! The minimum supported Rust version is 1.89.
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 mod builder;
+mod commit_state;
+mod durability;
+mod error;
 mod flusher;
 mod format;
+mod lookup;
+mod num;
+mod open;
 mod overlay;
 mod read;
 mod recover;
@@ -79,26 +93,13 @@ mod store;
 mod verify;
 mod writer;
 
-pub use builder::{Durability, SledStoreBuilder};
+pub use builder::SledEventStoreBuilder;
+pub use durability::Durability;
 pub use store::SledEventStore;
-pub use verify::{Problem, ProblemKind, VerifyReport, MAX_PROBLEMS};
 
-/// The version of the on-disk format this build writes and reads (see `FORMAT.md`).
+/// The version of the on-disk format this build writes and reads (see `FORMAT.md`). Stores in
+/// format 2 are opened too, and marked 3 on the way (format 3 only added id segments).
 pub const FORMAT_VERSION: u32 = format::FORMAT_VERSION;
-
-/// Maps a sled failure to the Annals error.
-fn sled_error(error: sled::Error) -> annals::Error {
-    match error {
-        sled::Error::Corruption { at, .. } => annals::Error::corrupt(
-            None,
-            None,
-            None,
-            format!("sled found its files damaged (at {at:?})"),
-        ),
-        sled::Error::Unsupported(message) => annals::Error::Format(format!("sled: {message}")),
-        other => annals::Error::backend("sled", other),
-    }
-}
 
 /// Hooks for recovery tests: they write what a crash at a chosen moment leaves behind. Not part
 /// of the supported API.
@@ -106,8 +107,10 @@ fn sled_error(error: sled::Error) -> annals::Error {
 pub mod testing {
     use annals::{EventData, Result, StreamId, Timestamp};
 
+    use crate::error::sled_error;
+    use crate::num::u64_from;
     use crate::overlay::{index_batch, CommitInfo};
-    use crate::{format, recover, sled_error};
+    use crate::{format, recover};
 
     fn commit(
         tree: &sled::Tree,
@@ -118,7 +121,7 @@ pub mod testing {
         let first = recover::log_end(tree)? + 1;
         let bodies: Vec<Vec<u8>> = events.iter().map(format::encode_body).collect();
         let recorded_at = Timestamp::now();
-        let key = format::commit_key(first, first + events.len() as u64 - 1);
+        let key = format::commit_key(first, first + u64_from(events.len()) - 1);
         let value = format::commit_value(
             &key,
             recorded_at,

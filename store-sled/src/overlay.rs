@@ -19,11 +19,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use annals::store::StoredEventRef;
+use annals::store::kit::StoredEventRef;
 use annals::{Error, EventId, Position, Result, StreamId, Timestamp, Version};
 
+use crate::error::sled_error;
 use crate::format::{self, Head};
-use crate::sled_error;
+use crate::num::{micros, u64_from};
 
 /// Unindexed events at which the background indexer is asked to run.
 pub(crate) const INDEX_AT: usize = 4096;
@@ -43,7 +44,7 @@ pub(crate) struct CommitInfo {
 
 impl CommitInfo {
     pub(crate) fn count(&self) -> u64 {
-        self.ids.len() as u64
+        u64_from(self.ids.len())
     }
     pub(crate) fn last(&self) -> u64 {
         self.first + self.count() - 1
@@ -67,7 +68,7 @@ struct State {
     /// The same, per stream, in version order.
     streams: HashMap<StreamId, VecDeque<Arc<CommitInfo>>>,
     /// Their event ids: the commit and the index in it.
-    ids: HashMap<EventId, (Arc<CommitInfo>, u32)>,
+    ids: HashMap<EventId, (Arc<CommitInfo>, u64)>,
     events: usize,
 }
 
@@ -176,8 +177,8 @@ impl Overlay {
     pub(crate) fn push(&self, commit: CommitInfo) {
         let commit = Arc::new(commit);
         let mut state = self.write();
-        for (i, id) in commit.ids.iter().enumerate() {
-            state.ids.insert(*id, (commit.clone(), i as u32));
+        for (i, id) in (0u64..).zip(&commit.ids) {
+            state.ids.insert(*id, (commit.clone(), i));
         }
         state.events += commit.ids.len();
         state
@@ -199,8 +200,8 @@ impl Overlay {
         let (commit, i) = state.ids.get(&id)?;
         Some(StoredEventRef {
             stream_id: commit.stream.clone(),
-            version: Version::new(commit.first_version + u64::from(*i)),
-            position: Position::sequence(commit.first + u64::from(*i)),
+            version: Version::new(commit.first_version + *i),
+            position: Position::sequence(commit.first + *i),
         })
     }
 
@@ -297,7 +298,7 @@ impl Overlay {
             return Err(sled_error(error));
         }
         self.written.fetch_max(last, Ordering::AcqRel);
-        span.record("apply_us", started.elapsed().as_micros() as u64);
+        span.record("apply_us", micros(started.elapsed()));
         // In sled now: readers find them there from here on.
         let mut state = self.write();
         for commit in &commits {
@@ -365,8 +366,8 @@ fn index_entries<'a>(
                 commit.count(),
             )),
         }
-        for (i, id) in commit.ids.iter().enumerate() {
-            let position = commit.first + i as u64;
+        for (i, id) in (0u64..).zip(&commit.ids) {
+            let position = commit.first + i;
             let bytes = *id.as_uuid().as_bytes();
             if bytes > *frontier {
                 segment.push((bytes, position));
@@ -375,7 +376,7 @@ fn index_entries<'a>(
             let key = format::id_key(*id);
             put(
                 key.to_vec(),
-                format::id_value(&key, stream, commit.first_version + i as u64, position),
+                format::id_value(&key, stream, commit.first_version + i, position),
             );
         }
         heads.insert(&commit.stream, commit.head());

@@ -1,28 +1,113 @@
-//! Reads. They run beside the writer (sled is concurrent) in the caller's task, a page at a time:
-//! each poll does at most [`PAGE`] records of in-memory (or page-cache) sled work, so a long
-//! read never holds an async worker for long, and no read holds more than a page in memory.
+//! Reads. They run beside the writer (sled is concurrent), a page of at most [`PAGE`] records at
+//! a time ([`annals::store::kit::paged`]): a reader that stops early costs no further page, and
+//! no read holds more than a page in memory.
+//!
+//! Sled page reads are blocking (file I/O when the page cache misses), so no page is read on an
+//! async worker: on a multi-thread runtime inside `block_in_place` (the worker's other tasks
+//! move to another thread meanwhile), on a current-thread runtime on the blocking pool, so a
+//! long read never stops the runtime's other tasks (see [`off_worker`]). What decides whether
+//! there is a page to read at all — the stream's head, the visibility mark — runs in place, as
+//! [`stream_version`](annals::EventStore::stream_version) does, so a caught-up reader (a
+//! repository catching up a cached aggregate, a subscription woken by a commit it has seen)
+//! costs no hand-off.
 //!
 //! Every read sees only positions up to the `visible` mark taken when it starts: flushed events
 //! under `Durability::Flush`, so nothing a reader saw can vanish in a crash.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use annals::store::kit::{paged, Page};
 use annals::{
-    category_of, Direction, Error, Position, ReadAll, ReadStream, RecordedEvent, Result, StreamId,
-    StreamInfo, Version,
+    category_of, Direction, Error, Position, ReadAll, ReadStream, RecordPlace, RecordedEvent,
+    Result, StreamId, StreamInfo, Version,
 };
-use futures::stream::{self, BoxStream};
-use futures::StreamExt;
+use futures::stream::BoxStream;
 
+use crate::error::{corrupt_somewhere, sled_error};
 use crate::format::{self, Head, HEAD};
+use crate::lookup::read_head;
 use crate::overlay::Overlay;
 use crate::recover;
-use crate::sled_error;
-use crate::writer::read_head;
 
-/// Events read per poll.
+/// Records read per page.
 const PAGE: u64 = 256;
+
+/// A read's position between pages.
+trait Pages: Sized + Send + 'static {
+    /// What the read yields.
+    type Item: Send + 'static;
+
+    /// Whether another page is to be read, found without a page read (in memory, or with at
+    /// most the point lookup [`stream_version`](annals::EventStore::stream_version) makes too):
+    /// run in place, so a read with nothing to read (a caught-up reader) costs no hand-off.
+    fn more(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// Adds the next page's items to `out` (sled page reads, run off the async workers);
+    /// returns whether the read is over.
+    fn fill(&mut self, out: &mut Vec<Result<Self::Item>>) -> Result<bool>;
+
+    /// Reads the next page: its items (the good ones, then the error if the page failed), and
+    /// the cursor unless the read is over.
+    fn page(mut self) -> Page<Self::Item, Self> {
+        let mut items = Vec::new();
+        match self.fill(&mut items) {
+            Ok(done) => Page {
+                items,
+                next: (!done).then_some(self),
+            },
+            Err(error) => {
+                items.push(Err(error));
+                Page::last(items)
+            }
+        }
+    }
+}
+
+/// A read of `cursor`'s pages as one stream, each page read off the async workers.
+fn read_pages<C: Pages>(cursor: C) -> BoxStream<'static, Result<C::Item>> {
+    paged(Some(cursor), |mut cursor: C| {
+        // Taken when the page is asked for, inside the read's span, so the page's sled work is
+        // measured under it wherever it runs.
+        let span = tracing::Span::current();
+        async move {
+            if !cursor.more()? {
+                return Ok(Page::last(Vec::new()));
+            }
+            off_worker(move || span.in_scope(|| cursor.page())).await
+        }
+    })
+}
+
+/// Runs `work` (blocking sled reads) where it holds no async worker:
+///
+/// - on a multi-thread runtime, in place inside [`block_in_place`](tokio::task::block_in_place):
+///   the worker's other tasks move to another thread meanwhile, and the page costs no hand-off
+///   of its own (a hand-off to the blocking pool for every page cut the rate of long reads by
+///   a third or more when measured);
+/// - on a current-thread runtime, on the blocking pool ([`spawn_blocking`](tokio::task::spawn_blocking)),
+///   so the runtime's only thread keeps running the other tasks;
+/// - outside a tokio runtime, in place.
+///
+/// Known limit, as for the writer's inline commit: a current-thread runtime that has *entered* a
+/// multi-thread runtime's handle is taken for the multi-thread runtime, and `block_in_place`
+/// then panics; read from a task of the runtime you entered in that setup.
+async fn off_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return Ok(work());
+    };
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        return Ok(tokio::task::block_in_place(work));
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::backend("sled", e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// One stream
 
 /// The stream's head as readers may see it: the last version at or below `visible`.
 pub(crate) fn head_at(
@@ -47,9 +132,9 @@ pub(crate) fn head_at(
 
 fn missing(stream: &StreamId, version: u64) -> Error {
     Error::corrupt(
-        Some(stream.clone()),
-        Some(Version::new(version)),
-        None,
+        RecordPlace::new()
+            .stream(stream.clone())
+            .version(Version::new(version)),
         "the record is missing although the stream's head is past it",
     )
 }
@@ -69,19 +154,12 @@ fn places(
     let id = stream.as_str();
     let mut add = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<()> {
         let (key, value) = item.map_err(sled_error)?;
-        let (_, version) = format::parse_stream_key(&key).map_err(|reason| {
-            Error::corrupt(
-                Some(stream.clone()),
-                None,
-                None,
-                format!("stream index: {reason}"),
-            )
-        })?;
+        let at = RecordPlace::new().stream(stream.clone());
+        let (_, version) = format::parse_stream_key(&key)
+            .map_err(|reason| Error::corrupt(at.clone(), format!("stream index: {reason}")))?;
         let place = format::decode_stream_index(&key, &value).map_err(|reason| {
             Error::corrupt(
-                Some(stream.clone()),
-                Some(Version::new(version)),
-                None,
+                at.version(Version::new(version)),
                 format!("stream index: {reason}"),
             )
         })?;
@@ -114,27 +192,23 @@ struct StreamCursor {
     /// The next version to read and the last one (inclusive), in reading order; `None` until
     /// planned.
     range: Option<(u64, u64)>,
-    done: bool,
-    buffer: VecDeque<RecordedEvent>,
-    /// An error met while filling, yielded after the good events before it.
-    failed: Option<Error>,
 }
 
-impl StreamCursor {
-    fn fill(&mut self) -> Result<()> {
-        let (next, last) = match self.range {
-            Some(range) => range,
-            None => {
-                let head = head_at(&self.tree, &self.overlay, &self.stream, self.visible)?;
-                let head = Version::new(head.map_or(0, |h| h.version));
-                match self.options.range(head) {
-                    Some((first, last)) => (first.get(), last.get()),
-                    None => {
-                        self.done = true;
-                        return Ok(());
-                    }
-                }
-            }
+impl Pages for StreamCursor {
+    type Item = RecordedEvent;
+
+    fn more(&mut self) -> Result<bool> {
+        if self.range.is_none() {
+            self.range = self.plan()?;
+        }
+        Ok(self.range.is_some())
+    }
+
+    /// Adds the next page's events to `out`; returns whether the read is over.
+    fn fill(&mut self, out: &mut Vec<Result<RecordedEvent>>) -> Result<bool> {
+        // Planned by `more`, which found something to read.
+        let Some((next, last)) = self.range else {
+            return Ok(true);
         };
         let forward = self.options.direction == Direction::Forward;
         let (lo, hi) = if forward {
@@ -143,9 +217,8 @@ impl StreamCursor {
             (next.saturating_sub(PAGE - 1).max(last), next)
         };
         // Mark the page done first: an error below ends the read.
-        if (forward && hi >= last) || (!forward && lo <= last) {
-            self.done = true;
-        } else {
+        let done = (forward && hi >= last) || (!forward && lo <= last);
+        if !done {
             self.range = Some(if forward {
                 (hi + 1, last)
             } else {
@@ -155,54 +228,85 @@ impl StreamCursor {
         let places = places(&self.tree, &self.overlay, &self.stream, lo, hi)?;
         let mut v = if forward { lo } else { hi };
         while (forward && v <= hi) || (!forward && v >= lo) {
-            let Some((&fv, &(fp, count))) = places.range(..=v).next_back() else {
-                return Err(missing(&self.stream, v));
-            };
-            if v > fv + count - 1 {
-                return Err(missing(&self.stream, v));
-            }
-            let p = fp + (v - fv);
-            let at = Some(Position::sequence(p));
-            let corrupt = |reason: String| {
-                Error::corrupt(Some(self.stream.clone()), Some(Version::new(v)), at, reason)
-            };
-            let (key, value) = format::commit_at(&self.tree, p)
-                .map_err(sled_error)?
-                .ok_or_else(|| {
-                    corrupt("the stream index points to a commit record that does not exist".into())
-                })?;
-            let commit = format::parse_commit(&key, &value).map_err(corrupt)?;
-            // The commit's own versions, as they map onto the run (fv, fp, count).
-            let cfv = commit.first_version;
-            let consistent = commit.stream == self.stream.as_str()
-                && commit.first.checked_sub(fp).map(|d| fv + d) == Some(cfv);
-            if !consistent {
-                return Err(corrupt(format!(
-                    "the stream index points to a commit of `{}` version {}",
-                    commit.stream, commit.first_version
-                )));
-            }
-            // The part of this commit inside both the run and the page.
-            let c_last = cfv + commit.count() - 1;
-            let (a, b) = (cfv.max(lo), c_last.min(fv + count - 1).min(hi));
-            if forward {
-                for x in v..=b {
-                    let event = commit.event(&self.stream, (x - cfv) as usize)?;
-                    self.buffer.push_back(event);
-                }
-                v = b + 1;
-            } else {
-                for x in (a..=v).rev() {
-                    let event = commit.event(&self.stream, (x - cfv) as usize)?;
-                    self.buffer.push_back(event);
-                }
-                if a == 0 {
-                    break;
-                }
-                v = a - 1;
+            match self.read_run(&places, v, lo, hi, forward, out)? {
+                Some(next) => v = next,
+                None => break,
             }
         }
-        Ok(())
+        Ok(done)
+    }
+}
+
+impl StreamCursor {
+    /// Where the read goes: the first and last versions in reading order, `None` when there is
+    /// nothing to read.
+    fn plan(&self) -> Result<Option<(u64, u64)>> {
+        let head = head_at(&self.tree, &self.overlay, &self.stream, self.visible)?;
+        let head = Version::new(head.map_or(0, |h| h.version));
+        Ok(self
+            .options
+            .range(head)
+            .map(|(first, last)| (first.get(), last.get())))
+    }
+
+    /// Reads the events of the commit holding version `v` that lie in the page `lo..=hi` into
+    /// `out`, from `v` on in reading order. Returns the next version to read (`None` when a
+    /// backward read passed version 0).
+    fn read_run(
+        &self,
+        places: &BTreeMap<u64, (u64, u64)>,
+        v: u64,
+        lo: u64,
+        hi: u64,
+        forward: bool,
+        out: &mut Vec<Result<RecordedEvent>>,
+    ) -> Result<Option<u64>> {
+        let Some((&fv, &(fp, count))) = places.range(..=v).next_back() else {
+            return Err(missing(&self.stream, v));
+        };
+        if v > fv + count - 1 {
+            return Err(missing(&self.stream, v));
+        }
+        let p = fp + (v - fv);
+        let corrupt = |reason: String| {
+            Error::corrupt(
+                RecordPlace::new()
+                    .stream(self.stream.clone())
+                    .version(Version::new(v))
+                    .position(Position::sequence(p)),
+                reason,
+            )
+        };
+        let (key, value) = format::commit_at(&self.tree, p)
+            .map_err(sled_error)?
+            .ok_or_else(|| {
+                corrupt("the stream index points to a commit record that does not exist".into())
+            })?;
+        let commit = format::parse_commit(&key, &value).map_err(corrupt)?;
+        // The commit's own versions, as they map onto the run (fv, fp, count).
+        let cfv = commit.first_version;
+        let consistent = commit.stream == self.stream.as_str()
+            && commit.first.checked_sub(fp).map(|d| fv + d) == Some(cfv);
+        if !consistent {
+            return Err(corrupt(format!(
+                "the stream index points to a commit of `{}` version {}",
+                commit.stream, commit.first_version
+            )));
+        }
+        // The part of this commit inside both the run and the page.
+        let c_last = cfv + commit.count() - 1;
+        let (a, b) = (cfv.max(lo), c_last.min(fv + count - 1).min(hi));
+        if forward {
+            for x in v..=b {
+                out.push(Ok(commit.event(&self.stream, x - cfv)?));
+            }
+            Ok(Some(b + 1))
+        } else {
+            for x in (a..=v).rev() {
+                out.push(Ok(commit.event(&self.stream, x - cfv)?));
+            }
+            Ok(a.checked_sub(1))
+        }
     }
 }
 
@@ -221,32 +325,12 @@ pub(crate) fn stream(
         options,
         visible,
         range: None,
-        done: false,
-        buffer: VecDeque::new(),
-        failed: None,
     };
-    stream::unfold(cursor, |mut cursor| async move {
-        loop {
-            if let Some(event) = cursor.buffer.pop_front() {
-                return Some((Ok(event), cursor));
-            }
-            if let Some(error) = cursor.failed.take() {
-                return Some((Err(error), cursor));
-            }
-            if cursor.done {
-                return None;
-            }
-            let _span =
-                tracing::trace_span!("read_stream", store = "sled", stream = %cursor.stream)
-                    .entered();
-            if let Err(error) = cursor.fill() {
-                cursor.done = true;
-                cursor.failed = Some(error);
-            }
-        }
-    })
-    .boxed()
+    read_pages(cursor)
 }
+
+// ---------------------------------------------------------------------------------------------
+// The global log
 
 struct LogCursor {
     tree: sled::Tree,
@@ -255,18 +339,21 @@ struct LogCursor {
     next: u64,
     remaining: usize,
     last_stream: Option<StreamId>,
-    done: bool,
-    buffer: VecDeque<RecordedEvent>,
-    /// An error met while filling, yielded after the good events before it.
-    failed: Option<Error>,
 }
 
-impl LogCursor {
-    fn fill(&mut self) -> Result<()> {
+impl Pages for LogCursor {
+    type Item = RecordedEvent;
+
+    fn more(&mut self) -> Result<bool> {
+        Ok(self.remaining > 0 && self.next <= self.visible)
+    }
+
+    /// Adds the next page's events (those the filter keeps) to `out`; returns whether the read
+    /// is over.
+    fn fill(&mut self, out: &mut Vec<Result<RecordedEvent>>) -> Result<bool> {
         let hi = self.visible.min(self.next.saturating_add(PAGE - 1));
         if self.next > hi || self.remaining == 0 {
-            self.done = true;
-            return Ok(());
+            return Ok(true);
         }
         // The commit holding `next` starts at or before it.
         let from = match self
@@ -277,70 +364,83 @@ impl LogCursor {
             Some(item) => item.map_err(sled_error)?.0.to_vec(),
             None => format::commit_key(self.next, 0).to_vec(),
         };
-        let filter = &self.options.filter;
         for item in self
             .tree
             .range(from..=format::commit_key(hi, u64::MAX).to_vec())
         {
             let (key, value) = item.map_err(sled_error)?;
-            let (first, last) = format::parse_commit_key(&key)
-                .ok_or_else(|| Error::corrupt(None, None, None, "malformed commit key"))?;
-            if last < self.next {
-                continue;
+            if self.read_commit(&key, &value, out)? {
+                return Ok(true);
             }
-            if first > self.next {
-                return Err(gap(self.next, first));
-            }
-            let at = Some(Position::sequence(first));
-            let commit = format::parse_commit(&key, &value).map_err(|reason| {
-                Error::corrupt(None, None, at, format!("commit record: {reason}"))
-            })?;
-            let skip = !filter.categories.is_empty()
-                && !filter
-                    .categories
-                    .iter()
-                    .any(|c| c == category_of(commit.stream));
-            if !skip {
-                let stream_id = match &self.last_stream {
-                    Some(s) if s.as_str() == commit.stream => s.clone(),
-                    _ => {
-                        let s = StreamId::new(commit.stream).map_err(|e| {
-                            Error::corrupt(None, None, at, format!("commit record: {e}"))
-                        })?;
-                        self.last_stream = Some(s.clone());
-                        s
-                    }
-                };
-                for i in (self.next - first)..commit.count() {
-                    let event = commit.event(&stream_id, i as usize)?;
-                    self.next = first + i + 1;
-                    if filter.matches(&event) {
-                        self.buffer.push_back(event);
-                        self.remaining -= 1;
-                        if self.remaining == 0 {
-                            self.done = true;
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            self.next = last + 1;
         }
         if self.next <= hi {
             return Err(gap(self.next, hi + 1));
         }
-        if self.next > self.visible {
-            self.done = true;
+        Ok(self.next > self.visible)
+    }
+}
+
+impl LogCursor {
+    /// Reads the events of one commit record from `next` on into `out`; returns whether the
+    /// read's limit is reached.
+    fn read_commit(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        out: &mut Vec<Result<RecordedEvent>>,
+    ) -> Result<bool> {
+        let (first, last) = format::parse_commit_key(key)
+            .ok_or_else(|| corrupt_somewhere("malformed commit key"))?;
+        if last < self.next {
+            return Ok(false);
         }
-        Ok(())
+        if first > self.next {
+            return Err(gap(self.next, first));
+        }
+        let at = RecordPlace::new().position(Position::sequence(first));
+        let commit = format::parse_commit(key, value)
+            .map_err(|reason| Error::corrupt(at.clone(), format!("commit record: {reason}")))?;
+        let filter = &self.options.filter;
+        let skip = !filter.categories.is_empty()
+            && !filter
+                .categories
+                .iter()
+                .any(|c| c == category_of(commit.stream));
+        if !skip {
+            let stream_id = self.stream_id(commit.stream, at)?;
+            for i in (self.next - first)..commit.count() {
+                let event = commit.event(&stream_id, i)?;
+                self.next = first + i + 1;
+                if self.options.filter.matches(&event) {
+                    out.push(Ok(event));
+                    self.remaining -= 1;
+                    if self.remaining == 0 {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        self.next = last + 1;
+        Ok(false)
+    }
+
+    /// The id of the stream a commit record names (the last one again when it repeats).
+    fn stream_id(&mut self, stream: &str, at: RecordPlace) -> Result<StreamId> {
+        match &self.last_stream {
+            Some(s) if s.as_str() == stream => Ok(s.clone()),
+            _ => {
+                let s = StreamId::new(stream)
+                    .map_err(|e| Error::corrupt(at, format!("commit record: {e}")))?;
+                self.last_stream = Some(s.clone());
+                Ok(s)
+            }
+        }
     }
 }
 
 fn gap(from: u64, to: u64) -> Error {
     Error::corrupt(
-        None,
-        None,
-        Some(Position::sequence(from)),
+        RecordPlace::new().position(Position::sequence(from)),
         format!(
             "the global log has no record of positions {from} to {}",
             to - 1
@@ -369,39 +469,12 @@ pub(crate) fn all(
         visible,
         next,
         last_stream: None,
-        done: false,
-        buffer: VecDeque::new(),
-        failed: None,
     };
-    stream::unfold(cursor, |mut cursor| async move {
-        loop {
-            if let Some(event) = cursor.buffer.pop_front() {
-                return Some((Ok(event), cursor));
-            }
-            if let Some(error) = cursor.failed.take() {
-                return Some((Err(error), cursor));
-            }
-            if cursor.done {
-                return None;
-            }
-            let filled = {
-                let _span =
-                    tracing::trace_span!("read_all", store = "sled", from = cursor.next).entered();
-                cursor.fill()
-            };
-            if let Err(error) = filled {
-                cursor.done = true;
-                cursor.failed = Some(error);
-                continue;
-            }
-            if cursor.buffer.is_empty() && !cursor.done {
-                // A page the filter emptied: let other tasks run before the next one.
-                tokio::task::yield_now().await;
-            }
-        }
-    })
-    .boxed()
+    read_pages(cursor)
 }
+
+// ---------------------------------------------------------------------------------------------
+// The streams
 
 struct HeadCursor {
     tree: sled::Tree,
@@ -410,12 +483,13 @@ struct HeadCursor {
     caught_up: bool,
     visible: u64,
     after: Option<sled::IVec>,
-    done: bool,
-    buffer: VecDeque<StreamInfo>,
 }
 
-impl HeadCursor {
-    fn fill(&mut self) -> Result<()> {
+impl Pages for HeadCursor {
+    type Item = StreamInfo;
+
+    /// Adds the next page of streams to `out`; returns whether the listing is over.
+    fn fill(&mut self, out: &mut Vec<Result<StreamInfo>>) -> Result<bool> {
         if !self.caught_up {
             // Streams are listed from their heads: index what is visible first.
             self.overlay.index(&self.tree, self.visible)?;
@@ -430,29 +504,29 @@ impl HeadCursor {
             }
         };
         let mut read = 0;
-        for item in range.take(PAGE as usize) {
+        for item in range.take(PAGE_STREAMS) {
             read += 1;
             let (key, _) = item.map_err(sled_error)?;
             let text = std::str::from_utf8(&key[1..])
-                .map_err(|_| Error::corrupt(None, None, None, "a stream head's id is not UTF-8"))?;
-            let stream = StreamId::new(text)
-                .map_err(|e| Error::corrupt(None, None, None, format!("stream head: {e}")))?;
+                .map_err(|_| corrupt_somewhere("a stream head's id is not UTF-8"))?;
+            let stream =
+                StreamId::new(text).map_err(|e| corrupt_somewhere(format!("stream head: {e}")))?;
             if let Some(head) = head_at(&self.tree, &self.overlay, &stream, self.visible)? {
-                self.buffer.push_back(StreamInfo {
-                    stream_id: stream,
-                    version: Version::new(head.version),
-                    last_position: Position::sequence(head.last_position),
-                    last_recorded_at: head.last_recorded_at,
-                });
+                out.push(Ok(StreamInfo::new(
+                    stream,
+                    Version::new(head.version),
+                    Position::sequence(head.last_position),
+                    head.last_recorded_at,
+                )));
             }
             self.after = Some(key);
         }
-        if read < PAGE {
-            self.done = true;
-        }
-        Ok(())
+        Ok(read < PAGE_STREAMS)
     }
 }
+
+/// Streams listed per page.
+const PAGE_STREAMS: usize = 256;
 
 /// Lists the streams, in id order.
 pub(crate) fn streams(
@@ -466,22 +540,6 @@ pub(crate) fn streams(
         caught_up: false,
         visible,
         after: None,
-        done: false,
-        buffer: VecDeque::new(),
     };
-    stream::unfold(cursor, |mut cursor| async move {
-        loop {
-            if let Some(info) = cursor.buffer.pop_front() {
-                return Some((Ok(info), cursor));
-            }
-            if cursor.done {
-                return None;
-            }
-            if let Err(error) = cursor.fill() {
-                cursor.done = true;
-                return Some((Err(error), cursor));
-            }
-        }
-    })
-    .boxed()
+    read_pages(cursor)
 }

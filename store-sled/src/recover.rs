@@ -14,11 +14,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use annals::{Error, Position, Result, StreamId, Version};
+use annals::{Error, Position, RecordPlace, Result, StreamId, Version};
 
+use crate::error::{corrupt_somewhere, sled_error};
 use crate::format::{self, Head, COMMIT, HEAD, ID, SEGMENT, STREAM};
 use crate::overlay::{index_batch, CommitInfo};
-use crate::sled_error;
 
 /// The last position of the log (0 when empty).
 pub(crate) fn log_end(tree: &sled::Tree) -> Result<u64> {
@@ -28,7 +28,7 @@ pub(crate) fn log_end(tree: &sled::Tree) -> Result<u64> {
             let (key, _) = entry.map_err(sled_error)?;
             format::parse_commit_key(&key)
                 .map(|(_, last)| last)
-                .ok_or_else(|| Error::corrupt(None, None, None, "malformed commit key"))
+                .ok_or_else(|| corrupt_somewhere("malformed commit key"))
         }
     }
 }
@@ -51,7 +51,7 @@ fn last_id_key(tree: &sled::Tree, prefix: u8) -> Result<[u8; 16]> {
             let (key, _) = entry.map_err(sled_error)?;
             key.get(1..)
                 .and_then(|id| <[u8; 16]>::try_from(id).ok())
-                .ok_or_else(|| Error::corrupt(None, None, None, "malformed id index key"))
+                .ok_or_else(|| corrupt_somewhere("malformed id index key"))
         }
     }
 }
@@ -61,7 +61,7 @@ pub(crate) fn indexed(tree: &sled::Tree) -> Result<u64> {
     match tree.get(format::META_INDEXED).map_err(sled_error)? {
         None => Ok(0),
         Some(value) => format::decode_indexed(&value)
-            .map_err(|reason| Error::corrupt(None, None, None, format!("index marker: {reason}"))),
+            .map_err(|reason| corrupt_somewhere(format!("index marker: {reason}"))),
     }
 }
 
@@ -92,20 +92,22 @@ pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<u64> {
 
 /// Reads one commit record into what the indexes need.
 pub(crate) fn commit_info(key: &[u8], value: &[u8]) -> Result<CommitInfo> {
-    let (first, _) = format::parse_commit_key(key)
-        .ok_or_else(|| Error::corrupt(None, None, None, "malformed commit key"))?;
-    let at = Some(Position::sequence(first));
+    let (first, _) =
+        format::parse_commit_key(key).ok_or_else(|| corrupt_somewhere("malformed commit key"))?;
+    let at = RecordPlace::new().position(Position::sequence(first));
     let commit = format::parse_commit(key, value)
-        .map_err(|reason| Error::corrupt(None, None, at, format!("commit record: {reason}")))?;
+        .map_err(|reason| Error::corrupt(at.clone(), format!("commit record: {reason}")))?;
     let stream = StreamId::new(commit.stream)
-        .map_err(|e| Error::corrupt(None, None, at, format!("commit record: {e}")))?;
-    let mut ids = Vec::with_capacity(commit.count() as usize);
-    for i in 0..commit.count() as usize {
+        .map_err(|e| Error::corrupt(at, format!("commit record: {e}")))?;
+    // A capacity hint only: the commit's count was checked against its bytes.
+    let mut ids = Vec::with_capacity(usize::try_from(commit.count()).unwrap_or(0));
+    for i in 0..commit.count() {
         ids.push(commit.event_id(i).map_err(|reason| {
             Error::corrupt(
-                Some(stream.clone()),
-                Some(Version::new(commit.first_version + i as u64)),
-                Some(Position::sequence(first + i as u64)),
+                RecordPlace::new()
+                    .stream(stream.clone())
+                    .version(Version::new(commit.first_version + i))
+                    .position(Position::sequence(first + i)),
                 reason,
             )
         })?);
@@ -130,9 +132,7 @@ fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
         let info = commit_info(&key, &value)?;
         if info.first != expect {
             return Err(Error::corrupt(
-                None,
-                None,
-                Some(Position::sequence(expect)),
+                RecordPlace::new().position(Position::sequence(expect)),
                 format!(
                     "the log skips positions {expect} to {} after the index marker",
                     info.first - 1

@@ -1,35 +1,50 @@
+//! The store: what a [`SledEventStore`] holds, and the Annals traits over it.
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
+use annals::store::kit::{instrument_append, instrument_read};
 use annals::{
-    AppendResult, CheckpointStore, CommitNotifier, CommitWatch, Error, EventData, EventStore,
-    ExpectedVersion, Limits, Position, ReadAll, ReadStream, RecordedEvent, Result, Snapshot,
-    SnapshotStore, StreamId, StreamInfo, Version,
+    AppendResult, CheckpointStore, CommitWatch, Error, EventData, EventStore, ExpectedVersion,
+    Lease, Leases, Limits, LocalLeases, Position, ReadAll, ReadStream, RecordPlace, RecordedEvent,
+    Result, Snapshot, SnapshotStore, StreamId, StreamInfo, VerifyReport, Version,
 };
 use futures::stream::BoxStream;
 use tokio::sync::oneshot;
-use tracing::Instrument;
 
-use crate::flusher::Flusher;
-use crate::format::{self, FORMAT_VERSION, TREE};
+use crate::commit_state::{CommitState, Encoded, Pending};
+use crate::error::{corrupt_somewhere, sled_error};
+use crate::format;
 use crate::overlay::Overlay;
 use crate::read;
-use crate::recover;
-use crate::verify::{self, VerifyReport};
-use crate::writer::{Encoded, LogEnd, Pending, Writer};
-use crate::{sled_error, Durability, SledStoreBuilder};
+use crate::verify;
+use crate::writer::Writer;
+use crate::Durability;
 
 /// The embedded Annals event store, on [sled](https://docs.rs/sled/0.34.7).
 ///
-/// It implements [`EventStore`], [`SnapshotStore`] and [`CheckpointStore`]; clones share one
-/// store. Open it with [`SledEventStore::builder`]; see the crate docs for the guarantees and
-/// `FORMAT.md` for the layout on disk.
+/// It implements [`EventStore`] (with [`close`](EventStore::close) and
+/// [`verify`](EventStore::verify)), [`SnapshotStore`], [`CheckpointStore`] and [`Leases`];
+/// clones share one store. Open it with [`SledEventStore::builder`]; see the crate docs for the
+/// guarantees and `FORMAT.md` for the layout on disk.
 #[derive(Clone, Debug)]
 pub struct SledEventStore {
     inner: Arc<Inner>,
+}
+
+/// What an open store is made of (see `open.rs`).
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub(crate) tree: sled::Tree,
+    pub(crate) overlay: Arc<Overlay>,
+    pub(crate) writer: Arc<Writer>,
+    pub(crate) state: Arc<CommitState>,
+    pub(crate) flusher_thread: JoinHandle<()>,
+    pub(crate) indexer_thread: JoinHandle<()>,
+    pub(crate) limits: Limits,
+    pub(crate) durability: Durability,
+    pub(crate) path: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -38,13 +53,13 @@ struct Inner {
     /// Commits written but not indexed yet; reads and the writer consult it.
     overlay: Arc<Overlay>,
     writer: Arc<Writer>,
-    flusher: Arc<Flusher>,
+    /// The group commit's state: the queue, what is durable, what readers may see.
+    state: Arc<CommitState>,
     flusher_thread: Mutex<Option<JoinHandle<()>>>,
     indexer_thread: Mutex<Option<JoinHandle<()>>>,
-    /// The last position readers may see: flushed ([`Durability::Flush`]) or applied
-    /// ([`Durability::Buffered`]). Every position up to it is committed.
-    visible: Arc<AtomicU64>,
-    notifier: CommitNotifier,
+    /// The store's leases. A sled database is opened by one process at a time (sled locks its
+    /// files), so an in-process table arbitrates between every user of the data.
+    leases: LocalLeases,
     limits: Limits,
     durability: Durability,
     path: Option<PathBuf>,
@@ -54,8 +69,8 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // The last handle is gone: flush what is left and release sled's files, so the same
         // path can be opened again at once. `close()` does the same without blocking.
-        self.writer.close();
-        self.flusher.close();
+        self.state.refuse_appends();
+        self.state.close_flusher();
         let thread = self
             .flusher_thread
             .get_mut()
@@ -77,67 +92,21 @@ impl Drop for Inner {
 }
 
 impl SledEventStore {
-    /// A builder; see [`SledStoreBuilder::new`] for the defaults.
-    pub fn builder() -> SledStoreBuilder {
-        SledStoreBuilder::new()
-    }
-
-    pub(crate) fn open_blocking(b: SledStoreBuilder) -> Result<Self> {
-        let mut config = sled::Config::new()
-            .cache_capacity(b.cache_bytes)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput);
-        config = match &b.path {
-            Some(path) => config.path(path),
-            None => config.temporary(true),
-        };
-        let db = open_db(&config)?;
-        let tree = check_format(&db)?;
-        let last = recover::recover(&db, &tree)?;
-        let frontier = recover::frontier(&tree)?;
-        let overlay = Arc::new(Overlay::new(last, frontier));
-        let visible = Arc::new(AtomicU64::new(last));
-        let notifier = CommitNotifier::new();
-        notifier.notify(Position::sequence(last));
-        let flusher = Flusher::new(
-            last,
-            overlay.written(),
-            b.durability,
-            b.flush_interval,
-            visible.clone(),
-            notifier.clone(),
-        );
-        let end = LogEnd {
-            position: last,
-            max_id: recover::max_indexed_id(&tree, frontier)?,
-        };
-        let writer = Arc::new(Writer::new(
-            tree.clone(),
-            end,
-            flusher.clone(),
-            b.durability,
-            visible.clone(),
-            notifier.clone(),
-            overlay.clone(),
-        ));
-        let indexer_thread = overlay.spawn_indexer(tree.clone(), visible.clone())?;
-        let flusher_thread = flusher.spawn(db, tree.clone(), overlay.clone(), writer.clone())?;
-        tracing::debug!(path = ?b.path, position = last, "opened sled store");
-        Ok(SledEventStore {
+    pub(crate) fn from_parts(parts: Parts) -> Self {
+        SledEventStore {
             inner: Arc::new(Inner {
-                tree,
-                overlay,
-                writer,
-                flusher,
-                flusher_thread: Mutex::new(Some(flusher_thread)),
-                indexer_thread: Mutex::new(Some(indexer_thread)),
-                visible,
-                notifier,
-                limits: b.limits,
-                durability: b.durability,
-                path: b.path,
+                tree: parts.tree,
+                overlay: parts.overlay,
+                writer: parts.writer,
+                state: parts.state,
+                flusher_thread: Mutex::new(Some(parts.flusher_thread)),
+                indexer_thread: Mutex::new(Some(parts.indexer_thread)),
+                leases: LocalLeases::new(),
+                limits: parts.limits,
+                durability: parts.durability,
+                path: parts.path,
             }),
-        })
+        }
     }
 
     /// The directory of the store (`None` for a temporary one).
@@ -155,136 +124,56 @@ impl SledEventStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Backend`] when the flush fails, [`Error::Closed`] after [`close`](Self::close).
+    /// [`Error::Backend`] when the flush fails, [`Error::Closed`] after
+    /// [`close`](EventStore::close).
     pub async fn flush(&self) -> Result<()> {
-        self.inner.flusher.flush_now().await
-    }
-
-    /// Stops accepting appends, commits and flushes the ones already queued, and stops the
-    /// flusher thread. Reads keep working until the last clone is dropped; sled's files are
-    /// released then. Dropping every clone without calling `close` does the same, blocking.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Backend`] when the final flush fails.
-    pub async fn close(&self) -> Result<()> {
-        self.inner.writer.close();
-        // A leader may be finishing a group: let it, so its appends reach the final flush.
-        while !self.inner.writer.is_idle() {
-            tokio::task::yield_now().await;
-        }
-        let flushed = self.inner.flusher.flush_now().await;
-        self.inner.flusher.close();
-        join(&self.inner.flusher_thread, "the flusher thread panicked").await?;
-        self.inner.overlay.stop_indexer();
-        join(&self.inner.indexer_thread, "the indexer thread panicked").await?;
-        match flushed {
-            Err(Error::Closed) => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Walks the whole store and checks every record: checksums, contiguous versions per
-    /// stream, the global log and the id index pointing at the right records, heads matching
-    /// their streams, snapshots not ahead of their streams. Problems are reported, not fixed.
-    ///
-    /// It reads everything once plus a few point lookups per event, in a blocking task, with
-    /// memory bounded whatever the size of the store.
-    ///
-    /// # Errors
-    ///
-    /// Only when sled itself fails to read; damaged records are [problems](VerifyReport::problems).
-    pub async fn verify(&self) -> Result<VerifyReport> {
-        let tree = self.inner.tree.clone();
-        let overlay = self.inner.overlay.clone();
-        let visible = self.inner.visible.load(Ordering::Acquire);
-        tokio::task::spawn_blocking(move || verify::run(&tree, &overlay, visible))
-            .await
-            .map_err(|e| Error::backend("sled", e))?
+        self.inner.state.flush_now().await
     }
 
     fn visible(&self) -> u64 {
-        self.inner.visible.load(Ordering::Acquire)
+        self.inner.state.visible()
     }
-}
 
-/// Checks (or, on a fresh database, writes) the format marker, and returns the store's tree.
-fn check_format(db: &sled::Db) -> Result<sled::Tree> {
-    let foreign = || {
-        Error::Format(format!(
-            "this sled database is not an Annals store (it has no `{}` tree with a format marker); \
-             refusing to write into it",
-            String::from_utf8_lossy(TREE)
-        ))
-    };
-    let has_tree = db.tree_names().iter().any(|name| name.as_ref() == TREE);
-    if !has_tree && (!db.is_empty() || db.tree_names().len() > 1) {
-        return Err(foreign());
-    }
-    let tree = db.open_tree(TREE).map_err(sled_error)?;
-    match tree.get(format::META_FORMAT).map_err(sled_error)? {
-        Some(value) => {
-            let version = format::decode_format(&value)
-                .map_err(|reason| Error::Format(format!("unreadable format marker: {reason}")))?;
-            if version > FORMAT_VERSION {
-                return Err(Error::Format(format!(
-                    "the store was written in format {version} by a newer annals-sled; this build \
-                     reads format {FORMAT_VERSION} only: upgrade annals-sled to open it"
-                )));
-            }
-            if version == 2 {
-                // Format 3 only adds id segments: a format 2 store is a format 3 store without
-                // any. Once marked 3, older builds refuse it (they would not see the segments).
-                tree.insert(format::META_FORMAT, format::format_value(FORMAT_VERSION))
-                    .map_err(sled_error)?;
-                db.flush().map_err(sled_error)?;
-            } else if version != FORMAT_VERSION {
-                return Err(Error::Format(format!(
-                    "the store was written in format {version} by an older, unreleased \
-                     annals-sled; this build reads format {FORMAT_VERSION} only and does not \
-                     convert it"
-                )));
-            }
+    /// Encodes and submits an append, and waits for its answer (and, with
+    /// [`Durability::Flush`], for its flush).
+    async fn append_now(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        self.inner.limits.check(&events)?;
+        let events = events
+            .iter()
+            .map(|e| Encoded {
+                id: e.id,
+                body: format::encode_body(e),
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.inner.writer.submit(Pending {
+            stream: stream.clone(),
+            expected,
+            events,
+            reply,
+        })?;
+        let result = answer.await.map_err(|_| Error::Closed)??;
+        if self.inner.durability == Durability::Flush {
+            self.inner
+                .state
+                .durable_position(stream, result.last_position.commit())
+                .await?;
         }
-        None if !tree.is_empty() => return Err(foreign()),
-        None => {
-            tree.insert(format::META_FORMAT, format::format_value(FORMAT_VERSION))
-                .map_err(sled_error)?;
-            db.flush().map_err(sled_error)?;
-        }
+        Ok(result)
     }
-    Ok(tree)
-}
 
-/// How long an open waits for sled's file lock to be released before reporting the store
-/// unavailable.
-const LOCK_WAIT: Duration = Duration::from_millis(500);
-
-/// Opens sled. A database just dropped in this process releases its file lock a moment later
-/// (sled finishes its last writes on its I/O threads), so a lock held at the first attempt is
-/// retried for up to [`LOCK_WAIT`]; a lock another process holds is reported then.
-fn open_db(config: &sled::Config) -> Result<sled::Db> {
-    let started = Instant::now();
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(io))
-                if io.to_string().contains("could not acquire lock")
-                    && started.elapsed() < LOCK_WAIT =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return other.map_err(open_error),
+    /// After a snapshot or checkpoint was written: with [`Durability::Flush`], waits until it
+    /// is on disk.
+    async fn settle(&self) -> Result<()> {
+        if self.inner.durability == Durability::Flush {
+            self.inner.state.flush_now().await?;
         }
-    }
-}
-
-fn open_error(error: sled::Error) -> Error {
-    match error {
-        sled::Error::Io(io) => Error::Unavailable {
-            backend: "sled",
-            source: Box::new(io),
-        },
-        other => sled_error(other),
+        Ok(())
     }
 }
 
@@ -307,43 +196,13 @@ impl EventStore for SledEventStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        let span = tracing::debug_span!(
-            "append",
-            store = "sled",
-            stream = %stream,
-            count = events.len(),
-            version = tracing::field::Empty,
-            position = tracing::field::Empty,
-        );
-        async move {
-            self.inner.limits.check(&events)?;
-            let events = events
-                .iter()
-                .map(|e| Encoded {
-                    id: e.id,
-                    body: format::encode_body(e),
-                })
-                .collect();
-            let (reply, answer) = oneshot::channel();
-            self.inner.writer.submit(Pending {
-                stream: stream.clone(),
-                expected,
-                events,
-                reply,
-            })?;
-            let result = answer.await.map_err(|_| Error::Closed)??;
-            if self.inner.durability == Durability::Flush {
-                self.inner
-                    .flusher
-                    .durable_position(stream, result.last_position.commit())
-                    .await?;
-            }
-            let span = tracing::Span::current();
-            span.record("version", result.last_version.get());
-            span.record("position", result.last_position.commit());
-            Ok(result)
-        }
-        .instrument(span)
+        let count = events.len();
+        instrument_append(
+            "sled",
+            stream,
+            count,
+            self.append_now(stream, expected, events),
+        )
         .await
     }
 
@@ -352,17 +211,21 @@ impl EventStore for SledEventStore {
         stream: &StreamId,
         options: ReadStream,
     ) -> BoxStream<'static, Result<RecordedEvent>> {
-        read::stream(
+        let from = options.from;
+        let read = read::stream(
             self.inner.tree.clone(),
             self.inner.overlay.clone(),
             stream.clone(),
             options,
             self.visible(),
-        )
+        );
+        instrument_read("sled", "read_stream", Some(stream), from, read)
     }
 
     fn read_all(&self, options: ReadAll) -> BoxStream<'static, Result<RecordedEvent>> {
-        read::all(self.inner.tree.clone(), options, self.visible())
+        let from = options.from;
+        let read = read::all(self.inner.tree.clone(), options, self.visible());
+        instrument_read("sled", "read_all", None, from, read)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version> {
@@ -389,11 +252,67 @@ impl EventStore for SledEventStore {
     }
 
     fn watch_commits(&self) -> CommitWatch {
-        self.inner.notifier.watch()
+        self.inner.state.watch()
     }
 
     fn limits(&self) -> Limits {
         self.inner.limits
+    }
+
+    /// Stops accepting appends, commits and flushes the ones already queued, and stops the
+    /// flusher and indexer threads, leaving nothing for the next open to redo. Reads keep
+    /// working until the last clone is dropped; sled's files are released then. Dropping every
+    /// clone without calling `close` does the same, blocking. Closing twice is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the final flush fails.
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.state.refuse_appends();
+        // A leader may be finishing a group: let it, so its appends reach the final flush.
+        while !inner.state.is_idle() {
+            tokio::task::yield_now().await;
+        }
+        let flushed = inner.state.flush_now().await;
+        inner.state.close_flusher();
+        join(&inner.flusher_thread, "the flusher thread panicked").await?;
+        inner.overlay.stop_indexer();
+        join(&inner.indexer_thread, "the indexer thread panicked").await?;
+        match flushed {
+            Err(Error::Closed) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Walks the whole store and checks every record: checksums, contiguous versions per
+    /// stream, the global log and the id index pointing at the right records, heads matching
+    /// their streams, snapshots not ahead of their streams, the format marker. Problems are
+    /// reported (in key order), not fixed.
+    ///
+    /// It first writes the index entries of every visible commit, then reads everything once
+    /// plus a few point lookups per event, on the blocking pool, with memory bounded whatever
+    /// the size of the store.
+    ///
+    /// # Errors
+    ///
+    /// Only when sled itself fails to read; damaged records are
+    /// [problems](VerifyReport::problems).
+    async fn verify(&self) -> Result<VerifyReport> {
+        let tree = self.inner.tree.clone();
+        let overlay = self.inner.overlay.clone();
+        let visible = self.visible();
+        tokio::task::spawn_blocking(move || verify::run(&tree, &overlay, visible))
+            .await
+            .map_err(|e| Error::backend("sled", e))?
+    }
+}
+
+impl Leases for SledEventStore {
+    /// In-process leases ([`LocalLeases`]), shared by the clones of the store: a sled database
+    /// is opened by one process at a time, so every holder is in this process.
+    async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
+        Ok(self.inner.leases.try_lease(name))
     }
 }
 
@@ -402,10 +321,7 @@ impl SnapshotStore for SledEventStore {
         let key = format::snapshot_key(snapshot.stream_id.as_str());
         let value = format::snapshot_value(&key, &snapshot);
         self.inner.tree.insert(key, value).map_err(sled_error)?;
-        if self.inner.durability == Durability::Flush {
-            self.inner.flusher.flush_now().await?;
-        }
-        Ok(())
+        self.settle().await
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
@@ -417,9 +333,7 @@ impl SnapshotStore for SledEventStore {
             .map(Some)
             .map_err(|reason| {
                 Error::corrupt(
-                    Some(stream.clone()),
-                    None,
-                    None,
+                    RecordPlace::new().stream(stream.clone()),
                     format!("snapshot: {reason}"),
                 )
             })
@@ -431,10 +345,7 @@ impl CheckpointStore for SledEventStore {
         let key = format::checkpoint_key(name);
         let value = format::checkpoint_value(&key, position);
         self.inner.tree.insert(key, value).map_err(sled_error)?;
-        if self.inner.durability == Durability::Flush {
-            self.inner.flusher.flush_now().await?;
-        }
-        Ok(())
+        self.settle().await
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
@@ -444,8 +355,6 @@ impl CheckpointStore for SledEventStore {
         };
         format::decode_checkpoint(&key, &value)
             .map(Some)
-            .map_err(|reason| {
-                Error::corrupt(None, None, None, format!("checkpoint `{name}`: {reason}"))
-            })
+            .map_err(|reason| corrupt_somewhere(format!("checkpoint `{name}`: {reason}")))
     }
 }

@@ -8,35 +8,35 @@
 //! follow in bulk (`overlay.rs`). Exactly one committer runs at a time, so exactly one writer
 //! assigns positions. Who runs it depends on the durability:
 //!
-//! - [`Durability::Flush`]: the flusher thread (`flusher.rs`). Each turn it takes everything
-//!   that queued while the previous flush ran, writes it (n inserts) and flushes once. A lone
-//!   appender skips the two thread hand-offs: when it finds the writer idle (nothing queued, no
-//!   turn running, and the last group was not a crowd) on a multi-thread tokio runtime, it
-//!   commits and flushes its own append inline, inside `block_in_place`, holding the same
-//!   `leading` flag the flusher holds for a turn. Appends arriving meanwhile queue, and the
-//!   flusher commits them as one group once the inline commit is done.
+//! - [`Durability::Flush`]: the flusher thread (`flusher.rs`), which calls [`Writer::commit`]
+//!   through the function the store gave it. Each turn it takes everything that queued while
+//!   the previous flush ran, writes it (n inserts) and flushes once. A lone appender skips the
+//!   two thread hand-offs: when it finds the writer idle (nothing queued, no turn running, and
+//!   the last group was not a crowd) on a multi-thread tokio runtime, it commits and flushes its
+//!   own append inline, inside `block_in_place`, holding the same `leading` flag the flusher
+//!   holds for a turn, and flushes with the flusher's own flush-and-publish step. Appends
+//!   arriving meanwhile queue, and the flusher commits them as one group once the inline commit
+//!   is done.
 //! - [`Durability::Buffered`]: the appending task itself. Whoever finds no commit running
-//!   becomes the *leader* (a flag under the queue's lock), commits what is queued, looks again
-//!   until the queue is empty, and hands leadership to a fresh task after [`MAX_ROUNDS`] groups
-//!   so its own caller is not held up. Without an `fsync` to amortise, a hand-off to a writer
+//!   becomes the *leader* (the `leading` flag of the commit state, `commit_state.rs`), commits
+//!   what is queued, looks again until the queue is empty, and hands leadership to a fresh task
+//!   after [`MAX_ROUNDS`] groups so its own caller is not held up. Without an `fsync` to amortise, a hand-off to a writer
 //!   thread and back (two wake-ups) would cost more than the batch itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use annals::store::{resolve_retry, StoredEventRef};
-use annals::{
-    AppendResult, CommitNotifier, Error, EventId, ExpectedVersion, Position, Result, StreamId,
-    Timestamp, Version,
-};
-use tokio::sync::oneshot;
+use annals::store::kit::resolve_retry;
+use annals::{AppendResult, Error, EventId, Position, Result, StreamId, Timestamp, Version};
 
-use crate::flusher::Flusher;
+use crate::commit_state::{CommitState, Pending, Submitted};
 use crate::format::{self, Head};
+use crate::lookup::{lookup_id, read_head};
+use crate::num::{micros, u64_from};
 use crate::overlay::{CommitInfo, Overlay, INDEX_AT, INDEX_HARD};
-use crate::{sled_error, Durability};
+use crate::Durability;
 
 /// Groups one leader commits before handing leadership over.
 const MAX_ROUNDS: usize = 16;
@@ -44,45 +44,13 @@ const MAX_ROUNDS: usize = 16;
 /// from the overlay and sled again, a lookup each).
 const MAX_HEADS: usize = 50_000;
 
-/// An append waiting for the writer.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) stream: StreamId,
-    pub(crate) expected: ExpectedVersion,
-    pub(crate) events: Vec<Encoded>,
-    pub(crate) reply: oneshot::Sender<Result<AppendResult>>,
-}
-
-/// An event encoded by its appending task, waiting for its place.
-#[derive(Debug)]
-pub(crate) struct Encoded {
-    pub(crate) id: EventId,
-    pub(crate) body: Vec<u8>,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    pending: Vec<Pending>,
-    /// A commit is running: the Buffered leader's, an inline one, or a flusher turn (from
-    /// taking its group to answering it).
-    leading: bool,
-    /// [`Durability::Flush`]: appends are coming from several callers at once (the last group
-    /// had more than one, or some queued behind an inline commit). They then all go through the
-    /// flusher, which groups them; a lone appender commits inline.
-    contended: bool,
-    closed: bool,
-}
-
 #[derive(Debug)]
 pub(crate) struct Writer {
     tree: sled::Tree,
-    queue: Mutex<Queue>,
+    /// The queue, the `leading` flag and what the flusher owes, shared with the flusher.
+    state: Arc<CommitState>,
     /// The next position to give; only the leader touches it.
     next_position: AtomicU64,
-    flusher: Arc<Flusher>,
-    durability: Durability,
-    visible: Arc<AtomicU64>,
-    notifier: CommitNotifier,
     overlay: Arc<Overlay>,
     /// Heads of the streams appended to lately. The writer is the only writer, so what it
     /// cached is authoritative.
@@ -105,83 +73,29 @@ impl Writer {
     pub(crate) fn new(
         tree: sled::Tree,
         end: LogEnd,
-        flusher: Arc<Flusher>,
-        durability: Durability,
-        visible: Arc<AtomicU64>,
-        notifier: CommitNotifier,
+        state: Arc<CommitState>,
         overlay: Arc<Overlay>,
     ) -> Self {
         Writer {
             tree,
-            queue: Mutex::new(Queue::default()),
+            state,
             next_position: AtomicU64::new(end.position + 1),
-            flusher,
-            durability,
-            visible,
-            notifier,
             overlay,
             heads: Mutex::new(HashMap::new()),
             max_id: Mutex::new(end.max_id),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // The queue is a list and two flags, consistent after every statement.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Queues `pending` (or, for a lone durable appender, commits it inline); the caller then
     /// awaits its reply.
     pub(crate) fn submit(self: &Arc<Self>, pending: Pending) -> Result<()> {
-        let may_inline = self.durability == Durability::Flush && on_multi_thread_runtime();
-        let lead = {
-            let mut queue = self.lock();
-            if queue.closed {
-                return Err(Error::Closed);
-            }
-            if may_inline && !queue.leading && !queue.contended && queue.pending.is_empty() {
-                queue.leading = true;
-                drop(queue);
-                self.commit_inline(pending);
-                return Ok(());
-            }
-            queue.pending.push(pending);
-            self.durability != Durability::Flush && !std::mem::replace(&mut queue.leading, true)
-        };
-        if self.durability == Durability::Flush {
-            self.flusher.queued();
-        } else if lead {
-            self.lead();
+        let may_inline = self.state.durability() == Durability::Flush && on_multi_thread_runtime();
+        match self.state.submit(pending, may_inline)? {
+            Submitted::Inline(pending) => self.commit_inline(pending),
+            Submitted::Queued => {}
+            Submitted::Lead => self.lead(),
         }
         Ok(())
-    }
-
-    /// Appends queued now.
-    pub(crate) fn queued_len(&self) -> usize {
-        self.lock().pending.len()
-    }
-
-    /// [`Durability::Flush`]: takes everything queued for the flusher thread to commit, and the
-    /// `leading` flag with it when there is something; nothing while an inline commit runs.
-    /// The flusher gives the flag back with [`end_group`](Self::end_group) once it answered.
-    pub(crate) fn take_group(&self) -> Vec<Pending> {
-        let mut queue = self.lock();
-        if queue.leading || queue.pending.is_empty() {
-            return Vec::new();
-        }
-        queue.leading = true;
-        queue.contended = queue.pending.len() > 1;
-        std::mem::take(&mut queue.pending)
-    }
-
-    /// The flusher's turn for a group taken with [`take_group`](Self::take_group) is over.
-    pub(crate) fn end_group(&self) {
-        self.lock().leading = false;
-    }
-
-    /// Whether a commit runs now (in [`Durability::Flush`], outside the flusher: inline).
-    pub(crate) fn is_leading(&self) -> bool {
-        self.lock().leading
     }
 
     /// Commits and flushes `pending` on the calling thread (the writer was idle and the
@@ -190,72 +104,47 @@ impl Writer {
     /// after this returns and then waits for the durable position as every appender does, so it
     /// is answered after the flush; nothing becomes visible before it either.
     fn commit_inline(&self, pending: Pending) {
-        struct Resign<'a>(&'a Writer, bool);
+        struct Resign<'a>(&'a CommitState, bool);
         impl Drop for Resign<'_> {
             fn drop(&mut self) {
                 // Reached armed only if the commit panicked: let the flusher go on.
                 if self.1 {
-                    self.0.lock().leading = false;
-                    self.0.flusher.inline_done(true);
+                    self.0.end_inline(true);
                 }
             }
         }
-        let mut guard = Resign(self, true);
+        let mut guard = Resign(&self.state, true);
         // The runtime's other workers keep running tasks while this one waits for the disk.
         tokio::task::block_in_place(|| {
             if let Some(last) = self.commit(vec![pending]) {
-                self.flusher.flush_inline(&self.tree, &self.overlay, last);
+                self.state
+                    .flush_and_publish(&self.tree, &self.overlay, last, None);
+                self.state.wake_indexer_if_due(&self.overlay);
             }
         });
-        let more = {
-            let mut queue = self.lock();
-            queue.leading = false;
-            let more = !queue.pending.is_empty();
-            if more {
-                // Others appended meanwhile: leave the next appends to the flusher's groups.
-                queue.contended = true;
-            }
-            more
-        };
         guard.1 = false;
-        self.flusher.inline_done(more);
-    }
-
-    /// Refuses new appends; queued ones are still committed.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
-    }
-
-    /// Whether no append is queued or being committed.
-    pub(crate) fn is_idle(&self) -> bool {
-        let queue = self.lock();
-        !queue.leading && queue.pending.is_empty()
+        self.state.end_inline(false);
     }
 
     /// Commits groups until the queue is empty (or hands over after [`MAX_ROUNDS`]).
     fn lead(self: &Arc<Self>) {
-        struct Resign<'a>(&'a Writer, bool);
+        struct Resign<'a>(&'a CommitState, bool);
         impl Drop for Resign<'_> {
             fn drop(&mut self) {
                 // Only reached armed if a commit panicked: let the next caller lead.
                 if self.1 {
-                    self.0.lock().leading = false;
+                    self.0.resign();
                 }
             }
         }
-        let mut guard = Resign(self, true);
+        let mut guard = Resign(&self.state, true);
         for _ in 0..MAX_ROUNDS {
-            let group = {
-                let mut queue = self.lock();
-                if queue.pending.is_empty() {
-                    queue.leading = false;
-                    guard.1 = false;
-                    return;
-                }
-                std::mem::take(&mut queue.pending)
+            let Some(group) = self.state.next_led_group() else {
+                guard.1 = false;
+                return;
             };
             if let Some(last) = self.commit(group) {
-                self.flusher.written(last);
+                self.state.written(last);
             }
         }
         // Others kept arriving: let a fresh task lead, so our own caller gets its answer.
@@ -283,6 +172,29 @@ impl Writer {
         let _enter = span.enter();
         let started = Instant::now();
         let first_position = self.next_position.load(Ordering::Relaxed);
+        let (answers, next, bytes) = self.write_group(group, first_position);
+        let written = (next > first_position).then(|| next - 1);
+        if let Some(last) = written {
+            span.record("events", next - first_position);
+            span.record("bytes", u64_from(bytes));
+            span.record("position", last);
+            span.record("apply_us", micros(started.elapsed()));
+            self.next_position.store(next, Ordering::Relaxed);
+            if self.state.durability() != Durability::Flush {
+                self.state.publish_applied(last);
+            }
+            self.keep_index_up();
+        }
+        for (reply, outcome) in answers {
+            // A caller that went away no longer wants its answer; its append stands.
+            let _ = reply.send(outcome);
+        }
+        written
+    }
+
+    /// Checks and writes each append of `group` from position `first_position` on. Returns
+    /// the answers to send, the next free position and the bytes written.
+    fn write_group(&self, group: Vec<Pending>, first_position: u64) -> (Vec<Answer>, u64, usize) {
         let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
         let mut max_id = self.max_id.lock().unwrap_or_else(|e| e.into_inner());
         let mut plan = Plan {
@@ -298,38 +210,30 @@ impl Writer {
             let outcome = plan.add(&pending);
             answers.push((pending.reply, outcome));
         }
-        let (next, bytes) = (plan.next, plan.bytes);
-        drop(max_id);
-        drop(heads);
-        let written = (next > first_position).then(|| next - 1);
-        if let Some(last) = written {
-            span.record("events", next - first_position);
-            span.record("bytes", bytes as u64);
-            span.record("position", last);
-            span.record("apply_us", started.elapsed().as_micros() as u64);
-            self.next_position.store(next, Ordering::Relaxed);
-            if self.durability != Durability::Flush {
-                self.visible.fetch_max(last, Ordering::AcqRel);
-                self.notifier.notify(Position::sequence(last));
+        (answers, plan.next, plan.bytes)
+    }
+
+    /// Keeps the overlay from growing: asks the indexer to run, or, when it fell far behind,
+    /// indexes here.
+    fn keep_index_up(&self) {
+        let unindexed = self.overlay.events();
+        if unindexed >= INDEX_HARD {
+            // The indexer fell behind: do its work here rather than let memory grow.
+            let visible = self.state.visible();
+            if let Err(error) = self.overlay.try_index(&self.tree, visible) {
+                tracing::error!(%error, "writing index entries failed; will retry");
             }
-            let unindexed = self.overlay.events();
-            if unindexed >= INDEX_HARD {
-                // The indexer fell behind: do its work here rather than let memory grow.
-                let visible = self.visible.load(Ordering::Acquire);
-                if let Err(error) = self.overlay.try_index(&self.tree, visible) {
-                    tracing::error!(%error, "writing index entries failed; will retry");
-                }
-            } else if unindexed >= INDEX_AT && self.durability != Durability::Flush {
-                self.overlay.wake_indexer();
-            }
+        } else if unindexed >= INDEX_AT && self.state.durability() != Durability::Flush {
+            self.overlay.wake_indexer();
         }
-        for (reply, outcome) in answers {
-            // A caller that went away no longer wants its answer; its append stands.
-            let _ = reply.send(outcome);
-        }
-        written
     }
 }
+
+/// A caller's reply channel and what to answer it.
+type Answer = (
+    tokio::sync::oneshot::Sender<Result<AppendResult>>,
+    Result<AppendResult>,
+);
 
 /// Whether the calling task runs on a multi-thread tokio runtime, where `block_in_place` may
 /// hold its thread for a flush (on a current-thread runtime it would panic).
@@ -359,50 +263,15 @@ impl Plan<'_> {
     /// Checks one append against the store (its earlier appends included) and writes its
     /// commit record — one sled insert, atomic — if it passes. A refused append writes nothing.
     fn add(&mut self, p: &Pending) -> Result<AppendResult> {
-        let w = self.writer;
         let ids: Vec<EventId> = p.events.iter().map(|e| e.id).collect();
-        let mut found = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if id.as_uuid().as_bytes() > &*self.max_id {
-                found.push(None);
-                continue;
-            }
-            // The overlay first: an entry leaves it only after it reached sled's index.
-            found.push(match w.overlay.lookup_id(*id) {
-                Some(r) => Some(r),
-                None => lookup_id(&w.tree, *id)?,
-            });
-        }
-        if let Some(first) = resolve_retry(&p.stream, &ids, &found)? {
+        if let Some(first) = self.find_retry(&p.stream, &ids)? {
             return Ok(first);
         }
-        let head = match self.heads.get(&p.stream) {
-            Some(head) => Some(*head),
-            None => match w.overlay.head(&p.stream, u64::MAX) {
-                Some(head) => Some(head),
-                None => read_head(&w.tree, &p.stream)?,
-            },
-        };
-        let version = head.map_or(0, |h| h.version);
+        let version = self.head(&p.stream)?.map_or(0, |h| h.version);
         p.expected.check(&p.stream, Version::new(version))?;
-        let count = p.events.len() as u64;
         let first = self.next;
-        let last = first + count - 1;
-        let key = format::commit_key(first, last);
-        let value = format::commit_value(
-            &key,
-            self.recorded_at,
-            p.stream.as_str(),
-            version + 1,
-            p.events.iter().map(|e| e.body.as_slice()),
-        );
-        self.bytes += key.len() + value.len();
-        w.tree.insert(key, value).map_err(|error| {
-            Error::backend(
-                "sled",
-                format!("writing the commit record failed, nothing written: {error}"),
-            )
-        })?;
+        let last = first + u64_from(p.events.len()) - 1;
+        self.write_commit(p, first, last, version + 1)?;
         self.next = last + 1;
         for id in &ids {
             *self.max_id = (*self.max_id).max(*id.as_uuid().as_bytes());
@@ -415,7 +284,7 @@ impl Plan<'_> {
             ids,
         };
         let new_head = info.head();
-        w.overlay.push(info);
+        self.writer.overlay.push(info);
         if self.heads.len() >= MAX_HEADS && !self.heads.contains_key(&p.stream) {
             self.heads.clear();
         }
@@ -427,87 +296,61 @@ impl Plan<'_> {
             last_position: Position::sequence(last),
         })
     }
-}
 
-/// Where `id` is stored, if anywhere: its `I` entry, else the id segment whose range holds it.
-pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredEventRef>> {
-    let key = format::id_key(id);
-    if let Some(value) = tree.get(key).map_err(sled_error)? {
-        let (stream, version, position) = format::decode_id(&key, &value).map_err(|reason| {
-            Error::corrupt(
-                None,
-                None,
-                None,
-                format!("id index entry of {id}: {reason}"),
+    /// Whether the append is a retry of one already stored (its first result), a new one
+    /// (`None`) or neither (an idempotency conflict).
+    fn find_retry(&self, stream: &StreamId, ids: &[EventId]) -> Result<Option<AppendResult>> {
+        let w = self.writer;
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if id.as_uuid().as_bytes() > &*self.max_id {
+                found.push(None);
+                continue;
+            }
+            // The overlay first: an entry leaves it only after it reached sled's index.
+            found.push(match w.overlay.lookup_id(*id) {
+                Some(r) => Some(r),
+                None => lookup_id(&w.tree, *id)?,
+            });
+        }
+        resolve_retry(stream, ids, &found)
+    }
+
+    /// The stream's head: cached, else unindexed, else stored.
+    fn head(&self, stream: &StreamId) -> Result<Option<Head>> {
+        if let Some(head) = self.heads.get(stream) {
+            return Ok(Some(*head));
+        }
+        match self.writer.overlay.head(stream, u64::MAX) {
+            Some(head) => Ok(Some(head)),
+            None => read_head(&self.writer.tree, stream),
+        }
+    }
+
+    /// Inserts the commit record of `p` at positions `first..=last`, its first event at
+    /// `first_version`.
+    fn write_commit(
+        &mut self,
+        p: &Pending,
+        first: u64,
+        last: u64,
+        first_version: u64,
+    ) -> Result<()> {
+        let key = format::commit_key(first, last);
+        let value = format::commit_value(
+            &key,
+            self.recorded_at,
+            p.stream.as_str(),
+            first_version,
+            p.events.iter().map(|e| e.body.as_slice()),
+        );
+        self.bytes += key.len() + value.len();
+        self.writer.tree.insert(key, value).map_err(|error| {
+            Error::backend(
+                "sled",
+                format!("writing the commit record failed, nothing written: {error}"),
             )
         })?;
-        let stream_id = StreamId::new(stream).map_err(|e| {
-            Error::corrupt(
-                None,
-                Some(Version::new(version)),
-                Some(Position::sequence(position)),
-                format!("id index entry of {id}: {e}"),
-            )
-        })?;
-        return Ok(Some(StoredEventRef {
-            stream_id,
-            version: Version::new(version),
-            position: Position::sequence(position),
-        }));
+        Ok(())
     }
-    let bytes = id.as_uuid().as_bytes();
-    let Some((segment_key, segment)) = format::segment_for(tree, bytes).map_err(sled_error)? else {
-        return Ok(None);
-    };
-    let found = format::segment_find(&segment_key, &segment, bytes).map_err(|reason| {
-        Error::corrupt(
-            None,
-            None,
-            None,
-            format!("id segment holding {id}: {reason}"),
-        )
-    })?;
-    let Some(position) = found else {
-        return Ok(None);
-    };
-    // The segment names the position; its commit record names the stream and version.
-    let at = Some(Position::sequence(position));
-    let dangling = |reason: String| {
-        Error::corrupt(
-            None,
-            None,
-            at,
-            format!("id segment entry of {id}: {reason}"),
-        )
-    };
-    let event = format::event_at(tree, position)
-        .map_err(sled_error)?
-        .ok_or_else(|| dangling("no commit record holds its position".into()))?
-        .map_err(dangling)?;
-    if event.id != id {
-        return Err(dangling("the event at its position has another id".into()));
-    }
-    Ok(Some(StoredEventRef {
-        stream_id: StreamId::new(event.stream).map_err(|e| dangling(e.to_string()))?,
-        version: Version::new(event.version),
-        position: Position::sequence(position),
-    }))
-}
-
-/// The stream's stored head (applied, possibly not yet flushed).
-pub(crate) fn read_head(tree: &sled::Tree, stream: &StreamId) -> Result<Option<Head>> {
-    let key = format::head_key(stream.as_str());
-    let Some(value) = tree.get(&key).map_err(sled_error)? else {
-        return Ok(None);
-    };
-    format::decode_head(&key, &value)
-        .map(Some)
-        .map_err(|reason| {
-            Error::corrupt(
-                Some(stream.clone()),
-                None,
-                None,
-                format!("stream head: {reason}"),
-            )
-        })
 }

@@ -3,8 +3,8 @@
 
 mod support;
 
+use annals::ProblemKind;
 use annals::{Error, EventStore, ExpectedVersion, Position, ReadAll, ReadStream, Version};
-use annals_sled::ProblemKind;
 use futures::TryStreamExt;
 use support::{body_range, commit_of, event, open, raw_tree, shut, sid};
 
@@ -66,15 +66,10 @@ async fn a_flipped_byte_in_an_event_is_a_corruption_error_naming_it() {
         .expect("an event");
     assert_eq!(first.version, Version::new(1));
     match read.try_next().await {
-        Err(Error::Corrupt {
-            stream,
-            version,
-            position,
-            reason,
-        }) => {
-            assert_eq!(stream, Some(sid("victim-1")));
-            assert_eq!(version, Some(Version::new(2)));
-            assert_eq!(position, Some(victim.position));
+        Err(Error::Corrupt { place, reason }) => {
+            assert_eq!(place.stream, Some(sid("victim-1")));
+            assert_eq!(place.version, Some(Version::new(2)));
+            assert_eq!(place.position, Some(victim.position));
             assert!(reason.contains("checksum"), "{reason}");
         }
         other => panic!("expected a corruption error, got {other:?}"),
@@ -87,15 +82,10 @@ async fn a_flipped_byte_in_an_event_is_a_corruption_error_naming_it() {
     // The global log hits the same record.
     let all: Result<Vec<_>, _> = store.read_all(ReadAll::all()).try_collect().await;
     match all {
-        Err(Error::Corrupt {
-            stream,
-            version,
-            position,
-            ..
-        }) => {
-            assert_eq!(stream, Some(sid("victim-1")));
-            assert_eq!(version, Some(Version::new(2)));
-            assert_eq!(position, Some(victim.position));
+        Err(Error::Corrupt { place, .. }) => {
+            assert_eq!(place.stream, Some(sid("victim-1")));
+            assert_eq!(place.version, Some(Version::new(2)));
+            assert_eq!(place.position, Some(victim.position));
         }
         other => panic!("expected a corruption error, got {other:?}"),
     }
@@ -114,8 +104,8 @@ async fn a_flipped_byte_in_an_event_is_a_corruption_error_naming_it() {
         .iter()
         .find(|p| p.kind == ProblemKind::Corrupt)
         .expect("a corruption problem");
-    assert_eq!(problem.stream, Some(sid("victim-1")));
-    assert_eq!(problem.version, Some(Version::new(2)));
+    assert_eq!(problem.place.stream, Some(sid("victim-1")));
+    assert_eq!(problem.place.version, Some(Version::new(2)));
     assert!(report.to_string().contains("victim-1"), "{report}");
 }
 
@@ -128,7 +118,7 @@ async fn damaged_heads_indexes_and_truncated_records_never_panic() {
     damage(&path, b"Hvictim-1", |v| v[6] ^= 0x40);
     let store = open(&path).await;
     match store.stream_version(&sid("victim-1")).await {
-        Err(Error::Corrupt { stream, .. }) => assert_eq!(stream, Some(sid("victim-1"))),
+        Err(Error::Corrupt { place, .. }) => assert_eq!(place.stream, Some(sid("victim-1"))),
         other => panic!("expected a corruption error, got {other:?}"),
     }
     let report = store.verify().await.expect("verify");

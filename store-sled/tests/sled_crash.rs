@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use annals::{EventStore, ExpectedVersion};
-use support::{open, read_stream, shut, sid};
+use support::{open, read_stream, shut, sid, to_u64};
 
 const CHILD_ENV: &str = "ANNALS_CRASH_CHILD_DIR";
 const ROUNDS: usize = 24;
@@ -89,8 +89,9 @@ async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
-        .as_nanos() as u64
-        | 1;
+        .as_nanos();
+    // The low 64 bits of the clock are seed enough.
+    let seed = u64::try_from(seed & u128::from(u64::MAX)).expect("masked to 64 bits") | 1;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
     // The highest acknowledged version of each stream, over every round.
@@ -146,7 +147,7 @@ async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
         for w in 0..WRITERS {
             let stream = sid(&format!("crash-{w}"));
             let events = read_stream(&store, &stream).await;
-            let have = events.len() as u64;
+            let have = to_u64(events.len());
             let want = acked.get(stream.as_str()).copied().unwrap_or(0);
             assert!(
                 have >= want,
@@ -156,7 +157,7 @@ async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
             for (i, e) in events.iter().enumerate() {
                 assert_eq!(
                     e.version.get(),
-                    i as u64 + 1,
+                    to_u64(i) + 1,
                     "round {round}: {stream} versions have a gap"
                 );
                 let body: serde_json::Value =

@@ -4,8 +4,9 @@
 
 mod support;
 
+use annals::ProblemKind;
 use annals::{Error, EventData, EventId, EventStore, ExpectedVersion};
-use annals_sled::{ProblemKind, SledEventStore};
+use annals_sled::SledEventStore;
 use support::{event, format_marker, open, raw_tree, read_all, read_stream, shut, sid};
 use uuid::Uuid;
 

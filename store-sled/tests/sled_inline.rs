@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 
 use annals::{Error, EventStore, ExpectedVersion};
-use support::{event, open, read_all, read_stream, shut, sid};
+use support::{event, open, read_all, read_stream, shut, sid, to_u64};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_and_concurrent_durable_appends_mix_without_losing_checks() {
@@ -28,7 +28,7 @@ async fn lone_and_concurrent_durable_appends_mix_without_losing_checks() {
                 .await
                 .expect("lone append");
             assert_eq!(result.last_version.get(), i + 1);
-            assert_eq!(read_stream(&s, &id).await.len() as u64, i + 1);
+            assert_eq!(to_u64(read_stream(&s, &id).await.len()), i + 1);
         }
     })
     .await
@@ -75,7 +75,7 @@ async fn lone_and_concurrent_durable_appends_mix_without_losing_checks() {
     total += 8 * 20;
     let contested = read_stream(&store, &sid("contested")).await;
     assert_eq!(
-        contested.len() as u64,
+        to_u64(contested.len()),
         won,
         "every winner is stored, no loser is"
     );
@@ -111,11 +111,11 @@ async fn lone_and_concurrent_durable_appends_mix_without_losing_checks() {
     shut(store).await;
     let store = open(&path).await;
     let all = read_all(&store).await;
-    assert_eq!(all.len() as u64, total);
+    assert_eq!(to_u64(all.len()), total);
     for (i, e) in all.iter().enumerate() {
         assert_eq!(
             e.position.commit(),
-            i as u64 + 1,
+            to_u64(i) + 1,
             "positions are contiguous"
         );
     }

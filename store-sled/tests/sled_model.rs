@@ -12,7 +12,7 @@ use annals::{
 use annals_sled::Durability;
 use futures::TryStreamExt;
 use proptest::prelude::*;
-use support::{event, open_with, shut, sid};
+use support::{event, open_with, shut, sid, to_u64, to_usize};
 
 #[derive(Clone, Debug)]
 enum Expect {
@@ -83,7 +83,7 @@ async fn run(ops: Vec<Op>, durability: Durability) {
                 expect,
             } => {
                 let name = format!("model-{stream}");
-                let current = model.streams.get(&name).map_or(0, Vec::len) as u64;
+                let current = to_u64(model.streams.get(&name).map_or(0, Vec::len));
                 let expected = match expect {
                     Expect::Any => ExpectedVersion::Any,
                     Expect::NoStream => ExpectedVersion::NoStream,
@@ -99,11 +99,11 @@ async fn run(ops: Vec<Op>, durability: Durability) {
                     assert_eq!(r.last_version.get(), current + u64::from(count));
                     assert_eq!(
                         r.first_position,
-                        Position::sequence(model.log.len() as u64 + 1)
+                        Position::sequence(to_u64(model.log.len()) + 1)
                     );
                     for (i, e) in events.iter().enumerate() {
                         model.streams.entry(name.clone()).or_default().push(e.id);
-                        model.log.push((name.clone(), current + 1 + i as u64));
+                        model.log.push((name.clone(), current + 1 + to_u64(i)));
                     }
                     last = Some((name, events, r));
                 } else {
@@ -144,7 +144,7 @@ async fn run(ops: Vec<Op>, durability: Durability) {
                     .from(Version::new(u64::from(from)))
                     .limit(usize::from(limit));
                 let want: Vec<(u64, annals::EventId)> =
-                    match options.range(Version::new(ids.len() as u64)) {
+                    match options.range(Version::new(to_u64(ids.len()))) {
                         None => Vec::new(),
                         Some((a, b)) => {
                             let versions: Vec<u64> = if options.direction == Direction::Forward {
@@ -154,7 +154,7 @@ async fn run(ops: Vec<Op>, durability: Durability) {
                             };
                             versions
                                 .into_iter()
-                                .map(|v| (v, ids[v as usize - 1]))
+                                .map(|v| (v, ids[to_usize(v) - 1]))
                                 .collect()
                         }
                     };
@@ -184,7 +184,7 @@ async fn run(ops: Vec<Op>, durability: Durability) {
                     .log
                     .iter()
                     .enumerate()
-                    .map(|(i, (s, v))| (s.clone(), *v, i as u64 + 1))
+                    .map(|(i, (s, v))| (s.clone(), *v, to_u64(i) + 1))
                     .filter(|(_, _, p)| *p >= from)
                     .take(usize::from(limit))
                     .collect();
@@ -196,7 +196,7 @@ async fn run(ops: Vec<Op>, durability: Durability) {
                 let last_position = store.last_position().await.expect("last position");
                 assert_eq!(
                     last_position.map_or(0, |p| p.commit()),
-                    model.log.len() as u64,
+                    to_u64(model.log.len()),
                     "step {step}: positions after reopen"
                 );
             }
@@ -204,7 +204,7 @@ async fn run(ops: Vec<Op>, durability: Durability) {
     }
     let report = store.verify().await.expect("verify");
     assert!(report.is_clean(), "{report}");
-    assert_eq!(report.events, model.log.len() as u64);
+    assert_eq!(report.events, to_u64(model.log.len()));
     shut(store).await;
 }
 

@@ -7,7 +7,7 @@ mod support;
 use annals::{Error, EventStore, ExpectedVersion, Position, StreamInfo, Version};
 use annals_sled::testing;
 use futures::TryStreamExt;
-use support::{event, open, raw_tree, read_all, read_stream, shut, sid};
+use support::{event, open, raw_tree, read_all, read_stream, shut, sid, to_u64};
 
 #[tokio::test]
 async fn commits_without_index_entries_are_indexed_again_at_open() {
@@ -175,7 +175,7 @@ async fn a_lone_writers_many_appends_share_stream_index_entries_and_read_back() 
     let all = read_stream(&store, &sid("lone-1")).await;
     assert_eq!(all.len(), 600);
     for (i, e) in all.iter().enumerate() {
-        assert_eq!(e.version, Version::new(i as u64 + 1));
+        assert_eq!(e.version, Version::new(to_u64(i) + 1));
     }
     let window: Vec<_> = store
         .read_stream(

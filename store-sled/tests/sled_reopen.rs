@@ -7,7 +7,6 @@ use annals::{
     Timestamp, Version,
 };
 use annals_sled::{Durability, SledEventStore};
-use bytes::Bytes;
 use support::{event, format_marker, open, open_with, raw_tree, read_all, read_stream, shut, sid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,14 +25,13 @@ async fn everything_survives_a_reopen_and_positions_continue() {
                 .await
                 .expect("append");
         }
-        let snapshot = Snapshot {
-            stream_id: sid("account-1"),
-            version: Version::new(4),
-            schema_version: 1,
-            content_type: "application/json".into(),
-            payload: Bytes::from_static(b"{\"balance\":4}"),
-            taken_at: Timestamp::from_unix_micros(1_795_000_000_000_000),
-        };
+        let snapshot = Snapshot::new(
+            sid("account-1"),
+            Version::new(4),
+            "application/json",
+            &b"{\"balance\":4}"[..],
+        )
+        .with_taken_at(Timestamp::from_unix_micros(1_795_000_000_000_000));
         store
             .save_snapshot(snapshot.clone())
             .await
@@ -129,18 +127,25 @@ async fn a_newer_format_is_refused_with_a_clear_error() {
     let newer = annals_sled::FORMAT_VERSION + 1;
     set_marker(newer);
     match SledEventStore::builder().path(&path).open().await {
-        Err(Error::Format(message)) => {
-            assert!(message.contains(&format!("format {newer}")), "{message}");
-            assert!(message.contains("newer"), "{message}");
+        Err(Error::Format {
+            backend,
+            found,
+            reason,
+            ..
+        }) => {
+            assert_eq!((backend, found), ("sled", Some(newer)));
+            assert!(reason.contains(&format!("format {newer}")), "{reason}");
+            assert!(reason.contains("newer"), "{reason}");
         }
         other => panic!("expected a format error, got {other:?}"),
     }
     // The first, unreleased layout (before commit records) is refused too, never misread.
     set_marker(1);
     match SledEventStore::builder().path(&path).open().await {
-        Err(Error::Format(message)) => {
-            assert!(message.contains("format 1"), "{message}");
-            assert!(message.contains("older"), "{message}");
+        Err(Error::Format { found, reason, .. }) => {
+            assert_eq!(found, Some(1));
+            assert!(reason.contains("format 1"), "{reason}");
+            assert!(reason.contains("older"), "{reason}");
         }
         other => panic!("expected a format error, got {other:?}"),
     }
@@ -152,7 +157,10 @@ async fn a_newer_format_is_refused_with_a_clear_error() {
         db.flush().expect("flush");
     }
     match SledEventStore::builder().path(&path).open().await {
-        Err(Error::Format(message)) => assert!(message.contains("checksum"), "{message}"),
+        Err(Error::Format { found, reason, .. }) => {
+            assert_eq!(found, None, "a damaged marker has no readable version");
+            assert!(reason.contains("checksum"), "{reason}");
+        }
         other => panic!("expected a format error, got {other:?}"),
     }
 }
@@ -167,8 +175,8 @@ async fn a_foreign_sled_database_and_a_missing_path_are_refused() {
         db.flush().expect("flush");
     }
     match SledEventStore::builder().path(&path).open().await {
-        Err(Error::Format(message)) => {
-            assert!(message.contains("not an Annals store"), "{message}")
+        Err(Error::Format { reason, .. }) => {
+            assert!(reason.contains("not an Annals store"), "{reason}")
         }
         other => panic!("expected a format error, got {other:?}"),
     }
@@ -181,8 +189,11 @@ async fn a_foreign_sled_database_and_a_missing_path_are_refused() {
     drop(db);
 
     match SledEventStore::builder().open().await {
-        Err(Error::Format(message)) => assert!(message.contains("path"), "{message}"),
-        other => panic!("expected a format error, got {other:?}"),
+        Err(Error::Configuration { setting, reason }) => {
+            assert_eq!(setting, "path");
+            assert!(reason.contains("path"), "{reason}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
     }
 }
 

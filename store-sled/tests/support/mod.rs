@@ -7,6 +7,16 @@ use annals::{EventData, EventStore, ReadAll, ReadStream, RecordedEvent, StreamId
 use annals_sled::{Durability, SledEventStore};
 use futures::TryStreamExt;
 
+/// A length or a count as `u64` (a `usize` always fits on the targets Rust supports).
+pub fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).expect("a usize fits in u64")
+}
+
+/// A `u64` index (or offset) as `usize`.
+pub fn to_usize(n: u64) -> usize {
+    usize::try_from(n).expect("an index of something in memory fits in usize")
+}
+
 /// A stream id.
 pub fn sid(s: &str) -> StreamId {
     StreamId::new(s).expect("valid stream id")
@@ -105,7 +115,7 @@ pub fn commit_of(tree: &sled::Tree, stream: &str, version: u64) -> (Vec<u8>, usi
         .expect("a commit record")
         .expect("read");
     let first = be(&commit[1..9]);
-    (commit.to_vec(), (position - first) as usize)
+    (commit.to_vec(), to_usize(position - first))
 }
 
 /// The byte range of event `index`'s body inside a commit record (FORMAT.md).
