@@ -198,8 +198,7 @@ pub async fn raw_singles(
     events: &[EventData],
 ) -> anyhow::Result<()> {
     let statement = client.prepare(&sql(RAW_INSERT, schema)).await?;
-    for (i, e) in events.iter().enumerate() {
-        let version = first + i as i64;
+    for (version, e) in (first..).zip(events) {
         let schema_version = i32::from(e.schema_version);
         let headers = headers_json(e);
         let params: [&(dyn ToSql + Sync); 10] = [
@@ -231,7 +230,7 @@ pub async fn raw_batch(
     first: i64,
     events: &[EventData],
 ) -> anyhow::Result<()> {
-    let versions: Vec<i64> = (0..events.len() as i64).map(|i| first + i).collect();
+    let versions: Vec<i64> = (first..).take(events.len()).collect();
     let ids: Vec<Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let schema_versions: Vec<i32> = events.iter().map(|e| i32::from(e.schema_version)).collect();
@@ -280,7 +279,7 @@ fn line(scenario: String, (annals, baseline): (f64, f64), target: f64, rounds: u
 /// `tasks` concurrent appenders, each appending `per_task` single events to its own stream
 /// with `Exact` versions, on a fresh store with a pool of `tasks` connections: events/s.
 async fn store_singles(server: &PgServer, tasks: u64, per_task: u64) -> anyhow::Result<f64> {
-    let store = fresh_store(server, tasks as usize).await?;
+    let store = fresh_store(server, usize::try_from(tasks)?).await?;
     let events: Vec<Vec<EventData>> = (0..tasks).map(|t| batch(t * per_task, per_task)).collect();
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -425,8 +424,8 @@ impl Scenario for Batch100 {
                     let all: Vec<Vec<EventData>> =
                         (0..batches).map(|b| batch(b * BATCH, BATCH)).collect();
                     let started = Instant::now();
-                    for (b, events) in all.iter().enumerate() {
-                        let first = (b as u64 * BATCH + 1) as i64;
+                    for (b, events) in (0i64..).zip(&all) {
+                        let first = b * i64::try_from(BATCH)? + 1;
                         raw_batch(&client, &statement, "bench-batch", first, events).await?;
                     }
                     let measured = rate(batches * BATCH, started.elapsed());
@@ -483,7 +482,7 @@ impl Scenario for ReadAllPaged {
             for b in 0..total / BATCH {
                 let events = batch(b * BATCH, BATCH);
                 let name = format!("bench-{}", b % 10);
-                let first = (b / 10 * BATCH + 1) as i64;
+                let first = i64::try_from(b / 10 * BATCH + 1)?;
                 raw_batch(&client, &insert, &name, first, &events).await?;
                 store
                     .append(&stream(name)?, ExpectedVersion::Any, events)
@@ -505,7 +504,7 @@ impl Scenario for ReadAllPaged {
                     let mut read = 0u64;
                     loop {
                         let events: Vec<_> = store_ref
-                            .read_all(ReadAll::from(from).limit(PAGE as usize))
+                            .read_all(ReadAll::from(from).limit(usize::try_from(PAGE)?))
                             .try_collect()
                             .await?;
                         let Some(last) = events.last() else { break };
@@ -520,7 +519,7 @@ impl Scenario for ReadAllPaged {
                     let mut after = 0i64;
                     let mut read = 0u64;
                     loop {
-                        let rows = client.query(page, &[&after, &(PAGE as i64)]).await?;
+                        let rows = client.query(page, &[&after, &i64::try_from(PAGE)?]).await?;
                         let mut decoded: Vec<RawRow> = Vec::with_capacity(rows.len());
                         for row in &rows {
                             decoded.push((

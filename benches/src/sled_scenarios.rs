@@ -295,7 +295,7 @@ impl Scenario for Load10k {
                         lo.extend_from_slice(&1u64.to_be_bytes());
                         let mut hi = b"Sbench-0\xFF".to_vec();
                         hi.extend_from_slice(&EVENTS.to_be_bytes());
-                        let mut out = Vec::with_capacity(EVENTS as usize);
+                        let mut out = Vec::with_capacity(usize::try_from(EVENTS)?);
                         for item in db.range(lo..=hi) {
                             let (_, value) = item?;
                             out.push(value.to_vec());

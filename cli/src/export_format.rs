@@ -191,6 +191,8 @@ pub struct Reader {
     count: u64,
     crc: crc32fast::Hasher,
     done: bool,
+    /// The previous event's position and line: positions in an export increase.
+    previous: Option<(Position, usize)>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -214,6 +216,7 @@ impl Reader {
             count: 0,
             crc: crc32fast::Hasher::new(),
             done: false,
+            previous: None,
         };
         let header = match reader.lines.next() {
             None => return Err(reader.corrupt("the file is empty")),
@@ -231,6 +234,11 @@ impl Reader {
             )));
         }
         Ok(reader)
+    }
+
+    /// The number of the line read last (the header is line 1).
+    pub fn line_number(&self) -> usize {
+        self.number
     }
 
     /// Checks the whole file; the number of events it holds.
@@ -262,7 +270,7 @@ impl Reader {
             return Ok(None);
         }
         let parsed: Line<'_> = serde_json::from_str(line)
-            .map_err(|e| self.corrupt(format!("not an event line: {e}")))?;
+            .map_err(|e| self.corrupt(format!("not an event line: {}", json_error(&e))))?;
         let actual = crc32fast::hash(parsed.e.get().as_bytes());
         if actual != parsed.c {
             return Err(self.corrupt(format!(
@@ -272,10 +280,37 @@ impl Reader {
         }
         self.crc.update(&parsed.c.to_le_bytes());
         let event: ExportedEvent = serde_json::from_str(parsed.e.get())
-            .map_err(|e| self.corrupt(format!("bad event: {e}")))?;
+            .map_err(|e| self.corrupt(format!("bad event: {}", json_error(&e))))?;
         event.to_event_data().map_err(|e| self.corrupt(e))?;
+        let position: Position = event
+            .position
+            .parse()
+            .map_err(|e| self.corrupt(format!("bad position: {e}")))?;
+        if let Some((previous, line)) = self.previous {
+            if position <= previous {
+                return Err(self.corrupt(format!(
+                    "position {position} does not follow position {previous} of line {line}: \
+                     lines are reordered or repeated (positions in an export increase)"
+                )));
+            }
+        }
+        self.previous = Some((position, self.number));
         self.count += 1;
         Ok(Some(event))
+    }
+}
+
+/// A JSON error without serde's own "at line 1 column N" (each event is one line of the file,
+/// whose number the message gives): the column alone.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let what = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(what, _)| what);
+    if e.column() == 0 {
+        what.to_owned()
+    } else {
+        format!("{what} (at column {})", e.column())
     }
 }
 

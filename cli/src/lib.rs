@@ -123,9 +123,18 @@ impl App {
         let url = cli.store.as_deref().ok_or_else(|| {
             Failure::usage("no store given: pass --store sled:<path> or --store postgres://…, or set ANNALS_STORE")
         })?;
-        let mode = match cli.command {
-            Command::Import { .. } => OpenMode::CreateIfMissing,
-            _ => OpenMode::Existing,
+        // An import checks its whole file before the store is opened (or created): a refused
+        // import writes nothing and leaves no new store behind. The CLI opens every store with
+        // the default limits.
+        let (mode, import_plan) = match &cli.command {
+            Command::Import { file } => (
+                OpenMode::CreateIfMissing,
+                Some(commands::export::check_file(
+                    file,
+                    annals::Limits::default(),
+                )?),
+            ),
+            _ => (OpenMode::Existing, None),
         };
         let store = open(url, mode).await?;
         let out = Out::new(cli.json);
@@ -147,7 +156,10 @@ impl App {
             Command::Replay(args) => commands::replay::replay(&cx, registry, args).await,
             Command::Verify { max_problems } => commands::verify::verify(&cx, *max_problems).await,
             Command::Export { file, from } => commands::export::export(&cx, file, *from).await,
-            Command::Import { file } => commands::export::import(&cx, file).await,
+            Command::Import { file } => match &import_plan {
+                Some(plan) => commands::export::import(&cx, file, plan).await,
+                None => Err(Failure::usage("import: the file was not checked")),
+            },
             Command::Migrate { to } => commands::migrate::migrate(&cx, to).await,
             Command::Stats => commands::stats::stats(&cx).await,
         };

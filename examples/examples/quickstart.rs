@@ -195,7 +195,7 @@ async fn run(path: &Path) -> anyhow::Result<Summary> {
     }
     let ours = accounts.load(&ada).await?.state.balance();
     anyhow::ensure!(
-        balances.get(&ada).copied() == Some(ours as i64),
+        balances.get(&ada).copied() == Some(i64::try_from(ours)?),
         "the read model disagrees with the aggregate"
     );
 

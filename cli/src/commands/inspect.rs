@@ -59,7 +59,8 @@ pub(crate) async fn show(cx: &Context<'_>, registry: &Registry, args: &ShowArgs)
             "stream `{stream}` is at version {head}: nothing between {from} and {to}"
         )));
     }
-    let limit = (to.get() - from.get() + 1) as usize;
+    // More than fits in memory cannot be shown anyway: a huge range reads to the end.
+    let limit = usize::try_from(to.get() - from.get() + 1).unwrap_or(usize::MAX);
     let mut events = cx
         .store
         .any

@@ -73,6 +73,11 @@ pub(crate) async fn replay(cx: &Context<'_>, registry: &Registry, args: &ReplayA
         (None, None) => ReplayPoint::Latest,
     };
     let replayed = replayer.replay(&cx.store.any, &stream, point).await?;
+    if let (ReplayPoint::AsOf(t), true) = (point, replayed.version.is_empty()) {
+        return Err(Failure::not_found(format!(
+            "stream `{stream}` had no events yet at {t}: its first event was recorded later"
+        )));
+    }
     cx.out.emit(
         &json!({ "stream_id": stream, "version": replayed.version, "state": replayed.state }),
         || {
