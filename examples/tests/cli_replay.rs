@@ -108,6 +108,14 @@ async fn replay_at_a_version_at_a_time_and_between_versions() {
         (Some(3), Some(150))
     );
 
+    // Before the stream's first event there was nothing to replay: an error, not version 0.
+    let (code, _, err) = bank(
+        &url,
+        &["replay", "account-7", "--as-of", "2000-01-01T00:00:00Z"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("had no events yet"), "{err}");
+
     let (code, lines, err) = bank(&url, &["replay", "account-7", "--diff", "2..4"]);
     assert_eq!(code, 0, "{err}");
     let diff = &lines[0];
