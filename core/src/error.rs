@@ -256,3 +256,58 @@ fn fmt_opt_id(id: &Option<EventId>) -> String {
 fn fmt_found(found: Option<u32>) -> String {
     found.map(|v| format!(" version {v}")).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Position;
+
+    #[test]
+    fn a_version_conflict_is_a_conflict_and_not_transient() {
+        let conflict = Error::VersionConflict {
+            stream: StreamId::new("account-1").unwrap(),
+            expected: ExpectedVersion::exact(1),
+            actual: Version::new(2),
+        };
+        assert!(conflict.is_conflict());
+        assert!(
+            !conflict.is_transient(),
+            "a generic retry layer must not retry a conflict blindly"
+        );
+        let down = Error::Unavailable {
+            backend: "postgres",
+            source: "connection refused".into(),
+        };
+        assert!(down.is_transient() && !down.is_conflict());
+    }
+
+    #[test]
+    fn errors_name_what_kind_of_thing_went_wrong() {
+        let corrupt = Error::corrupt(
+            RecordPlace::new()
+                .stream(StreamId::new("account-1").unwrap())
+                .version(Version::new(3))
+                .position(Position::sequence(9)),
+            "checksum mismatch",
+        );
+        assert_eq!(
+            corrupt.to_string(),
+            "corrupt record (stream account-1, version 3, position 9): checksum mismatch"
+        );
+        let setting = Error::configuration("flush_interval", "must be above zero");
+        assert_eq!(
+            setting.to_string(),
+            "invalid setting `flush_interval`: must be above zero"
+        );
+        let format = Error::Format {
+            backend: "sled",
+            found: Some(4),
+            supported: 2..=3,
+            reason: "written by a newer annals-sled".into(),
+        };
+        assert_eq!(
+            format.to_string(),
+            "sled data format version 4: written by a newer annals-sled (this build reads format versions 2–3)"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! shared state).
 
 use annals::{
-    AnyStore, EventStore, ExpectedVersion, InMemoryBus, InMemoryStore, ReadAll, StreamId,
+    AnyStore, EventStore, ExpectedVersion, InMemoryBus, InMemoryStore, Leases, ReadAll, StreamId,
 };
 
 fn is_send<T: Send>(_: &T) {}
@@ -16,6 +16,10 @@ fn public_types_are_send_and_sync() {
     is_send_sync::<annals::Error>();
     is_send_sync::<annals::RecordedEvent>();
     is_send_sync::<annals::CommitWatch>();
+    is_send_sync::<annals::Lease>();
+    is_send_sync::<annals::LocalLeases>();
+    is_send_sync::<annals::VerifyReport>();
+    is_send_sync::<annals::RecordPlace>();
 }
 
 #[test]
@@ -27,6 +31,10 @@ fn store_futures_and_streams_are_send() {
     is_send(&store.read_all(ReadAll::all()));
     is_send(&any.append(&stream, ExpectedVersion::Any, vec![]));
     is_send(&any.stream_version(&stream));
+    is_send(&any.verify());
+    is_send(&any.close());
+    is_send(&any.try_lease("relay"));
+    is_send(&store.try_lease("relay"));
     is_send(&annals::subscribe_all(
         any.clone(),
         annals::Position::START,

@@ -53,7 +53,11 @@ async fn load_at_gives_the_state_at_each_version() {
     for v in 0..=7u64 {
         let loaded = tallies.load_at("1", Version::new(v)).await.unwrap();
         assert_eq!(loaded.version, Version::new(v));
-        assert_eq!(loaded.state, expected(usize::try_from(v).unwrap()), "at version {v}");
+        assert_eq!(
+            loaded.state,
+            expected(usize::try_from(v).unwrap()),
+            "at version {v}"
+        );
         assert_eq!(
             (loaded.replayed, loaded.snapshot, loaded.cached),
             (v, None, false)
