@@ -95,6 +95,21 @@ impl Lease {
         (lease, LeaseLoss { tx: Arc::new(tx) })
     }
 
+    /// A lease on `name` whose holder is made with its loss signal in hand: for a holder that
+    /// owns the task watching for the loss (a connection checker).
+    pub fn new_with<H: LeaseHolder>(
+        name: impl Into<String>,
+        make: impl FnOnce(LeaseLoss) -> H,
+    ) -> Lease {
+        let (tx, lost) = watch::channel(false);
+        let holder = make(LeaseLoss { tx: Arc::new(tx) });
+        Lease {
+            name: name.into(),
+            lost,
+            holder: Box::new(holder),
+        }
+    }
+
     /// The lease's name.
     pub fn name(&self) -> &str {
         &self.name
