@@ -115,9 +115,10 @@ impl Lease {
         &self.name
     }
 
-    /// Whether the lease was signalled lost.
+    /// Whether the lease was signalled lost (or its store dropped the loss signal, which can
+    /// then never tell).
     pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        *self.lost.borrow() || self.lost.has_changed().is_err()
     }
 
     /// Completes when the lease is lost (at once if it already is). The holder must then stop
