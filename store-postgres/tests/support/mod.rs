@@ -28,9 +28,14 @@ pub fn fresh_schema(prefix: &str) -> String {
 
 /// A builder on `server` with a fresh schema and a short poll interval.
 pub fn builder_on(server: &PgServer, prefix: &str) -> PgEventStoreBuilder {
+    builder_with_schema(server, &fresh_schema(prefix))
+}
+
+/// A builder on `server` and `schema` with a short poll interval.
+pub fn builder_with_schema(server: &PgServer, schema: &str) -> PgEventStoreBuilder {
     PgEventStore::builder()
         .connection_string(server.connection_string())
-        .schema(fresh_schema(prefix))
+        .schema(schema)
         .poll_interval(Duration::from_millis(20))
         .lease_check_interval(Duration::from_millis(100))
 }
