@@ -1,5 +1,5 @@
-//! Model-based test: random sequences of appends, reads and reopens against a `BTreeMap`
-//! model of what the store must hold.
+//! Model-based test: random sequences of appends, restores, reads and reopens against a
+//! `BTreeMap` model of what the store must hold.
 
 mod support;
 
@@ -31,6 +31,13 @@ enum Op {
         expect: Expect,
     },
     RetryLast,
+    /// Restores `count` new events taking turns among the streams from `first` (up to `spread`
+    /// of them), each following its stream's head.
+    Restore {
+        first: u8,
+        spread: u8,
+        count: u8,
+    },
     ReadStream {
         stream: u8,
         backward: bool,
@@ -55,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..4u8, 1..4u8, expect).prop_map(|(stream, count, expect)| Op::Append { stream, count, expect }),
         1 => Just(Op::RetryLast),
+        2 => (0..4u8, 1..4u8, 1..40u8).prop_map(|(first, spread, count)| Op::Restore { first, spread, count }),
         3 => (0..4u8, any::<bool>(), 0..12u8, 0..8u8)
             .prop_map(|(stream, backward, from, limit)| Op::ReadStream { stream, backward, from, limit }),
         2 => (0..40u8, 0..10u8).prop_map(|(from, limit)| Op::ReadAll { from, limit }),
@@ -75,6 +83,7 @@ async fn run(ops: Vec<Op>, durability: Durability) {
     let mut store = open_with(&path, durability).await;
     let mut model = Model::default();
     let mut last: Option<(String, Vec<EventData>, AppendResult)> = None;
+    let mut restored = 0i64;
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Append {
@@ -126,6 +135,48 @@ async fn run(ops: Vec<Op>, durability: Durability) {
                         "step {step}: a retry returns the first result"
                     );
                 }
+            }
+            Op::Restore {
+                first,
+                spread,
+                count,
+            } => {
+                let mut batch = Vec::new();
+                let mut next: BTreeMap<String, u64> = BTreeMap::new();
+                for i in 0..count {
+                    let name = format!("model-{}", (first + i % spread) % 4);
+                    let version = next
+                        .entry(name.clone())
+                        .or_insert_with(|| to_u64(model.streams.get(&name).map_or(0, Vec::len)));
+                    *version += 1;
+                    restored += 1;
+                    batch.push(annals::RestoredEvent::new(
+                        sid(&name),
+                        Version::new(*version),
+                        // After every time the store records (appends record the clock's).
+                        annals::Timestamp::from_unix_micros(4_000_000_000_000_000 + restored),
+                        event("R", u64::from(i)),
+                    ));
+                }
+                let result = store
+                    .restore(batch.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("step {step}: restore failed: {e}"));
+                assert_eq!(result.written, u64::from(count), "step {step}");
+                for e in batch {
+                    let name = e.stream_id.to_string();
+                    model
+                        .streams
+                        .entry(name.clone())
+                        .or_default()
+                        .push(e.event.id);
+                    model.log.push((name, e.version.get()));
+                }
+                assert_eq!(
+                    result.last_position,
+                    Some(Position::sequence(to_u64(model.log.len()))),
+                    "step {step}"
+                );
             }
             Op::ReadStream {
                 stream,
