@@ -34,6 +34,7 @@ pub struct SledEventStoreBuilder {
     limits: Limits,
     cache_bytes: u64,
     flush_interval: Duration,
+    accept_loss: bool,
 }
 
 impl SledEventStore {
@@ -68,6 +69,7 @@ impl SledEventStoreBuilder {
             limits: Limits::new(),
             cache_bytes: 64 * 1024 * 1024,
             flush_interval: Duration::from_millis(500),
+            accept_loss: false,
         }
     }
 
@@ -115,6 +117,22 @@ impl SledEventStoreBuilder {
         self
     }
 
+    /// Opens a store whose files hold less than its manifest records — writes the store had made
+    /// durable, lost to damaged files (sled recovers an older state from them), or a manifest
+    /// that is missing or damaged — instead of refusing it with [`Error::Corrupt`]. Off by
+    /// default.
+    ///
+    /// The loss is logged, and [`verify`](annals::EventStore::verify) reports it as
+    /// [`ProblemKind::Missing`](annals::ProblemKind::Missing) problems for as long as this
+    /// store is open. The manifest is rewritten to what the files hold, so the loss is
+    /// accepted: the next open, with or without this setting, checks against the new manifest.
+    /// Use it to read (or export) what is left of a damaged store.
+    #[must_use]
+    pub fn accept_loss(mut self, accept: bool) -> Self {
+        self.accept_loss = accept;
+        self
+    }
+
     /// Opens (or creates) the store and checks its format.
     ///
     /// # Errors
@@ -126,7 +144,9 @@ impl SledEventStoreBuilder {
     ///   sled database that is not an Annals store;
     /// - [`Error::Unavailable`] when sled cannot open the directory (for example because
     ///   another process has it open: its lock is waited for up to half a second first);
-    /// - [`Error::Corrupt`] when sled finds its files damaged.
+    /// - [`Error::Corrupt`] when sled finds its files damaged: when it cannot read them (sled
+    ///   panics, or calls them unsupported), or when they hold less than the store's manifest
+    ///   records (see [`accept_loss`](Self::accept_loss)).
     pub async fn open(self) -> Result<SledEventStore> {
         open::open(self.settings()?).await
     }
@@ -151,6 +171,7 @@ impl SledEventStoreBuilder {
             limits: self.limits,
             cache_bytes: self.cache_bytes,
             flush_interval: self.flush_interval,
+            accept_loss: self.accept_loss,
         })
     }
 }

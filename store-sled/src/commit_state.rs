@@ -19,22 +19,41 @@ use std::time::{Duration, Instant};
 
 use annals::store::kit::CommitNotifier;
 use annals::{
-    AppendResult, CommitWatch, Error, EventId, ExpectedVersion, Position, Result, StreamId,
+    AppendResult, CommitWatch, Error, EventId, ExpectedVersion, Position, RestoreResult,
+    RestoredEvent, Result, StreamId,
 };
 use tokio::sync::{oneshot, watch};
 
 use crate::format;
+use crate::marks::Marks;
 use crate::num::{micros, u64_from};
 use crate::overlay::{Overlay, INDEX_AT};
 use crate::Durability;
 
+/// Work waiting for the writer: an append or a restore, committed in arrival order.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    Append(PendingAppend),
+    Restore(PendingRestore),
+}
+
 /// An append waiting for the writer.
 #[derive(Debug)]
-pub(crate) struct Pending {
+pub(crate) struct PendingAppend {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
     pub(crate) events: Vec<Encoded>,
     pub(crate) reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+/// A restore waiting for the writer: the batch, each event's body encoded by the caller (in
+/// batch order), and where to send the outcome: the result and the last position it needs
+/// durable (its own last one, or the last of the events it found already stored).
+#[derive(Debug)]
+pub(crate) struct PendingRestore {
+    pub(crate) events: Vec<RestoredEvent>,
+    pub(crate) bodies: Vec<Vec<u8>>,
+    pub(crate) reply: oneshot::Sender<Result<(RestoreResult, u64)>>,
 }
 
 /// An event encoded by its appending task, waiting for its place.
@@ -126,12 +145,19 @@ pub(crate) struct CommitState {
     notifier: CommitNotifier,
     /// The index position last recorded in the `Mindexed` marker.
     marked: AtomicU64,
+    /// The write and save counters: each flush raises the write counter first.
+    marks: Arc<Marks>,
 }
 
 impl CommitState {
     /// The state of a store whose log ends at `last_position` and whose indexes are written
     /// through `indexed`.
-    pub(crate) fn new(last_position: u64, indexed: u64, durability: Durability) -> Self {
+    pub(crate) fn new(
+        last_position: u64,
+        indexed: u64,
+        durability: Durability,
+        marks: Arc<Marks>,
+    ) -> Self {
         let (durable, _) = watch::channel(Durable {
             position: last_position,
             ..Durable::default()
@@ -156,7 +182,13 @@ impl CommitState {
             visible: Arc::new(AtomicU64::new(last_position)),
             notifier,
             marked: AtomicU64::new(indexed),
+            marks,
         }
+    }
+
+    /// The write and save counters.
+    pub(crate) fn marks(&self) -> &Arc<Marks> {
+        &self.marks
     }
 
     pub(crate) fn durability(&self) -> Durability {
@@ -350,8 +382,10 @@ impl CommitState {
         );
         let _enter = span.enter();
         let started = Instant::now();
-        // Index entries written before this flush are durable after it.
+        // Index entries written before this flush are durable after it, and so is the write
+        // count raised now.
         let indexed = overlay.written();
+        let stamp = self.marks.stamp(tree);
         let outcome = tree.flush();
         let took = started.elapsed();
         span.record("flush_us", micros(took));
@@ -364,6 +398,7 @@ impl CommitState {
             Ok(bytes) => {
                 span.record("bytes", u64_from(bytes));
                 overlay.durable_through(target);
+                self.marks.flushed(stamp, target);
                 self.mark_indexed(tree, indexed);
                 self.publish_durable(target, serves);
             }

@@ -226,6 +226,7 @@ where
             overlay,
             ..
         } = &self.parts;
+        let written = state.lock().written;
         let done = overlay
             .index(tree, state.visible())
             .and_then(|()| db.flush().map_err(sled_error))
@@ -233,7 +234,10 @@ where
                 let marker = format::indexed_value(overlay.written());
                 tree.insert(format::META_INDEXED, marker)
                     .map_err(sled_error)?;
-                db.flush().map_err(sled_error)
+                let stamp = state.marks().stamp(tree);
+                db.flush().map_err(sled_error)?;
+                state.marks().flushed(stamp, written);
+                Ok(())
             });
         if let Err(error) = done {
             tracing::error!(%error, "indexing at close failed; the next open redoes it");

@@ -2,8 +2,9 @@
 //!
 //! The embedded [Annals](annals) event store: durable, with no server to start, on
 //! [sled](https://docs.rs/sled/0.34.7) 0.34.7. [`SledEventStore`] implements
-//! [`EventStore`](annals::EventStore) (with its [`close`](annals::EventStore::close) and
-//! [`verify`](annals::EventStore::verify)), [`SnapshotStore`](annals::SnapshotStore),
+//! [`EventStore`](annals::EventStore) (with its [`restore`](annals::EventStore::restore),
+//! [`close`](annals::EventStore::close) and [`verify`](annals::EventStore::verify)),
+//! [`SnapshotStore`](annals::SnapshotStore),
 //! [`CheckpointStore`](annals::CheckpointStore) and [`Leases`](annals::Leases), and passes the
 //! conformance suite of `annals-testkit`.
 //!
@@ -43,6 +44,13 @@
 //!   events (write-ahead layout, see `FORMAT.md`), atomic also across a crash. The stream,
 //!   head and event-id indexes are derived from the log in bulk and redone from it at open, so a
 //!   crash never leaves part of an append, nor an index pointing nowhere.
+//! - **Bulk restore** ([`restore`](annals::EventStore::restore), what `import` and `migrate`
+//!   use): events of many streams keep their versions and recording times; a batch is checked
+//!   by the writer as appends are, written as *mixed* commit records (at most 16 events each,
+//!   each naming the restore's end, so what a crash leaves of an unfinished restore is removed
+//!   at the next open: all or nothing, also across a crash) and made durable and visible by the
+//!   same group commit and flush as appends. Batches of 5,000 events of 1,000 interleaved
+//!   streams restore at a few hundred thousand events a second.
 //! - **Durability** ([`Durability`]): by default an append is answered after `fsync`. Appends
 //!   arriving together share one flush (group commit). With
 //!   [`Durability::Buffered`] an append is answered after the in-memory write, and the store
@@ -54,11 +62,27 @@
 //!   [`RecordPlace`](annals::RecordPlace) names the stream, version and position.
 //!   [`verify`](annals::EventStore::verify) walks the whole store and reports what it finds in
 //!   the core [`VerifyReport`](annals::VerifyReport).
+//! - **No silent loss on damaged files**: sled recovers an older state from damaged files
+//!   without a word, so the store keeps a write counter inside sled (raised before every flush)
+//!   and a save counter (raised with every snapshot and checkpoint), and a small manifest file
+//!   beside sled's, `annals-manifest`, recording what it had made durable (written atomically at
+//!   open, at close and at most once a second by a thread of its own, never on the append
+//!   path). Files holding less are refused at open with
+//!   [`Error::Corrupt`](annals::Error::Corrupt) naming what is missing (the positions, or the
+//!   snapshots and checkpoints written after a time), and [`verify`](annals::EventStore::verify)
+//!   reports it as [`ProblemKind::Missing`](annals::ProblemKind::Missing), as it does a
+//!   snapshot or checkpoint back at an older value (checked against a digest the save counter
+//!   keeps); [`accept_loss`](SledEventStoreBuilder::accept_loss) opens such files anyway. A loss within the
+//!   manifest's last second before a crash is not told apart from the crash. A missing manifest
+//!   is created by the first open of a store that never had one, and is an error after that.
+//!   Files sled cannot read — it panics on some, calls others "unsupported" — are
+//!   [`Error::Corrupt`](annals::Error::Corrupt) saying the files are damaged, with their path
+//!   and sled's message. See `FORMAT.md`, "Lost writes".
 //! - **Format**: the layout is versioned (`FORMAT.md`); a store written by a newer build, a
 //!   damaged format marker, or a sled database that is not an Annals store is refused with
 //!   [`Error::Format`](annals::Error::Format) (`backend: "sled"`, the version `found` when
-//!   readable, and the `supported` versions: 2 to [`FORMAT_VERSION`], a format 2 store being
-//!   upgraded in place at open), never misread. Builder mistakes (no path, a zero flush
+//!   readable, and the `supported` versions: 2 to [`FORMAT_VERSION`], a format 2 or 3 store
+//!   being upgraded in place at open), never misread. Builder mistakes (no path, a zero flush
 //!   interval) are [`Error::Configuration`](annals::Error::Configuration).
 //! - **Bounded memory**: sled's cache (64 MiB by default) bounds what is held whatever the
 //!   size of the store; besides it, only the not-yet-indexed tail of the log (at most tens of
@@ -84,6 +108,8 @@ mod error;
 mod flusher;
 mod format;
 mod lookup;
+mod manifest;
+mod marks;
 mod num;
 mod open;
 mod overlay;
@@ -98,19 +124,20 @@ pub use durability::Durability;
 pub use store::SledEventStore;
 
 /// The version of the on-disk format this build writes and reads (see `FORMAT.md`). Stores in
-/// format 2 are opened too, and marked 3 on the way (format 3 only added id segments).
+/// formats 2 and 3 are opened too, and marked 4 on the way (format 3 added id segments, format 4
+/// mixed commit records, listed stream-index runs and the write counters).
 pub const FORMAT_VERSION: u32 = format::FORMAT_VERSION;
 
 /// Hooks for recovery tests: they write what a crash at a chosen moment leaves behind. Not part
 /// of the supported API.
 #[doc(hidden)]
 pub mod testing {
-    use annals::{EventData, Result, StreamId, Timestamp};
+    use annals::{EventData, RestoredEvent, Result, StreamId, Timestamp};
 
     use crate::error::sled_error;
     use crate::num::u64_from;
     use crate::overlay::{index_batch, CommitInfo};
-    use crate::{format, recover};
+    use crate::{format, recover, writer};
 
     fn commit(
         tree: &sled::Tree,
@@ -151,6 +178,32 @@ pub mod testing {
         tree.insert(format::commit_key(info.first, info.last()), value)
             .map_err(sled_error)?;
         Ok(info.first)
+    }
+
+    /// Writes the first `records` commit records of a restore of `events` (new events, each
+    /// following its stream's head) at the end of a closed store's log, without index entries:
+    /// what a crash part-way through the restore leaves behind. Returns the restore's first
+    /// position.
+    pub fn write_partial_restore(
+        tree: &sled::Tree,
+        events: Vec<RestoredEvent>,
+        records: usize,
+    ) -> Result<u64> {
+        let first = recover::log_end(tree)? + 1;
+        let written: Vec<(RestoredEvent, Vec<u8>)> = events
+            .into_iter()
+            .map(|e| {
+                let body = format::encode_body(&e.event);
+                (e, body)
+            })
+            .collect();
+        for (key, value) in writer::mixed_records(first, &written)
+            .into_iter()
+            .take(records)
+        {
+            tree.insert(key, value).map_err(sled_error)?;
+        }
+        Ok(first)
     }
 
     /// Writes the index entries (and the index marker) of a commit past the end of a closed

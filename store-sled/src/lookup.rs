@@ -1,11 +1,13 @@
 //! Point lookups in the derived indexes written to sled: a stream's head, an event id's place.
 //! The writer's checks and the reads use them after consulting the overlay (`overlay.rs`).
 
+use std::collections::HashMap;
+
 use annals::store::kit::StoredEventRef;
 use annals::{Error, EventId, Position, RecordPlace, Result, StreamId, Version};
 
 use crate::error::{corrupt_somewhere, sled_error};
-use crate::format::{self, Head};
+use crate::format::{self, CheckedSegment, Head};
 
 /// Where `id` is stored, if anywhere: its `I` entry, else the id segment whose range holds it.
 pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredEventRef>> {
@@ -23,6 +25,102 @@ pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredE
         Some(position) => segment_entry(tree, id, position).map(Some),
         None => Ok(None),
     }
+}
+
+/// Where each of `ids` (sorted, each once) is stored, for those stored: as [`lookup_id`] for
+/// each, but an id segment is read (and its checksum checked) once for all the ids in its range
+/// rather than once per id — a restore's ids come in runs.
+pub(crate) fn lookup_sorted_ids(
+    tree: &sled::Tree,
+    ids: &[EventId],
+) -> Result<Vec<(EventId, StoredEventRef)>> {
+    let singles = single_entries(tree, ids)?;
+    let mut found = Vec::new();
+    // The segment read last, checked once.
+    let mut segment: Option<CheckedSegment> = None;
+    for &id in ids {
+        let key = format::id_key(id);
+        let scanned = singles.through;
+        let single = if scanned.is_some_and(|through| *id.as_uuid().as_bytes() <= through) {
+            singles.found.get(&id).cloned()
+        } else {
+            match tree.get(key).map_err(sled_error)? {
+                Some(value) => Some(id_entry(&key, &value, id)?),
+                None => None,
+            }
+        };
+        if let Some(single) = single {
+            found.push((id, single));
+            continue;
+        }
+        let bytes = id.as_uuid().as_bytes();
+        // Sorted ids: the segment of the previous one covers this one too while its key is
+        // at or above it (no segment key lies between them).
+        let covers = segment
+            .as_ref()
+            .is_some_and(|s| s.key.get(1..).is_some_and(|k| k >= &bytes[..]));
+        if !covers {
+            segment = match format::segment_for(tree, bytes).map_err(sled_error)? {
+                Some((key, value)) => {
+                    Some(CheckedSegment::check(key, value).map_err(|reason| {
+                        corrupt_somewhere(format!("id segment holding {id}: {reason}"))
+                    })?)
+                }
+                None => None,
+            };
+        }
+        // No segment at or above this id: it is not stored.
+        if let Some(position) = segment.as_ref().and_then(|s| s.find(bytes)) {
+            found.push((id, segment_entry(tree, id, position)?));
+        }
+    }
+    Ok(found)
+}
+
+/// The `I` entries of some sorted ids, and through which id they are all known.
+struct Singles {
+    found: HashMap<EventId, StoredEventRef>,
+    /// Every id up to this one has its entry (if any) in `found` (`None`: no id has).
+    through: Option<[u8; 16]>,
+}
+
+/// The `I` entries of sorted `ids`, found by one scan of the entries between the first and the
+/// last id rather than a lookup each — while the scan meets few entries of other ids: past a
+/// budget it stops.
+fn single_entries(tree: &sled::Tree, ids: &[EventId]) -> Result<Singles> {
+    let mut found = HashMap::new();
+    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+        return Ok(Singles {
+            found,
+            through: None,
+        });
+    };
+    let budget = 2 * ids.len() + 64;
+    let mut through = None;
+    for (visited, entry) in tree
+        .range(format::id_key(*first)..=format::id_key(*last))
+        .enumerate()
+    {
+        if visited >= budget {
+            return Ok(Singles { found, through });
+        }
+        let (key, value) = entry.map_err(sled_error)?;
+        let Some(bytes) = key.get(1..).and_then(|k| <[u8; 16]>::try_from(k).ok()) else {
+            return Err(corrupt_somewhere("malformed id index key"));
+        };
+        let id = EventId::from_uuid(uuid::Uuid::from_bytes(bytes));
+        if ids
+            .binary_search_by_key(&bytes, |i| *i.as_uuid().as_bytes())
+            .is_ok()
+        {
+            found.insert(id, id_entry(&key, &value, id)?);
+        }
+        through = Some(bytes);
+    }
+    Ok(Singles {
+        found,
+        through: Some(*last.as_uuid().as_bytes()),
+    })
 }
 
 /// The place an `I` entry names.

@@ -1,15 +1,18 @@
 //! Opening a store: sled, the format check, recovery, and the store's threads.
 
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annals::{Error, Limits, Result};
 
 use crate::commit_state::CommitState;
-use crate::error::sled_error;
+use crate::error::{corruption, damaged_files, panic_message, sled_error};
 use crate::flusher::{self, FlusherParts};
 use crate::format::{self, format_error, FORMAT_VERSION, TREE};
+use crate::manifest::{self, Keeper};
+use crate::marks::{self, Marks};
 use crate::overlay::Overlay;
 use crate::recover;
 use crate::store::{Parts, SledEventStore};
@@ -25,14 +28,22 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     pub(crate) cache_bytes: u64,
     pub(crate) flush_interval: Duration,
+    /// Open files holding less than the manifest records, reporting the loss in `verify`.
+    pub(crate) accept_loss: bool,
 }
 
 /// Opens (or creates) the store described by `settings`.
 pub(crate) async fn open(settings: Settings) -> Result<SledEventStore> {
     // Opening replays sled's log: blocking file I/O, kept off the async workers.
-    tokio::task::spawn_blocking(move || open_blocking(settings))
-        .await
-        .map_err(|e| Error::backend("sled", e))?
+    let path = settings.path.clone();
+    tokio::task::spawn_blocking(move || {
+        // Sled panics on some damaged files while it reads them: that is damage, not a bug of
+        // the caller's.
+        std::panic::catch_unwind(AssertUnwindSafe(|| open_blocking(settings)))
+            .map_err(|panic| damaged_files(path.as_deref(), &panic_message(&*panic)))?
+    })
+    .await
+    .map_err(|e| Error::backend("sled", e))?
 }
 
 fn open_blocking(settings: Settings) -> Result<SledEventStore> {
@@ -44,15 +55,32 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
         Some(path) => config.path(path),
         None => config.temporary(true),
     };
-    let db = open_db(&config)?;
+    let db = open_db(&config, settings.path.as_deref())?;
     let tree = check_format(&db)?;
+    // The files against the manifest first, before the open repairs (writes) anything.
+    let before = marks::read_tally(&tree, recover::log_end(&tree)?)?;
+    let check = match &settings.path {
+        Some(dir) => manifest::check_at_open(dir, &before, settings.accept_loss)?,
+        None => manifest::Check::default(),
+    };
     let last = recover::recover(&db, &tree)?;
     let frontier = recover::frontier(&tree)?;
+    let found = marks::read_found(&tree, last)?;
+    let tally = found.tally;
+    if let Some(dir) = &settings.path {
+        manifest::record(dir, check.recorded, &tally)?;
+    }
+    let lost = check.lost;
+    for problem in &lost {
+        tracing::warn!(%problem, "opened a damaged store, accepting the loss");
+    }
+    let marks = Arc::new(Marks::new(found));
     let overlay = Arc::new(Overlay::new(last, frontier));
     let state = Arc::new(CommitState::new(
         last,
         overlay.written(),
         settings.durability,
+        marks.clone(),
     ));
     let end = LogEnd {
         position: last,
@@ -74,6 +102,10 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
         overlay: overlay.clone(),
         commit: move |group| committer.commit(group),
     })?;
+    let keeper = match &settings.path {
+        Some(dir) => Some(Arc::new(Keeper::spawn(dir.clone(), marks.clone(), tally)?)),
+        None => None,
+    };
     tracing::debug!(path = ?settings.path, position = last, "opened sled store");
     Ok(SledEventStore::from_parts(Parts {
         tree,
@@ -85,6 +117,9 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
         limits: settings.limits,
         durability: settings.durability,
         path: settings.path,
+        marks,
+        keeper,
+        lost,
     }))
 }
 
@@ -131,9 +166,10 @@ fn check_version(db: &sled::Db, tree: &sled::Tree, version: u32) -> Result<()> {
             ),
         ));
     }
-    if version == 2 {
-        // Format 3 only adds id segments: a format 2 store is a format 3 store without any.
-        // Once marked 3, older builds refuse it (they would not see the segments).
+    if version == 2 || version == 3 {
+        // Format 3 only added id segments, format 4 mixed commit records, listed stream-index
+        // runs and the write counters: a format 2 or 3 store is a format 4 store without them.
+        // Once marked 4, older builds refuse it (they would misread what is new).
         return write_marker(db, tree);
     }
     if version != FORMAT_VERSION {
@@ -164,7 +200,7 @@ const LOCK_WAIT: Duration = Duration::from_millis(500);
 /// Opens sled. A database just dropped in this process releases its file lock a moment later
 /// (sled finishes its last writes on its I/O threads), so a lock held at the first attempt is
 /// retried for up to [`LOCK_WAIT`]; a lock another process holds is reported then.
-fn open_db(config: &sled::Config) -> Result<sled::Db> {
+fn open_db(config: &sled::Config, path: Option<&Path>) -> Result<sled::Db> {
     let started = Instant::now();
     loop {
         match config.open() {
@@ -174,17 +210,21 @@ fn open_db(config: &sled::Config) -> Result<sled::Db> {
             {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            other => return other.map_err(open_error),
+            other => return other.map_err(|e| open_error(e, path)),
         }
     }
 }
 
-fn open_error(error: sled::Error) -> Error {
+fn open_error(error: sled::Error, path: Option<&Path>) -> Error {
     match error {
         sled::Error::Io(io) => Error::Unavailable {
             backend: "sled",
             source: Box::new(io),
         },
+        // Sled reports files it cannot make sense of as written by an old sled version, or as
+        // corrupt: both mean the files are damaged (this crate has only ever used sled 0.34).
+        sled::Error::Unsupported(message) => damaged_files(path, &message),
+        sled::Error::Corruption { at, .. } => damaged_files(path, &corruption(at)),
         other => sled_error(other),
     }
 }

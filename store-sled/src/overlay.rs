@@ -23,7 +23,7 @@ use annals::store::kit::StoredEventRef;
 use annals::{Error, EventId, Position, Result, StreamId, Timestamp, Version};
 
 use crate::error::sled_error;
-use crate::format::{self, Head};
+use crate::format::{self, Head, StreamRun};
 use crate::num::{micros, u64_from};
 
 /// Unindexed events at which the background indexer is asked to run.
@@ -31,13 +31,15 @@ pub(crate) const INDEX_AT: usize = 4096;
 /// Unindexed events at which the writer indexes by itself rather than let the overlay grow.
 pub(crate) const INDEX_HARD: usize = 64 * 1024;
 
-/// One commit (one append) as the indexes need it.
+/// One commit (one append) as the indexes need it, or one *piece* of a mixed commit record (a
+/// restore): events of one stream whose versions and positions both run on.
 #[derive(Debug)]
 pub(crate) struct CommitInfo {
     pub(crate) stream: StreamId,
     pub(crate) first_version: u64,
-    /// Its first global position (the key of its commit record).
+    /// Its first global position (the key of its commit record, for an append).
     pub(crate) first: u64,
+    /// When its last event was recorded (every event of an append is recorded at once).
     pub(crate) recorded_at: Timestamp,
     pub(crate) ids: Vec<EventId>,
 }
@@ -344,30 +346,30 @@ fn index_entries<'a>(
     mut put: impl FnMut(Vec<u8>, Vec<u8>),
 ) {
     let mut heads: HashMap<&StreamId, Head> = HashMap::new();
-    // Stream-index runs: consecutive commits of one stream with nothing between them share one
-    // entry (versions and positions both run on), so a lone writer's index costs one entry per
-    // round, not one per append.
-    let mut runs: Vec<(&StreamId, u64, u64, u64)> = Vec::new();
+    // Stream-index runs: a stream's versions of the round share one entry — at consecutive
+    // positions (a lone writer's appends) or at listed ones (streams interleaved) — so the index
+    // costs one entry per stream and round, not one per append.
+    let mut runs: Vec<RunBuild<'_>> = Vec::new();
+    let mut open: HashMap<&StreamId, usize> = HashMap::new();
     let mut segment: Vec<([u8; 16], u64)> = Vec::new();
     for commit in commits {
         let stream = commit.stream.as_str();
-        match runs.last_mut() {
-            Some((s, fv, fp, count))
-                if *s == &commit.stream
-                    && *fv + *count == commit.first_version
-                    && *fp + *count == commit.first =>
-            {
-                *count += commit.count();
-            }
-            _ => runs.push((
-                &commit.stream,
-                commit.first_version,
-                commit.first,
-                commit.count(),
-            )),
-        }
         for (i, id) in (0u64..).zip(&commit.ids) {
             let position = commit.first + i;
+            let version = commit.first_version + i;
+            let run = open.get(&commit.stream).and_then(|&r| runs.get_mut(r));
+            match run {
+                Some(run) if run.takes(version, position) => run.push(position),
+                _ => {
+                    open.insert(&commit.stream, runs.len());
+                    runs.push(RunBuild {
+                        stream: &commit.stream,
+                        first_version: version,
+                        positions: vec![position],
+                        consecutive: true,
+                    });
+                }
+            }
             let bytes = *id.as_uuid().as_bytes();
             if bytes > *frontier {
                 segment.push((bytes, position));
@@ -376,7 +378,7 @@ fn index_entries<'a>(
             let key = format::id_key(*id);
             put(
                 key.to_vec(),
-                format::id_value(&key, stream, commit.first_version + i, position),
+                format::id_value(&key, stream, version, position),
             );
         }
         heads.insert(&commit.stream, commit.head());
@@ -391,14 +393,43 @@ fn index_entries<'a>(
         put(key.to_vec(), format::segment_value(&key, chunk));
         *frontier = *last;
     }
-    for (stream, first_version, first, count) in runs {
-        let key = format::stream_key(stream.as_str(), first_version);
-        let value = format::stream_index_value(&key, first, count);
+    for run in runs {
+        let key = format::stream_key(run.stream.as_str(), run.first_version);
+        let value = format::stream_index_value(&key, &StreamRun::of(&run.positions));
         put(key, value);
     }
     for (stream, head) in heads {
         let key = format::head_key(stream.as_str());
         let value = format::head_value(&key, head);
         put(key, value);
+    }
+}
+
+/// A stream-index entry being gathered by an indexing round.
+struct RunBuild<'a> {
+    stream: &'a StreamId,
+    first_version: u64,
+    /// The positions of its versions, in order.
+    positions: Vec<u64>,
+    /// Whether they are consecutive so far.
+    consecutive: bool,
+}
+
+impl RunBuild<'_> {
+    /// Whether `version` at `position` continues this run: the next version, and room for it
+    /// (a run of consecutive positions is not limited; a listed one holds at most
+    /// [`format::RUN_MAX`]).
+    fn takes(&self, version: u64, position: u64) -> bool {
+        let last = self.positions.last().copied().unwrap_or(0);
+        let next = self.first_version + u64_from(self.positions.len());
+        version == next
+            && (self.positions.len() < format::RUN_MAX
+                || (self.consecutive && position == last + 1))
+    }
+
+    fn push(&mut self, position: u64) {
+        let last = self.positions.last().copied().unwrap_or(0);
+        self.consecutive &= position == last + 1;
+        self.positions.push(position);
     }
 }

@@ -15,6 +15,7 @@
 //! under `Durability::Flush`, so nothing a reader saw can vanish in a crash.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use annals::store::kit::{paged, Page};
@@ -24,8 +25,8 @@ use annals::{
 };
 use futures::stream::BoxStream;
 
-use crate::error::{corrupt_somewhere, sled_error};
-use crate::format::{self, Head, HEAD};
+use crate::error::{corrupt_somewhere, damaged_files, guarded, panic_message, sled_error};
+use crate::format::{self, Head, StreamRun, HEAD};
 use crate::lookup::read_head;
 use crate::overlay::Overlay;
 use crate::recover;
@@ -73,10 +74,21 @@ fn read_pages<C: Pages>(cursor: C) -> BoxStream<'static, Result<C::Item>> {
         // measured under it wherever it runs.
         let span = tracing::Span::current();
         async move {
-            if !cursor.more()? {
+            if !guarded(|| cursor.more())? {
                 return Ok(Page::last(Vec::new()));
             }
-            off_worker(move || span.in_scope(|| cursor.page())).await
+            off_worker(move || {
+                span.in_scope(|| {
+                    // Sled panics on some damaged files: that ends the read as corruption.
+                    std::panic::catch_unwind(AssertUnwindSafe(|| cursor.page())).unwrap_or_else(
+                        |panic| {
+                            let reason = panic_message(&*panic);
+                            Page::last(vec![Err(damaged_files(None, &reason))])
+                        },
+                    )
+                })
+            })
+            .await
         }
     })
 }
@@ -139,16 +151,16 @@ fn missing(stream: &StreamId, version: u64) -> Error {
     )
 }
 
-/// Where the commits holding a stream's versions `lo..=hi` are: first version → (first
-/// position, count). Unindexed commits come from the overlay, taken BEFORE sled is read, so a
-/// commit indexed meanwhile is found in sled.
+/// Where a stream's versions `lo..=hi` are: first version → the run of positions holding it and
+/// the versions after it. Unindexed commits come from the overlay, taken BEFORE sled is read, so
+/// a commit indexed meanwhile is found in sled.
 fn places(
     tree: &sled::Tree,
     overlay: &Overlay,
     stream: &StreamId,
     lo: u64,
     hi: u64,
-) -> Result<BTreeMap<u64, (u64, u64)>> {
+) -> Result<BTreeMap<u64, StreamRun>> {
     let unindexed = overlay.stream_commits(stream, lo, hi);
     let mut places = BTreeMap::new();
     let id = stream.as_str();
@@ -178,7 +190,8 @@ fn places(
         }
     }
     for commit in unindexed {
-        places.insert(commit.first_version, (commit.first, commit.count()));
+        let run = StreamRun::consecutive(commit.first, commit.count());
+        places.insert(commit.first_version, run);
     }
     Ok(places)
 }
@@ -249,63 +262,77 @@ impl StreamCursor {
             .map(|(first, last)| (first.get(), last.get())))
     }
 
-    /// Reads the events of the commit holding version `v` that lie in the page `lo..=hi` into
-    /// `out`, from `v` on in reading order. Returns the next version to read (`None` when a
-    /// backward read passed version 0).
+    /// Reads the events of the commit record holding version `v` that lie in the page
+    /// `lo..=hi` and in `v`'s run into `out`, from `v` on in reading order. Returns the next
+    /// version to read (`None` when a backward read passed version 0).
     fn read_run(
         &self,
-        places: &BTreeMap<u64, (u64, u64)>,
+        places: &BTreeMap<u64, StreamRun>,
         v: u64,
         lo: u64,
         hi: u64,
         forward: bool,
         out: &mut Vec<Result<RecordedEvent>>,
     ) -> Result<Option<u64>> {
-        let Some((&fv, &(fp, count))) = places.range(..=v).next_back() else {
+        let Some((&fv, run)) = places.range(..=v).next_back() else {
             return Err(missing(&self.stream, v));
         };
-        if v > fv + count - 1 {
+        let run_last = fv + run.count - 1;
+        if v > run_last {
             return Err(missing(&self.stream, v));
         }
-        let p = fp + (v - fv);
-        let corrupt = |reason: String| {
+        let corrupt = |x: u64, p: u64, reason: String| {
             Error::corrupt(
                 RecordPlace::new()
                     .stream(self.stream.clone())
-                    .version(Version::new(v))
+                    .version(Version::new(x))
                     .position(Position::sequence(p)),
                 reason,
             )
         };
+        let p = run.position(v - fv);
         let (key, value) = format::commit_at(&self.tree, p)
             .map_err(sled_error)?
             .ok_or_else(|| {
-                corrupt("the stream index points to a commit record that does not exist".into())
+                corrupt(
+                    v,
+                    p,
+                    "the stream index points to a commit record that does not exist".into(),
+                )
             })?;
-        let commit = format::parse_commit(&key, &value).map_err(corrupt)?;
-        // The commit's own versions, as they map onto the run (fv, fp, count).
-        let cfv = commit.first_version;
-        let consistent = commit.stream == self.stream.as_str()
-            && commit.first.checked_sub(fp).map(|d| fv + d) == Some(cfv);
-        if !consistent {
-            return Err(corrupt(format!(
-                "the stream index points to a commit of `{}` version {}",
-                commit.stream, commit.first_version
-            )));
-        }
-        // The part of this commit inside both the run and the page.
-        let c_last = cfv + commit.count() - 1;
-        let (a, b) = (cfv.max(lo), c_last.min(fv + count - 1).min(hi));
-        if forward {
-            for x in v..=b {
-                out.push(Ok(commit.event(&self.stream, x - cfv)?));
+        let commit = format::parse_commit(&key, &value).map_err(|reason| corrupt(v, p, reason))?;
+        // The versions of the run and the page this record holds, from `v` on.
+        let (stop_lo, stop_hi) = (lo.max(fv), hi.min(run_last));
+        let mut x = v;
+        loop {
+            let q = run.position(x - fv);
+            if q < commit.first || q > commit.last() {
+                return Ok(Some(x)); // in the next record
             }
-            Ok(Some(b + 1))
-        } else {
-            for x in (a..=v).rev() {
-                out.push(Ok(commit.event(&self.stream, x - cfv)?));
+            let i = q - commit.first;
+            if commit.stream(i) != self.stream.as_str() || commit.version(i) != x {
+                return Err(corrupt(
+                    x,
+                    q,
+                    format!(
+                        "the stream index points to `{}` version {}",
+                        commit.stream(i),
+                        commit.version(i)
+                    ),
+                ));
             }
-            Ok(a.checked_sub(1))
+            out.push(Ok(commit.event(&self.stream, i)?));
+            if forward {
+                if x >= stop_hi {
+                    return Ok(Some(x + 1));
+                }
+                x += 1;
+            } else {
+                if x <= stop_lo {
+                    return Ok(x.checked_sub(1));
+                }
+                x -= 1;
+            }
         }
     }
 }
@@ -399,24 +426,22 @@ impl LogCursor {
         }
         let at = RecordPlace::new().position(Position::sequence(first));
         let commit = format::parse_commit(key, value)
-            .map_err(|reason| Error::corrupt(at.clone(), format!("commit record: {reason}")))?;
-        let filter = &self.options.filter;
-        let skip = !filter.categories.is_empty()
-            && !filter
-                .categories
-                .iter()
-                .any(|c| c == category_of(commit.stream));
-        if !skip {
-            let stream_id = self.stream_id(commit.stream, at)?;
-            for i in (self.next - first)..commit.count() {
-                let event = commit.event(&stream_id, i)?;
-                self.next = first + i + 1;
-                if self.options.filter.matches(&event) {
-                    out.push(Ok(event));
-                    self.remaining -= 1;
-                    if self.remaining == 0 {
-                        return Ok(true);
-                    }
+            .map_err(|reason| Error::corrupt(at, format!("commit record: {reason}")))?;
+        for i in (self.next - first)..commit.count() {
+            let stream = commit.stream(i);
+            let categories = &self.options.filter.categories;
+            if !categories.is_empty() && !categories.iter().any(|c| c == category_of(stream)) {
+                continue;
+            }
+            let at = RecordPlace::new().position(Position::sequence(first + i));
+            let stream_id = self.stream_id(stream, at)?;
+            let event = commit.event(&stream_id, i)?;
+            self.next = first + i + 1;
+            if self.options.filter.matches(&event) {
+                out.push(Ok(event));
+                self.remaining -= 1;
+                if self.remaining == 0 {
+                    return Ok(true);
                 }
             }
         }

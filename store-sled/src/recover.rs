@@ -1,11 +1,14 @@
 //! Recovery at open: bring the derived indexes in line with the log.
 //!
 //! The log — the commit records — is the truth. The indexes are complete through the position in
-//! the `Mindexed` marker. Two cases are repaired, both idempotent, so a crash during recovery is
+//! the `Mindexed` marker. Three cases are repaired, all idempotent, so a crash during recovery is
 //! recovered by the next open:
 //!
 //! - **redo**: commits after the marker (appended, not yet indexed when the process stopped) get
 //!   their index entries written again, with the marker, in one sled batch;
+//! - **an interrupted restore**: the records a restore had written when a crash stopped it (at
+//!   the end of the log, each naming the restore's last position, past the log's end) are
+//!   removed, so a restore is all or nothing;
 //! - **drop**: if the marker is past the end of the log (index entries survived a crash that
 //!   the commits they index did not), every index entry pointing past the end is removed and
 //!   heads are recomputed from what is left. Entries are written only for flushed commits (and
@@ -67,6 +70,13 @@ pub(crate) fn indexed(tree: &sled::Tree) -> Result<u64> {
 
 /// Runs the repairs the store needs; returns the end of the log. Flushes what it wrote.
 pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<u64> {
+    if let Some(removed) = drop_interrupted_restore(tree)? {
+        db.flush().map_err(sled_error)?;
+        tracing::warn!(
+            records = removed,
+            "removed the records of a restore a crash interrupted"
+        );
+    }
     let end = log_end(tree)?;
     let marker = indexed(tree)?;
     if marker > end {
@@ -90,35 +100,78 @@ pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<u64> {
     Ok(end)
 }
 
-/// Reads one commit record into what the indexes need.
-pub(crate) fn commit_info(key: &[u8], value: &[u8]) -> Result<CommitInfo> {
+/// Removes the records of a restore a crash interrupted: the mixed records at the end of the
+/// log whose restore ends past the log's end (each names its restore's last position). Last
+/// first, so a crash meanwhile leaves a shorter such tail for the next open. Returns how many
+/// records went, if any. No index entry can point into them: only visible commits are indexed,
+/// and a restore becomes visible whole.
+fn drop_interrupted_restore(tree: &sled::Tree) -> Result<Option<usize>> {
+    let mut removed = 0;
+    let mut restore = None;
+    loop {
+        let Some(entry) = tree.scan_prefix([COMMIT]).next_back() else {
+            break;
+        };
+        let (key, value) = entry.map_err(sled_error)?;
+        // A damaged record is left for the redo to report.
+        let Ok(commit) = format::parse_commit(&key, &value) else {
+            break;
+        };
+        let Some(restore_last) = commit.restore_last() else {
+            break;
+        };
+        let interrupted = match restore {
+            None => restore_last > commit.last(),
+            Some(last) => restore_last == last,
+        };
+        if !interrupted {
+            break;
+        }
+        restore = Some(restore_last);
+        tree.remove(&key).map_err(sled_error)?;
+        removed += 1;
+    }
+    Ok((removed > 0).then_some(removed))
+}
+
+/// Reads one commit record into what the indexes need: one [`CommitInfo`] per piece (one for an
+/// append's record).
+pub(crate) fn commit_infos(key: &[u8], value: &[u8]) -> Result<Vec<CommitInfo>> {
     let (first, _) =
         format::parse_commit_key(key).ok_or_else(|| corrupt_somewhere("malformed commit key"))?;
     let at = RecordPlace::new().position(Position::sequence(first));
     let commit = format::parse_commit(key, value)
         .map_err(|reason| Error::corrupt(at.clone(), format!("commit record: {reason}")))?;
-    let stream = StreamId::new(commit.stream)
-        .map_err(|e| Error::corrupt(at, format!("commit record: {e}")))?;
-    // A capacity hint only: the commit's count was checked against its bytes.
-    let mut ids = Vec::with_capacity(usize::try_from(commit.count()).unwrap_or(0));
-    for i in 0..commit.count() {
-        ids.push(commit.event_id(i).map_err(|reason| {
+    let mut infos = Vec::new();
+    for (start, len) in commit.pieces() {
+        let stream = StreamId::new(commit.stream(start)).map_err(|e| {
             Error::corrupt(
-                RecordPlace::new()
-                    .stream(stream.clone())
-                    .version(Version::new(commit.first_version + i))
-                    .position(Position::sequence(first + i)),
-                reason,
+                RecordPlace::new().position(Position::sequence(first + start)),
+                format!("commit record: {e}"),
             )
-        })?);
+        })?;
+        // A capacity hint only: the commit's count was checked against its bytes.
+        let mut ids = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        for i in start..start + len {
+            ids.push(commit.event_id(i).map_err(|reason| {
+                Error::corrupt(
+                    RecordPlace::new()
+                        .stream(stream.clone())
+                        .version(Version::new(commit.version(i)))
+                        .position(Position::sequence(first + i)),
+                    reason,
+                )
+            })?);
+        }
+        infos.push(CommitInfo {
+            stream,
+            first_version: commit.version(start),
+            first: first + start,
+            recorded_at: commit.recorded_at(start + len - 1),
+            ids,
+        });
     }
-    Ok(CommitInfo {
-        stream,
-        first_version: commit.first_version,
-        first,
-        recorded_at: commit.recorded_at,
-        ids,
-    })
+    Ok(infos)
 }
 
 /// Writes the index entries of the commits after `marker`, through `end`. A damaged commit in
@@ -129,18 +182,19 @@ fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
     let mut expect = marker + 1;
     for entry in tree.range(format::commit_key(marker + 1, 0)..) {
         let (key, value) = entry.map_err(sled_error)?;
-        let info = commit_info(&key, &value)?;
-        if info.first != expect {
-            return Err(Error::corrupt(
-                RecordPlace::new().position(Position::sequence(expect)),
-                format!(
-                    "the log skips positions {expect} to {} after the index marker",
-                    info.first - 1
-                ),
-            ));
+        for info in commit_infos(&key, &value)? {
+            if info.first != expect {
+                return Err(Error::corrupt(
+                    RecordPlace::new().position(Position::sequence(expect)),
+                    format!(
+                        "the log skips positions {expect} to {} after the index marker",
+                        info.first - 1
+                    ),
+                ));
+            }
+            expect = info.last() + 1;
+            commits.push(info);
         }
-        expect = info.last() + 1;
-        commits.push(info);
     }
     let mut batch = sled::Batch::default();
     // Stream-index entries an interrupted round wrote for these commits may group them into
@@ -174,16 +228,17 @@ fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
     let mut streams = BTreeSet::new();
     for entry in tree.scan_prefix([STREAM]) {
         let (key, value) = entry.map_err(sled_error)?;
-        if let Ok((first, count)) = format::decode_stream_index(&key, &value) {
-            if first + count - 1 > end {
+        if let Ok(run) = format::decode_stream_index(&key, &value) {
+            if run.last() > end {
                 if let Ok((stream, _)) = format::parse_stream_key(&key) {
                     streams.insert(stream.to_owned());
                 }
-                if first > end {
-                    batch.remove(key);
-                } else {
-                    let value = format::stream_index_value(&key, first, end - first + 1);
-                    batch.insert(key, value);
+                match run.through(end) {
+                    None => batch.remove(key),
+                    Some(cut) => {
+                        let value = format::stream_index_value(&key, &cut);
+                        batch.insert(key, value);
+                    }
                 }
             }
         }
@@ -243,17 +298,17 @@ pub(crate) fn last_indexed_at_or_before(
 ) -> Result<Option<Head>> {
     for entry in tree.scan_prefix(format::stream_prefix(stream)).rev() {
         let (key, value) = entry.map_err(sled_error)?;
-        let Ok((first, count)) = format::decode_stream_index(&key, &value) else {
-            continue;
-        };
-        if first > end {
-            continue;
-        }
-        let Ok((_, first_version)) = format::parse_stream_key(&key) else {
+        let Ok(run) = format::decode_stream_index(&key, &value) else {
             continue;
         };
         // A run of commits may straddle `end`; commits never do.
-        let last = (first + count - 1).min(end);
+        let Some(run) = run.through(end) else {
+            continue;
+        };
+        let Ok((_, first_version)) = format::parse_stream_key(&key) else {
+            continue;
+        };
+        let last = run.last();
         let Some((commit_key, record)) = format::commit_at(tree, last).map_err(sled_error)? else {
             continue;
         };
@@ -261,9 +316,9 @@ pub(crate) fn last_indexed_at_or_before(
             continue;
         };
         return Ok(Some(Head {
-            version: first_version + (last - first),
+            version: first_version + run.count - 1,
             last_position: last,
-            last_recorded_at: commit.recorded_at,
+            last_recorded_at: commit.recorded_at(last - commit.first),
         }));
     }
     Ok(None)

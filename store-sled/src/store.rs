@@ -7,15 +7,19 @@ use std::thread::JoinHandle;
 use annals::store::kit::{instrument_append, instrument_read};
 use annals::{
     AppendResult, CheckpointStore, CommitWatch, Error, EventData, EventStore, ExpectedVersion,
-    Lease, Leases, Limits, LocalLeases, Position, ReadAll, ReadStream, RecordPlace, RecordedEvent,
-    Result, Snapshot, SnapshotStore, StreamId, StreamInfo, VerifyReport, Version,
+    Lease, Leases, Limits, LocalLeases, Position, Problem, ReadAll, ReadStream, RecordPlace,
+    RecordedEvent, RestoreResult, RestoredEvent, Result, Snapshot, SnapshotStore, StreamId,
+    StreamInfo, VerifyReport, Version,
 };
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::oneshot;
 
-use crate::commit_state::{CommitState, Encoded, Pending};
-use crate::error::{corrupt_somewhere, sled_error};
+use crate::commit_state::{CommitState, Encoded, Pending, PendingAppend, PendingRestore};
+use crate::error::{corrupt_somewhere, guarded, locate, sled_error};
 use crate::format;
+use crate::manifest::Keeper;
+use crate::marks::Marks;
 use crate::overlay::Overlay;
 use crate::read;
 use crate::verify;
@@ -45,6 +49,9 @@ pub(crate) struct Parts {
     pub(crate) limits: Limits,
     pub(crate) durability: Durability,
     pub(crate) path: Option<PathBuf>,
+    pub(crate) marks: Arc<Marks>,
+    pub(crate) keeper: Option<Arc<Keeper>>,
+    pub(crate) lost: Vec<Problem>,
 }
 
 #[derive(Debug)]
@@ -62,7 +69,14 @@ struct Inner {
     leases: LocalLeases,
     limits: Limits,
     durability: Durability,
-    path: Option<PathBuf>,
+    /// Shared with the reads, whose errors about damaged files name it.
+    path: Option<Arc<Path>>,
+    /// The write and save counters (snapshots and checkpoints raise the save counter).
+    marks: Arc<Marks>,
+    /// The thread writing the manifest (none for a temporary store).
+    keeper: Option<Arc<Keeper>>,
+    /// What the open found missing and accepted (`accept_loss`), for `verify`.
+    lost: Vec<Problem>,
 }
 
 impl Drop for Inner {
@@ -88,6 +102,11 @@ impl Drop for Inner {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+        if let Some(keeper) = &self.keeper {
+            if let Err(error) = keeper.stop() {
+                tracing::error!(%error, "writing the manifest at close failed");
+            }
+        }
     }
 }
 
@@ -104,7 +123,10 @@ impl SledEventStore {
                 leases: LocalLeases::new(),
                 limits: parts.limits,
                 durability: parts.durability,
-                path: parts.path,
+                path: parts.path.map(Arc::from),
+                marks: parts.marks,
+                keeper: parts.keeper,
+                lost: parts.lost,
             }),
         }
     }
@@ -134,6 +156,20 @@ impl SledEventStore {
         self.inner.state.visible()
     }
 
+    /// Adds where the files are to an error about damaged sled files.
+    fn locate(&self, error: Error) -> Error {
+        locate(error, self.inner.path.as_deref())
+    }
+
+    /// `read`, its errors about damaged sled files saying where the files are.
+    fn located<T: Send + 'static>(
+        &self,
+        read: BoxStream<'static, Result<T>>,
+    ) -> BoxStream<'static, Result<T>> {
+        let path = self.inner.path.clone();
+        read.map_err(move |e| locate(e, path.as_deref())).boxed()
+    }
+
     /// Encodes and submits an append, and waits for its answer (and, with
     /// [`Durability::Flush`], for its flush).
     async fn append_now(
@@ -151,12 +187,12 @@ impl SledEventStore {
             })
             .collect();
         let (reply, answer) = oneshot::channel();
-        self.inner.writer.submit(Pending {
+        self.inner.writer.submit(Pending::Append(PendingAppend {
             stream: stream.clone(),
             expected,
             events,
             reply,
-        })?;
+        }))?;
         let result = answer.await.map_err(|_| Error::Closed)??;
         if self.inner.durability == Durability::Flush {
             self.inner
@@ -204,6 +240,7 @@ impl EventStore for SledEventStore {
             self.append_now(stream, expected, events),
         )
         .await
+        .map_err(|e| self.locate(e))
     }
 
     fn read_stream(
@@ -219,22 +256,26 @@ impl EventStore for SledEventStore {
             options,
             self.visible(),
         );
+        let read = self.located(read);
         instrument_read("sled", "read_stream", Some(stream), from, read)
     }
 
     fn read_all(&self, options: ReadAll) -> BoxStream<'static, Result<RecordedEvent>> {
         let from = options.from;
-        let read = read::all(self.inner.tree.clone(), options, self.visible());
+        let read = self.located(read::all(self.inner.tree.clone(), options, self.visible()));
         instrument_read("sled", "read_all", None, from, read)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version> {
-        let head = read::head_at(
-            &self.inner.tree,
-            &self.inner.overlay,
-            stream,
-            self.visible(),
-        )?;
+        let head = guarded(|| {
+            read::head_at(
+                &self.inner.tree,
+                &self.inner.overlay,
+                stream,
+                self.visible(),
+            )
+        })
+        .map_err(|e| self.locate(e))?;
         Ok(Version::new(head.map_or(0, |h| h.version)))
     }
 
@@ -244,11 +285,11 @@ impl EventStore for SledEventStore {
     }
 
     fn streams(&self) -> BoxStream<'static, Result<StreamInfo>> {
-        read::streams(
+        self.located(read::streams(
             self.inner.tree.clone(),
             self.inner.overlay.clone(),
             self.visible(),
-        )
+        ))
     }
 
     fn watch_commits(&self) -> CommitWatch {
@@ -260,13 +301,14 @@ impl EventStore for SledEventStore {
     }
 
     /// Stops accepting appends, commits and flushes the ones already queued, and stops the
-    /// flusher and indexer threads, leaving nothing for the next open to redo. Reads keep
+    /// flusher and indexer threads, leaving nothing for the next open to redo; then records in
+    /// the manifest what is durable. Reads keep
     /// working until the last clone is dropped; sled's files are released then. Dropping every
     /// clone without calling `close` does the same, blocking. Closing twice is harmless.
     ///
     /// # Errors
     ///
-    /// [`Error::Backend`] when the final flush fails.
+    /// [`Error::Backend`] when the final flush fails, or writing the manifest does.
     async fn close(&self) -> Result<()> {
         let inner = &self.inner;
         inner.state.refuse_appends();
@@ -279,16 +321,80 @@ impl EventStore for SledEventStore {
         join(&inner.flusher_thread, "the flusher thread panicked").await?;
         inner.overlay.stop_indexer();
         join(&inner.indexer_thread, "the indexer thread panicked").await?;
+        if let Some(keeper) = inner.keeper.clone() {
+            // The manifest records what the last flushes made durable.
+            tokio::task::spawn_blocking(move || keeper.stop())
+                .await
+                .map_err(|e| Error::backend("sled", e))?
+                .map_err(|e| Error::backend("sled", format!("writing the manifest failed: {e}")))?;
+        }
         match flushed {
             Err(Error::Closed) => Ok(()),
             other => other,
         }
     }
 
+    /// Restores a batch of events of many streams, each with its version and recording time:
+    /// checked by the writer like an append (the kit's `plan_restore`: each stream's head, the
+    /// ids already stored), then written as mixed commit records (at most 16 events each, see
+    /// `FORMAT.md`; what a crash leaves of an unfinished restore is removed at the next open, so
+    /// a restore is all or nothing, also across a crash) and made durable and visible by the
+    /// same group commit and flush as appends.
+    ///
+    /// # Errors
+    ///
+    /// As [`EventStore::restore`] documents; nothing is written on any error.
+    async fn restore(&self, events: Vec<RestoredEvent>) -> Result<RestoreResult> {
+        let Some(stream) = events.first().map(|e| e.stream_id.clone()) else {
+            // The limits refuse an empty batch, as they refuse an empty append.
+            self.inner.limits.check(&[])?;
+            return Ok(RestoreResult::default());
+        };
+        let count = events.len();
+        let restore = async {
+            // Checked as an append is, without copying the events.
+            let (places, data): (Vec<_>, Vec<EventData>) = events
+                .into_iter()
+                .map(|e| ((e.stream_id, e.version, e.recorded_at), e.event))
+                .unzip();
+            self.inner.limits.check(&data)?;
+            let bodies = data.iter().map(format::encode_body).collect();
+            let events = places
+                .into_iter()
+                .zip(data)
+                .map(|((stream, version, at), event)| {
+                    RestoredEvent::new(stream, version, at, event)
+                })
+                .collect();
+            let (reply, answer) = oneshot::channel();
+            self.inner.writer.submit(Pending::Restore(PendingRestore {
+                events,
+                bodies,
+                reply,
+            }))?;
+            let (result, durable_through) = answer.await.map_err(|_| Error::Closed)??;
+            if self.inner.durability == Durability::Flush && durable_through > 0 {
+                self.inner
+                    .state
+                    .durable_position(&stream, durable_through)
+                    .await?;
+            }
+            Ok(result)
+        };
+        let span = tracing::debug_span!("annals.restore", store = "sled", count);
+        tracing::Instrument::instrument(restore, span)
+            .await
+            .map_err(|e| self.locate(e))
+    }
+
     /// Walks the whole store and checks every record: checksums, contiguous versions per
     /// stream, the global log and the id index pointing at the right records, heads matching
-    /// their streams, snapshots not ahead of their streams, the format marker. Problems are
-    /// reported (in key order), not fixed.
+    /// their streams, snapshots not ahead of their streams, the format marker; then the
+    /// snapshots and checkpoints against the save counter, and sled's files against the
+    /// manifest (what is missing is a [`ProblemKind::Missing`](annals::ProblemKind::Missing)
+    /// problem, as is a loss the open accepted, see
+    /// [`accept_loss`](crate::SledEventStoreBuilder::accept_loss)). Problems are reported (in
+    /// key order), not fixed.
     ///
     /// It first writes the index entries of every visible commit, then reads everything once
     /// plus a few point lookups per event, on the blocking pool, with memory bounded whatever
@@ -299,12 +405,23 @@ impl EventStore for SledEventStore {
     /// Only when sled itself fails to read; damaged records are
     /// [problems](VerifyReport::problems).
     async fn verify(&self) -> Result<VerifyReport> {
-        let tree = self.inner.tree.clone();
-        let overlay = self.inner.overlay.clone();
+        let inner = self.inner.clone();
         let visible = self.visible();
-        tokio::task::spawn_blocking(move || verify::run(&tree, &overlay, visible))
-            .await
-            .map_err(|e| Error::backend("sled", e))?
+        let report = tokio::task::spawn_blocking(move || {
+            guarded(|| {
+                verify::run(
+                    &inner.tree,
+                    &inner.overlay,
+                    visible,
+                    &inner.marks,
+                    inner.path.as_deref(),
+                    &inner.lost,
+                )
+            })
+        })
+        .await
+        .map_err(|e| Error::backend("sled", e))?;
+        report.map_err(|e| self.locate(e))
     }
 }
 
@@ -320,13 +437,15 @@ impl SnapshotStore for SledEventStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let key = format::snapshot_key(snapshot.stream_id.as_str());
         let value = format::snapshot_value(&key, &snapshot);
-        self.inner.tree.insert(key, value).map_err(sled_error)?;
+        guarded(|| self.inner.marks.save(&self.inner.tree, key, value))
+            .map_err(|e| self.locate(e))?;
         self.settle().await
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         let key = format::snapshot_key(stream.as_str());
-        let Some(value) = self.inner.tree.get(&key).map_err(sled_error)? else {
+        let found = guarded(|| self.inner.tree.get(&key).map_err(sled_error));
+        let Some(value) = found.map_err(|e| self.locate(e))? else {
             return Ok(None);
         };
         format::decode_snapshot(stream, &key, &value)
@@ -344,13 +463,15 @@ impl CheckpointStore for SledEventStore {
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         let key = format::checkpoint_key(name);
         let value = format::checkpoint_value(&key, position);
-        self.inner.tree.insert(key, value).map_err(sled_error)?;
+        guarded(|| self.inner.marks.save(&self.inner.tree, key, value))
+            .map_err(|e| self.locate(e))?;
         self.settle().await
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
         let key = format::checkpoint_key(name);
-        let Some(value) = self.inner.tree.get(&key).map_err(sled_error)? else {
+        let found = guarded(|| self.inner.tree.get(&key).map_err(sled_error));
+        let Some(value) = found.map_err(|e| self.locate(e))? else {
             return Ok(None);
         };
         format::decode_checkpoint(&key, &value)

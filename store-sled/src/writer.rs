@@ -6,7 +6,9 @@
 //! is therefore atomic. No sled batch is on this path: with sled 0.34 every `apply_batch` rolls
 //! the I/O buffer (`pin_log`), a write of its own costing ≈ 20 plain inserts. The derived indexes
 //! follow in bulk (`overlay.rs`). Exactly one committer runs at a time, so exactly one writer
-//! assigns positions. Who runs it depends on the durability:
+//! assigns positions. A restore (`EventStore::restore`) queues like an append and is committed in
+//! the same groups: checked with the kit's `plan_restore` against the same heads and ids, and
+//! written as mixed commit records (see [`Plan::restore`]). Who runs it depends on the durability:
 //!
 //! - [`Durability::Flush`]: the flusher thread (`flusher.rs`), which calls [`Writer::commit`]
 //!   through the function the store gave it. Each turn it takes everything that queued while
@@ -24,19 +26,31 @@
 //!   thread and back (two wake-ups) would cost more than the batch itself.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use annals::store::kit::resolve_retry;
-use annals::{AppendResult, Error, EventId, Position, Result, StreamId, Timestamp, Version};
+use annals::store::kit::{plan_restore, resolve_retry, StoredEventRef, StreamHead};
+use annals::{
+    AppendResult, Error, EventId, Position, RestoreResult, RestoredEvent, Result, StreamId,
+    Timestamp, Version,
+};
+use tokio::sync::oneshot;
 
-use crate::commit_state::{CommitState, Pending, Submitted};
-use crate::format::{self, Head};
-use crate::lookup::{lookup_id, read_head};
+use crate::commit_state::{CommitState, Pending, PendingAppend, Submitted};
+use crate::error::panic_message;
+use crate::format::{self, Head, MixedEvent};
+use crate::lookup::{lookup_id, lookup_sorted_ids, read_head};
 use crate::num::{micros, u64_from};
 use crate::overlay::{CommitInfo, Overlay, INDEX_AT, INDEX_HARD};
 use crate::Durability;
+
+/// Most events of one mixed commit record (a restore's): a read of one of them reads the whole
+/// record, so records stay small.
+pub(crate) const MIXED_EVENTS: usize = 16;
+/// Body bytes past which a mixed commit record takes no further event.
+const MIXED_BYTES: usize = 16 * 1024;
 
 /// Groups one leader commits before handing leadership over.
 const MAX_ROUNDS: usize = 16;
@@ -172,7 +186,20 @@ impl Writer {
         let _enter = span.enter();
         let started = Instant::now();
         let first_position = self.next_position.load(Ordering::Relaxed);
-        let (answers, next, bytes) = self.write_group(group, first_position);
+        let written =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.write_group(group, first_position)));
+        let (answers, next, bytes) = match written {
+            Ok(written) => written,
+            Err(panic) => {
+                // Sled panics on some damaged files. Part of the group may be written, at
+                // positions the writer no longer knows: take no further appends (their callers
+                // learn the store is closed).
+                let reason = panic_message(&*panic);
+                tracing::error!(%reason, "the writer stopped: sled's files may be damaged");
+                self.state.refuse_appends();
+                return None;
+            }
+        };
         let written = (next > first_position).then(|| next - 1);
         if let Some(last) = written {
             span.record("events", next - first_position);
@@ -185,9 +212,8 @@ impl Writer {
             }
             self.keep_index_up();
         }
-        for (reply, outcome) in answers {
-            // A caller that went away no longer wants its answer; its append stands.
-            let _ = reply.send(outcome);
+        for answer in answers {
+            answer.send();
         }
         written
     }
@@ -207,8 +233,16 @@ impl Writer {
         };
         let mut answers = Vec::with_capacity(group.len());
         for pending in group {
-            let outcome = plan.add(&pending);
-            answers.push((pending.reply, outcome));
+            answers.push(match pending {
+                Pending::Append(append) => {
+                    let outcome = plan.add(&append);
+                    Answer::Append(append.reply, outcome)
+                }
+                Pending::Restore(restore) => {
+                    let outcome = plan.restore(restore.events, restore.bodies);
+                    Answer::Restore(restore.reply, outcome)
+                }
+            });
         }
         (answers, plan.next, plan.bytes)
     }
@@ -230,10 +264,66 @@ impl Writer {
 }
 
 /// A caller's reply channel and what to answer it.
-type Answer = (
-    tokio::sync::oneshot::Sender<Result<AppendResult>>,
-    Result<AppendResult>,
-);
+enum Answer {
+    Append(oneshot::Sender<Result<AppendResult>>, Result<AppendResult>),
+    Restore(
+        oneshot::Sender<Result<(RestoreResult, u64)>>,
+        Result<(RestoreResult, u64)>,
+    ),
+}
+
+impl Answer {
+    fn send(self) {
+        // A caller that went away no longer wants its answer; what it wrote stands.
+        match self {
+            Answer::Append(reply, outcome) => {
+                let _ = reply.send(outcome);
+            }
+            Answer::Restore(reply, outcome) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// The mixed commit records holding the events a restore writes from position `first` on:
+/// at most [`MIXED_EVENTS`] events each, and no further event once the bodies passed
+/// [`MIXED_BYTES`]; each names the restore's last position.
+pub(crate) fn mixed_records(
+    first: u64,
+    written: &[(RestoredEvent, Vec<u8>)],
+) -> Vec<([u8; 17], Vec<u8>)> {
+    let restore_last = first + u64_from(written.len()) - 1;
+    let mut records = Vec::with_capacity(written.len() / MIXED_EVENTS + 1);
+    let mut position = first;
+    let mut rest = written;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let mut take = 0;
+        for (_, body) in rest.iter().take(MIXED_EVENTS) {
+            if take > 0 && bytes + body.len() > MIXED_BYTES {
+                break;
+            }
+            bytes += body.len();
+            take += 1;
+        }
+        let (chunk, tail) = rest.split_at(take);
+        let key = format::commit_key(position, position + u64_from(take) - 1);
+        let events: Vec<MixedEvent<'_>> = chunk
+            .iter()
+            .map(|(event, body)| MixedEvent {
+                stream: event.stream_id.as_str(),
+                version: event.version.get(),
+                recorded_at: event.recorded_at,
+                body,
+            })
+            .collect();
+        records.push((key, format::mixed_value(&key, restore_last, &events)));
+        position += u64_from(take);
+        rest = tail;
+    }
+    records
+}
 
 /// Whether the calling task runs on a multi-thread tokio runtime, where `block_in_place` may
 /// hold its thread for a flush (on a current-thread runtime it would panic).
@@ -262,7 +352,7 @@ struct Plan<'a> {
 impl Plan<'_> {
     /// Checks one append against the store (its earlier appends included) and writes its
     /// commit record — one sled insert, atomic — if it passes. A refused append writes nothing.
-    fn add(&mut self, p: &Pending) -> Result<AppendResult> {
+    fn add(&mut self, p: &PendingAppend) -> Result<AppendResult> {
         let ids: Vec<EventId> = p.events.iter().map(|e| e.id).collect();
         if let Some(first) = self.find_retry(&p.stream, &ids)? {
             return Ok(first);
@@ -284,11 +374,7 @@ impl Plan<'_> {
             ids,
         };
         let new_head = info.head();
-        self.writer.overlay.push(info);
-        if self.heads.len() >= MAX_HEADS && !self.heads.contains_key(&p.stream) {
-            self.heads.clear();
-        }
-        self.heads.insert(p.stream.clone(), new_head);
+        self.push_piece(info);
         Ok(AppendResult {
             first_version: Version::new(version + 1),
             last_version: Version::new(new_head.version),
@@ -297,23 +383,170 @@ impl Plan<'_> {
         })
     }
 
+    /// Checks a restore batch against the store (the group's earlier work included) with the
+    /// kit's [`plan_restore`], and writes what it must: mixed commit records of at most
+    /// [`MIXED_EVENTS`] events (see [`write_records`](Self::write_records) for why it is all or
+    /// nothing, also across a crash). A refused batch writes nothing. Answers the result and the
+    /// last position that must be durable before the caller is answered.
+    fn restore(
+        &mut self,
+        events: Vec<RestoredEvent>,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<(RestoreResult, u64)> {
+        let mut heads: HashMap<StreamId, StreamHead> = HashMap::new();
+        for event in &events {
+            if !heads.contains_key(&event.stream_id) {
+                let head = self.head(&event.stream_id)?.map(|h| StreamHead {
+                    version: Version::new(h.version),
+                    last_recorded_at: Some(h.last_recorded_at),
+                });
+                heads.insert(event.stream_id.clone(), head.unwrap_or_default());
+            }
+        }
+        let stored = self.stored_many(events.iter().map(|e| e.event.id))?;
+        let present_through = stored
+            .values()
+            .map(|r| r.position.commit())
+            .max()
+            .unwrap_or(0);
+        let ids: Vec<EventId> = events.iter().map(|e| e.event.id).collect();
+        let plan = plan_restore(events, &heads, &stored)?;
+        let present = plan.present;
+        if plan.write.is_empty() {
+            return Ok((RestoreResult::new(0, present, None), present_through));
+        }
+        // The bodies of the events to write: they are a subsequence of the batch, in order.
+        let mut next_body = ids.iter().zip(bodies);
+        let mut written = Vec::with_capacity(plan.write.len());
+        for event in plan.write {
+            let body = next_body
+                .by_ref()
+                .find_map(|(id, body)| (*id == event.event.id).then_some(body))
+                .ok_or_else(|| Error::backend("sled", "a restored event lost its body"))?;
+            written.push((event, body));
+        }
+        let first = self.next;
+        let last = first + u64_from(written.len()) - 1;
+        let records = mixed_records(first, &written);
+        self.write_records(&records)?;
+        self.next = last + 1;
+        // The overlay and the heads: one piece per run of one stream's consecutive events.
+        let mut piece: Option<CommitInfo> = None;
+        for ((event, _), position) in written.into_iter().zip(first..) {
+            *self.max_id = (*self.max_id).max(*event.event.id.as_uuid().as_bytes());
+            if let Some(open) = piece.as_mut() {
+                if open.stream == event.stream_id && open.last() + 1 == position {
+                    open.ids.push(event.event.id);
+                    open.recorded_at = event.recorded_at;
+                    continue;
+                }
+            }
+            if let Some(done) = piece.take() {
+                self.push_piece(done);
+            }
+            piece = Some(CommitInfo {
+                stream: event.stream_id,
+                first_version: event.version.get(),
+                first: position,
+                recorded_at: event.recorded_at,
+                ids: vec![event.event.id],
+            });
+        }
+        if let Some(done) = piece {
+            self.push_piece(done);
+        }
+        let result = RestoreResult::new(last - first + 1, present, Some(Position::sequence(last)));
+        Ok((result, last.max(present_through)))
+    }
+
+    /// Inserts a restore's commit records, in position order, with plain inserts (a sled batch
+    /// would switch sled, for the rest of the process, to taking a global lock around every
+    /// read and write). A crash part-way leaves the first records of the restore at the end of
+    /// the log, each naming the restore's last position: the next open removes them
+    /// (`recover.rs`), so the restore is all or nothing also across a crash. A failed insert
+    /// removes what was inserted; should that fail too, the store takes no further appends.
+    fn write_records(&mut self, records: &[([u8; 17], Vec<u8>)]) -> Result<()> {
+        let tree = &self.writer.tree;
+        for (done, (key, value)) in records.iter().enumerate() {
+            self.bytes += key.len() + value.len();
+            if let Err(error) = tree.insert(key, value.as_slice()) {
+                let undone = records[..done]
+                    .iter()
+                    .rev()
+                    .try_for_each(|(key, _)| tree.remove(key).map(drop));
+                if let Err(undo) = undone {
+                    tracing::error!(%undo, "removing a failed restore's records failed");
+                    self.writer.state.refuse_appends();
+                }
+                return Err(Error::backend(
+                    "sled",
+                    format!(
+                        "writing the restore's commit records failed, nothing written: {error}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a written commit (or piece of one) to the overlay and its stream's head to the
+    /// cache.
+    fn push_piece(&mut self, info: CommitInfo) {
+        let stream = info.stream.clone();
+        let head = info.head();
+        self.writer.overlay.push(info);
+        if self.heads.len() >= MAX_HEADS && !self.heads.contains_key(&stream) {
+            self.heads.clear();
+        }
+        self.heads.insert(stream, head);
+    }
+
     /// Whether the append is a retry of one already stored (its first result), a new one
     /// (`None`) or neither (an idempotency conflict).
     fn find_retry(&self, stream: &StreamId, ids: &[EventId]) -> Result<Option<AppendResult>> {
-        let w = self.writer;
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
+            found.push(self.stored(*id)?);
+        }
+        resolve_retry(stream, ids, &found)
+    }
+
+    /// Where `id` is stored, if anywhere (an id above the largest stored one is not looked up).
+    fn stored(&self, id: EventId) -> Result<Option<StoredEventRef>> {
+        if id.as_uuid().as_bytes() > &*self.max_id {
+            return Ok(None);
+        }
+        // The overlay first: an entry leaves it only after it reached sled's index.
+        match self.writer.overlay.lookup_id(id) {
+            Some(r) => Ok(Some(r)),
+            None => lookup_id(&self.writer.tree, id),
+        }
+    }
+
+    /// Where each of `ids` is stored, for those stored: as [`stored`](Self::stored) for each,
+    /// the ids in sled's index looked up in order, so that each id segment is read once.
+    fn stored_many(
+        &self,
+        ids: impl Iterator<Item = EventId>,
+    ) -> Result<HashMap<EventId, StoredEventRef>> {
+        let mut found = HashMap::new();
+        let mut in_sled = Vec::new();
+        for id in ids {
             if id.as_uuid().as_bytes() > &*self.max_id {
-                found.push(None);
                 continue;
             }
             // The overlay first: an entry leaves it only after it reached sled's index.
-            found.push(match w.overlay.lookup_id(*id) {
-                Some(r) => Some(r),
-                None => lookup_id(&w.tree, *id)?,
-            });
+            match self.writer.overlay.lookup_id(id) {
+                Some(r) => {
+                    found.insert(id, r);
+                }
+                None => in_sled.push(id),
+            }
         }
-        resolve_retry(stream, ids, &found)
+        in_sled.sort_unstable_by_key(|id| *id.as_uuid().as_bytes());
+        in_sled.dedup();
+        found.extend(lookup_sorted_ids(&self.writer.tree, &in_sled)?);
+        Ok(found)
     }
 
     /// The stream's head: cached, else unindexed, else stored.
@@ -331,7 +564,7 @@ impl Plan<'_> {
     /// `first_version`.
     fn write_commit(
         &mut self,
-        p: &Pending,
+        p: &PendingAppend,
         first: u64,
         last: u64,
         first_version: u64,

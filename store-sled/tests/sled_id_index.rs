@@ -148,44 +148,51 @@ async fn a_damaged_id_segment_is_reported_and_never_misread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_format_2_store_is_upgraded_in_place() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store");
-    let stream = sid("ledger-1");
-    let first = event("Opened", 1);
-    let store = open(&path).await;
-    store
-        .append(&stream, ExpectedVersion::NoStream, vec![first.clone()])
-        .await
-        .expect("append");
-    shut(store).await;
-    // What format 2 wrote: the same records with marker 2, and ids only in `I` entries.
-    {
-        let (db, tree) = raw_tree(&path);
-        tree.insert(b"Mformat", format_marker(2)).expect("marker");
-        db.flush().expect("flush");
+async fn format_2_and_3_stores_are_upgraded_in_place() {
+    for old in [2u32, 3] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let stream = sid("ledger-1");
+        let first = event("Opened", 1);
+        let store = open(&path).await;
+        store
+            .append(&stream, ExpectedVersion::NoStream, vec![first.clone()])
+            .await
+            .expect("append");
+        shut(store).await;
+        // What format 2 or 3 wrote: the same records with their marker, ids only in `I`
+        // entries (format 2), no write counters and no manifest.
+        {
+            let (db, tree) = raw_tree(&path);
+            tree.insert(b"Mformat", format_marker(old)).expect("marker");
+            tree.remove(b"Mwrites").expect("remove");
+            tree.remove(b"Msaves").expect("remove");
+            db.flush().expect("flush");
+            std::fs::remove_file(path.join("annals-manifest")).expect("remove the manifest");
+        }
+        let store = SledEventStore::builder()
+            .path(&path)
+            .open()
+            .await
+            .unwrap_or_else(|e| panic!("a format {old} store opens: {e}"));
+        assert_eq!(read_stream(&store, &stream).await.len(), 1);
+        store
+            .append(
+                &stream,
+                ExpectedVersion::exact(1),
+                vec![event("Deposited", 2)],
+            )
+            .await
+            .expect("append");
+        let report = store.verify().await.expect("verify");
+        assert!(report.problems.is_empty(), "format {old}: {report}");
+        shut(store).await;
+        let (_db, tree) = raw_tree(&path);
+        assert_eq!(
+            tree.get(b"Mformat").expect("get").expect("marker").to_vec(),
+            format_marker(annals_sled::FORMAT_VERSION)
+        );
+        assert!(path.join("annals-manifest").exists(), "format {old}");
     }
-    let store = SledEventStore::builder()
-        .path(&path)
-        .open()
-        .await
-        .expect("a format 2 store opens");
-    assert_eq!(read_stream(&store, &stream).await.len(), 1);
-    store
-        .append(
-            &stream,
-            ExpectedVersion::exact(1),
-            vec![event("Deposited", 2)],
-        )
-        .await
-        .expect("append");
-    let report = store.verify().await.expect("verify");
-    assert!(report.problems.is_empty(), "{report}");
-    shut(store).await;
-    let (_db, tree) = raw_tree(&path);
-    assert_eq!(
-        tree.get(b"Mformat").expect("get").expect("marker").to_vec(),
-        format_marker(annals_sled::FORMAT_VERSION)
-    );
-    assert_eq!(annals_sled::FORMAT_VERSION, 3);
+    assert_eq!(annals_sled::FORMAT_VERSION, 4);
 }

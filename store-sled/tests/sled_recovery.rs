@@ -166,8 +166,10 @@ async fn a_lone_writers_many_appends_share_stream_index_entries_and_read_back() 
         prefix.push(0xFF);
         tree.scan_prefix(prefix).count()
     };
+    // One entry per stream and indexing round: the other stream's append between two of this
+    // one's makes it list its positions rather than start another entry.
     assert!(
-        (2..600).contains(&entries),
+        (1..600).contains(&entries),
         "600 appends in {entries} stream-index entries"
     );
 

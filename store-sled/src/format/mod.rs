@@ -27,26 +27,30 @@ mod saved;
 mod segment;
 
 pub(crate) use commit::{
-    commit_at, commit_key, commit_value, event_at, parse_commit, parse_commit_key, Commit,
+    commit_at, commit_key, commit_value, event_at, mixed_value, parse_commit, parse_commit_key,
+    Commit, MixedEvent,
 };
 pub(crate) use event::encode_body;
 pub(crate) use index::{
     decode_head, decode_id, decode_indexed, decode_stream_index, head_value, id_value,
-    indexed_value, stream_index_value, Head,
+    indexed_value, stream_index_value, Head, StreamRun, RUN_MAX,
 };
 pub(crate) use keys::{
     checkpoint_key, head_key, id_key, parse_stream_key, snapshot_key, stream_key, stream_prefix,
 };
 pub(crate) use saved::{
-    checkpoint_value, decode_checkpoint, decode_format, decode_snapshot, format_value,
-    snapshot_value,
+    checkpoint_value, decode_checkpoint, decode_format, decode_saves, decode_snapshot,
+    decode_writes, format_value, save_digest, saves_value, snapshot_value, writes_value, Saves,
 };
-pub(crate) use segment::{decode_segment, segment_find, segment_for, segment_key, segment_value};
+pub(crate) use segment::{
+    decode_segment, segment_find, segment_for, segment_key, segment_value, CheckedSegment,
+};
 
 /// The format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 3;
-/// The formats this build opens: format 2 is format 3 without id segments, and is marked 3 at
-/// open.
+pub(crate) const FORMAT_VERSION: u32 = 4;
+/// The formats this build opens: format 2 is format 3 without id segments, format 3 is format 4
+/// without mixed commit records, listed stream-index runs and write counters; both are marked 4
+/// at open.
 pub(crate) const READABLE: RangeInclusive<u32> = 2..=FORMAT_VERSION;
 /// The sled tree holding every record.
 pub(crate) const TREE: &[u8] = b"annals";
@@ -55,6 +59,10 @@ pub(crate) const TREE: &[u8] = b"annals";
 pub(crate) const META_FORMAT: &[u8] = b"Mformat";
 /// Key of the index marker: every index entry up to this position is written.
 pub(crate) const META_INDEXED: &[u8] = b"Mindexed";
+/// Key of the write counter: raised before every flush the store makes (format 4).
+pub(crate) const META_WRITES: &[u8] = b"Mwrites";
+/// Key of the save counter: raised after every snapshot and checkpoint written (format 4).
+pub(crate) const META_SAVES: &[u8] = b"Msaves";
 /// Prefix of the stream index: `S stream-id 0xFF first-version(BE u64)` → commit place.
 pub(crate) const STREAM: u8 = b'S';
 /// Prefix of commit records, the global log: `W first(BE u64) last(BE u64)` → events.

@@ -62,7 +62,34 @@ pub(crate) fn decode_segment(key: &[u8], value: &[u8]) -> Result<Vec<([u8; 16], 
 /// The position of `id` in the segment, if it holds it (a binary search; checksum and length
 /// checked, order trusted).
 pub(crate) fn segment_find(key: &[u8], value: &[u8], id: &[u8; 16]) -> Result<Option<u64>, String> {
-    let entries = segment_entries(key, value)?;
+    Ok(search(segment_entries(key, value)?, id))
+}
+
+/// A segment checked once for many lookups ([`CheckedSegment::find`]).
+#[derive(Debug)]
+pub(crate) struct CheckedSegment {
+    pub(crate) key: sled::IVec,
+    value: sled::IVec,
+}
+
+impl CheckedSegment {
+    /// Checks the segment `value` under `key` (checksum and length).
+    pub(crate) fn check(key: sled::IVec, value: sled::IVec) -> Result<CheckedSegment, String> {
+        segment_entries(&key, &value)?;
+        Ok(CheckedSegment { key, value })
+    }
+
+    /// The position of `id` in the segment, if it holds it.
+    pub(crate) fn find(&self, id: &[u8; 16]) -> Option<u64> {
+        // Checked at construction: the entries follow the checksum and the count.
+        self.value
+            .get(CRC_LEN + 4..)
+            .and_then(|entries| search(entries, id))
+    }
+}
+
+/// Binary search of checked segment `entries` for `id`.
+fn search(entries: &[u8], id: &[u8; 16]) -> Option<u64> {
     let (mut lo, mut hi) = (0, entries.len() / SEGMENT_ENTRY);
     while lo < hi {
         let mid = (lo + hi) / 2;
@@ -70,10 +97,10 @@ pub(crate) fn segment_find(key: &[u8], value: &[u8], id: &[u8; 16]) -> Result<Op
         match entry[..16].cmp(&id[..]) {
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
-            std::cmp::Ordering::Equal => return Ok(Some(be_u64(&entry[16..]))),
+            std::cmp::Ordering::Equal => return Some(be_u64(&entry[16..])),
         }
     }
-    Ok(None)
+    None
 }
 
 fn segment_entries<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {

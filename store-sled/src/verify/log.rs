@@ -38,57 +38,78 @@ impl Walk<'_> {
                 return Ok(());
             }
         };
-        let stream = commit.stream;
-        let Ok(stream_id) = StreamId::new(stream) else {
-            self.problem(
-                ProblemKind::Corrupt,
-                None,
-                Some(commit.first_version),
-                Some(first),
-                format!("invalid stream id {stream:?}"),
-            );
-            return Ok(());
-        };
         self.report.events += commit.count();
-        self.check_stream_covers(&commit)?;
-        for i in 0..commit.count() {
-            let (version, position) = (commit.first_version + i, first + i);
-            match commit.event(&stream_id, i) {
-                Ok(event) => self.check_id_of(stream, version, position, event.id)?,
-                Err(error) => self.problem(
+        for (start, len) in commit.pieces() {
+            let stream = commit.stream(start);
+            let Ok(stream_id) = StreamId::new(stream) else {
+                self.problem(
                     ProblemKind::Corrupt,
-                    Some(stream),
-                    Some(version),
-                    Some(position),
-                    error.to_string(),
-                ),
+                    None,
+                    Some(commit.version(start)),
+                    Some(first + start),
+                    format!("invalid stream id {stream:?}"),
+                );
+                continue;
+            };
+            self.check_stream_covers(&commit, start, len)?;
+            for i in start..start + len {
+                let (version, position) = (commit.version(i), first + i);
+                match commit.event(&stream_id, i) {
+                    Ok(event) => self.check_id_of(stream, version, position, event.id)?,
+                    Err(error) => self.problem(
+                        ProblemKind::Corrupt,
+                        Some(stream),
+                        Some(version),
+                        Some(position),
+                        error.to_string(),
+                    ),
+                }
             }
         }
         Ok(())
     }
 
-    /// The stream index names this commit.
-    fn check_stream_covers(&mut self, commit: &format::Commit<'_>) -> Result<()> {
-        let (stream, first) = (commit.stream, commit.first);
-        let covered = self
-            .tree
-            .range(format::stream_key(stream, 0)..=format::stream_key(stream, commit.first_version))
-            .next_back()
-            .transpose()
-            .map_err(sled_error)?
-            .and_then(|(k, v)| {
+    /// The stream index maps the piece of `commit` from event `start` on (`len` events of one
+    /// stream, versions running on) to its positions.
+    fn check_stream_covers(
+        &mut self,
+        commit: &format::Commit<'_>,
+        start: u64,
+        len: u64,
+    ) -> Result<()> {
+        let stream = commit.stream(start);
+        let (version, position) = (commit.version(start), commit.first + start);
+        let end = version + len; // the first version after the piece
+                                 // The piece may span several entries (an indexing round's entry of a stream holds at
+                                 // most so many listed positions): each maps its part of the piece.
+        let mut v = version;
+        let mut covered = true;
+        while covered && v < end {
+            let entry = self
+                .tree
+                .range(format::stream_key(stream, 0)..=format::stream_key(stream, v))
+                .next_back()
+                .transpose()
+                .map_err(sled_error)?;
+            let mapped = entry.and_then(|(k, value)| {
                 let (_, fv) = format::parse_stream_key(&k).ok()?;
-                let (fp, count) = format::decode_stream_index(&k, &v).ok()?;
-                let d = commit.first_version - fv;
-                Some(fp + d == first && d + commit.count() <= count)
-            })
-            .unwrap_or(false);
+                let run = format::decode_stream_index(&k, &value).ok()?;
+                let upto = (fv + run.count).min(end);
+                let maps =
+                    v < upto && (v..upto).all(|x| run.position(x - fv) == position + (x - version));
+                maps.then_some(upto)
+            });
+            match mapped {
+                Some(upto) => v = upto,
+                None => covered = false,
+            }
+        }
         if !covered {
             self.problem(
                 ProblemKind::LogMismatch,
                 Some(stream),
-                Some(commit.first_version),
-                Some(first),
+                Some(v),
+                Some(position + (v - version)),
                 "the commit record has no matching stream-index entry",
             );
         }

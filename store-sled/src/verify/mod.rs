@@ -10,9 +10,13 @@
 //! - [`saved`]: snapshots, checkpoints and the markers;
 //! - [`report`]: problems, as the core [`VerifyReport`] lists them.
 
-use annals::{Result, VerifyReport};
+use std::path::Path;
 
+use annals::{Problem, ProblemKind, RecordPlace, Result, VerifyReport};
+
+use crate::marks::{self, Marks};
 use crate::overlay::Overlay;
+use crate::{manifest, recover};
 
 mod ids;
 mod log;
@@ -21,11 +25,39 @@ mod saved;
 mod streams;
 mod walk;
 
-/// Checks the whole store as readers see it up to `visible`.
-pub(crate) fn run(tree: &sled::Tree, overlay: &Overlay, visible: u64) -> Result<VerifyReport> {
+/// Checks the whole store as readers see it up to `visible`; then the snapshots and checkpoints
+/// against the save counter's digest (`marks`), and the files against the manifest in `dir`
+/// (when the store has one), adding what the open found `lost` and accepted.
+pub(crate) fn run(
+    tree: &sled::Tree,
+    overlay: &Overlay,
+    visible: u64,
+    marks: &Marks,
+    dir: Option<&Path>,
+    lost: &[Problem],
+) -> Result<VerifyReport> {
     // Index everything visible and keep other indexers out: the walk then checks every index
     // entry against the log, and none moves under it.
     let mut guard = overlay.lock_indexing();
     overlay.index_locked(&mut guard, tree, visible)?;
-    walk::Walk::new(tree, visible).run()
+    let mut report = walk::Walk::new(tree, visible).run()?;
+    for problem in lost {
+        report.push(problem.clone());
+    }
+    if let Some(detail) = marks.saves_lost(tree)? {
+        report.push(Problem::new(
+            ProblemKind::Missing,
+            RecordPlace::new(),
+            detail,
+        ));
+    }
+    if let Some(dir) = dir {
+        // A damaged counter is reported by the walk.
+        if let Ok(found) = marks::read_tally(tree, recover::log_end(tree)?) {
+            for problem in manifest::check_now(dir, &found) {
+                report.push(problem);
+            }
+        }
+    }
+    Ok(report)
 }

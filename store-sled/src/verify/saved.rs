@@ -72,6 +72,16 @@ impl Walk<'_> {
                 self.problem_somewhere(ProblemKind::Corrupt, format!("index marker: {reason}"));
             }
             true
+        } else if key == format::META_WRITES {
+            if let Err(reason) = format::decode_writes(value) {
+                self.problem_somewhere(ProblemKind::Corrupt, format!("write counter: {reason}"));
+            }
+            true
+        } else if key == format::META_SAVES {
+            if let Err(reason) = format::decode_saves(value) {
+                self.problem_somewhere(ProblemKind::Corrupt, format!("save counter: {reason}"));
+            }
+            true
         } else if key == format::META_FORMAT {
             self.marker = true;
             match format::decode_format(value) {

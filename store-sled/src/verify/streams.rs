@@ -5,16 +5,17 @@ use annals::{ProblemKind, Result};
 
 use super::walk::Walk;
 use crate::error::sled_error;
-use crate::format;
+use crate::format::{self, StreamRun};
 
-/// Where a stream-index entry points: `count` versions from `version` on, at positions
-/// `first..=last`.
+/// Where a stream-index entry points: `count` versions from `version` on, at the positions of
+/// `run`, `first` to `last`.
 struct Run<'k> {
     stream: &'k str,
     version: u64,
     first: u64,
     last: u64,
     count: u64,
+    run: StreamRun,
 }
 
 impl Walk<'_> {
@@ -49,12 +50,13 @@ impl Walk<'_> {
             }
         };
         match format::decode_stream_index(key, value) {
-            Ok((first, count)) => Some(Run {
+            Ok(run) => Some(Run {
                 stream,
                 version,
-                first,
-                last: first + count - 1,
-                count,
+                first: run.first,
+                last: run.last(),
+                count: run.count,
+                run,
             }),
             Err(reason) => {
                 self.problem(
@@ -95,54 +97,56 @@ impl Walk<'_> {
         }
     }
 
-    /// The commit records of the run's positions: one after the other, all of its stream, their
-    /// versions running with the positions. Returns whether they are all there.
+    /// The commit records of the run's positions are there and hold the stream's versions at
+    /// them. Returns whether they are all there.
     fn check_run_commits(&mut self, run: &Run<'_>) -> Result<bool> {
-        let (first, last, version) = (run.first, run.last, run.version);
-        let mut expect = first;
         let mut trouble = None;
-        for item in self
-            .tree
-            .range(format::commit_key(first, 0)..=format::commit_key(last, u64::MAX))
-        {
-            let (key, record) = item.map_err(sled_error)?;
-            let Some((c_first, c_last)) = format::parse_commit_key(&key) else {
-                continue; // reported with the log
+        let mut i = 0;
+        while i < run.count {
+            let p = run.run.position(i);
+            let Some((key, record)) = format::commit_at(self.tree, p).map_err(sled_error)? else {
+                // The versions are not all there: the next entry shows the gap.
+                self.problem(
+                    ProblemKind::LogMismatch,
+                    Some(run.stream),
+                    Some(run.version + i),
+                    Some(p),
+                    format!(
+                        "the stream index points to positions {} to {}, the log has no record of position {p}",
+                        run.first, run.last
+                    ),
+                );
+                return Ok(false);
             };
-            if c_first != expect {
-                break;
-            }
-            if let Ok(commit) = format::parse_commit(&key, &record) {
-                if commit.stream != run.stream
-                    || commit.first_version != version + (c_first - first)
-                {
+            let Ok(commit) = format::parse_commit(&key, &record) else {
+                // A damaged record is reported with the log: skip the positions it holds.
+                let last = format::parse_commit_key(&key).map_or(p, |(_, last)| last);
+                while i < run.count && run.run.position(i) <= last {
+                    i += 1;
+                }
+                continue;
+            };
+            while i < run.count {
+                let q = run.run.position(i);
+                if q > commit.last() {
+                    break;
+                }
+                let j = q - commit.first;
+                let (stream, version) = (commit.stream(j), commit.version(j));
+                if trouble.is_none() && (stream != run.stream || version != run.version + i) {
                     trouble = Some(format!(
-                        "the stream index points to a commit of `{}` version {}",
-                        commit.stream, commit.first_version
+                        "the stream index points to a commit of `{stream}` version {version} at position {q}"
                     ));
                 }
-            } // a damaged record is reported with the log
-            expect = c_last + 1;
-        }
-        if expect != last + 1 {
-            // The versions are not all there: the next entry shows the gap.
-            self.problem(
-                ProblemKind::LogMismatch,
-                Some(run.stream),
-                Some(version),
-                Some(first),
-                format!(
-                    "the stream index points to positions {first} to {last}, the log has no record of position {expect}"
-                ),
-            );
-            return Ok(false);
+                i += 1;
+            }
         }
         if let Some(detail) = trouble {
             self.problem(
                 ProblemKind::LogMismatch,
                 Some(run.stream),
-                Some(version),
-                Some(first),
+                Some(run.version),
+                Some(run.first),
                 detail,
             );
         }
@@ -207,8 +211,8 @@ impl Walk<'_> {
             .map_err(sled_error)?
             .and_then(|(k, v)| {
                 let (_, fv) = format::parse_stream_key(&k).ok()?;
-                let (_, count) = format::decode_stream_index(&k, &v).ok()?;
-                Some(fv + count > head.version)
+                let run = format::decode_stream_index(&k, &v).ok()?;
+                Some(fv + run.count > head.version)
             })
             .unwrap_or(false);
         if !covered {
