@@ -135,6 +135,6 @@ pub use repository::{
 };
 pub use store::{
     subscribe_all, AnyStore, CheckpointStore, CommitWatch, Direction, DynStore, EventStore, Filter,
-    IntoAnyStore, Problem, ProblemKind, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamInfo,
-    VerifyReport,
+    IntoAnyStore, Problem, ProblemKind, ReadAll, ReadStream, RestoreResult, RestoredEvent,
+    Snapshot, SnapshotStore, StreamInfo, VerifyReport,
 };

@@ -1,11 +1,12 @@
-//! Property test: random sequences of appends with random expectations against a model of the
-//! versioning rules.
+//! Property tests: random sequences of appends with random expectations against a model of the
+//! versioning rules, and the model-based test every store runs (`annals_testkit::model`).
 
 use std::collections::BTreeMap;
 
 use annals::{
     Error, EventData, EventStore, ExpectedVersion, InMemoryStore, ReadAll, StreamId, Version,
 };
+use annals_testkit::model::{self, ModelTarget, Positions};
 use futures::TryStreamExt;
 use proptest::prelude::*;
 
@@ -69,5 +70,32 @@ proptest! {
             prop_assert_eq!(all.len(), log_len);
             Ok(())
         })?;
+    }
+}
+
+/// The in-memory store's data lives in the store value, shared by its clones: reopening hands
+/// out another clone of the same store.
+struct Memory(InMemoryStore);
+
+impl ModelTarget for Memory {
+    type Store = InMemoryStore;
+    const POSITIONS: Positions = Positions::Sequence;
+
+    async fn open(&mut self) -> InMemoryStore {
+        self.0.clone()
+    }
+
+    async fn reopen(&mut self, old: InMemoryStore) -> InMemoryStore {
+        drop(old);
+        self.0.clone()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn the_store_behaves_like_the_model(ops in model::ops()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(model::run(Memory(InMemoryStore::new()), ops));
     }
 }

@@ -1,16 +1,17 @@
 //! [`PgEventStoreBuilder`]: where the store connects and how it behaves.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use annals::{Error, Limits, Result};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{Config, NoTls};
 
-use crate::error::BACKEND;
+use crate::error::{describe_targets, BACKEND};
 use crate::schema::validate_schema_name;
 use crate::store::{PgEventStore, Settings};
-use crate::watcher::NOTIFY_INTERVAL;
+use crate::watcher::{FALLBACK_POLL_INTERVAL, NOTIFY_INTERVAL};
 
 enum Source {
     Text(String),
@@ -58,6 +59,7 @@ pub struct PgEventStoreBuilder {
     statement_timeout: Option<Duration>,
     connect_timeout: Duration,
     poll_interval: Duration,
+    fallback_poll_interval: Duration,
     notify_interval: Duration,
     page_size: usize,
     lease_check_interval: Duration,
@@ -79,8 +81,10 @@ impl PgEventStoreBuilder {
     /// - a pool of 16 connections (ignored with an existing pool);
     /// - no statement timeout (the server's setting applies);
     /// - a connect timeout of 10 s;
-    /// - a poll interval of 100 ms, used only while the LISTEN connection is down or while
+    /// - a poll interval of 100 ms, used while the LISTEN connection is down and while
     ///   readers are held back by an open transaction;
+    /// - a fallback poll every second while notifications are relied on, so a lost wake-up
+    ///   delays subscribers by at most a second;
     /// - at most one notification to other processes every 5 ms;
     /// - pages of 1,000 events for reads;
     /// - leases check their connection every second.
@@ -94,6 +98,7 @@ impl PgEventStoreBuilder {
             statement_timeout: None,
             connect_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
+            fallback_poll_interval: FALLBACK_POLL_INTERVAL,
             notify_interval: NOTIFY_INTERVAL,
             page_size: 1000,
             lease_check_interval: Duration::from_secs(1),
@@ -121,6 +126,9 @@ impl PgEventStoreBuilder {
     /// A pool cannot hand out a connection that receives notifications, so give
     /// [`listen_config`](Self::listen_config) too for LISTEN/NOTIFY wake-ups; without it the
     /// store wakes subscribers by polling every [`poll_interval`](Self::poll_interval).
+    ///
+    /// The store cannot see where such a pool connects: the error of a connection it cannot
+    /// open is `tokio-postgres`'s alone, without the `host:port` the store's own pool names.
     #[must_use]
     pub fn pool(mut self, pool: Pool) -> Self {
         self.source = Some(Source::Pool(pool));
@@ -174,10 +182,24 @@ impl PgEventStoreBuilder {
     }
 
     /// How often the store checks for new events when it cannot rely on notifications
-    /// (default 100 ms).
+    /// (default 100 ms): while its LISTEN connection is down (or it has none), and while
+    /// committed events are held back from readers by an open transaction, whose end notifies
+    /// nobody. Must not be zero.
     #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// The longest a lost wake-up can delay subscribers (default 1 s). Subscribers never
+    /// depend on a notification alone: while the store listens, its background task still
+    /// checks the log's visible head at least this often — one cheap query on the LISTEN
+    /// connection, not a read — and wakes subscribers when it moved. A notification that never
+    /// came (its writer was killed between its commit and its `pg_notify`, or the notification
+    /// was lost with a connection) so delays them by at most this interval. Must not be zero.
+    #[must_use]
+    pub fn fallback_poll_interval(mut self, interval: Duration) -> Self {
+        self.fallback_poll_interval = interval;
         self
     }
 
@@ -216,8 +238,9 @@ impl PgEventStoreBuilder {
     /// # Errors
     ///
     /// [`Error::Configuration`] naming the setting at fault: `schema` for a bad schema name,
-    /// `page_size` or `pool_size` for 0, `connection_string` for a missing connection or an
-    /// unparsable connection string; [`Error::Backend`] if the pool cannot be made.
+    /// `page_size`, `pool_size`, `poll_interval` or `fallback_poll_interval` for 0,
+    /// `connection_string` for a missing connection or an unparsable connection string;
+    /// [`Error::Backend`] if the pool cannot be made.
     pub async fn open(mut self) -> Result<PgEventStore> {
         validate_schema_name(&self.schema)?;
         if self.page_size == 0 {
@@ -230,6 +253,19 @@ impl PgEventStoreBuilder {
             return Err(Error::configuration(
                 "pool_size",
                 "the pool size must be at least 1",
+            ));
+        }
+        // A zero interval would make the background task query the server in a busy loop.
+        if self.poll_interval.is_zero() {
+            return Err(Error::configuration(
+                "poll_interval",
+                "the poll interval must be longer than zero",
+            ));
+        }
+        if self.fallback_poll_interval.is_zero() {
+            return Err(Error::configuration(
+                "fallback_poll_interval",
+                "the fallback poll interval must be longer than zero",
             ));
         }
         let (pool, own_config) = match self.source.take() {
@@ -252,15 +288,22 @@ impl PgEventStoreBuilder {
             Some(Source::Config(config)) => own_pool(*config, &self)?,
         };
         let owns_pool = own_config.is_some();
+        // Where the pool connects, for the errors of connections that fail; a pool given to the
+        // builder does not tell.
+        let tried = own_config
+            .as_ref()
+            .map(|config| Arc::from(describe_targets(config)));
         Ok(PgEventStore::open(Settings {
             pool,
             owns_pool,
+            tried,
             listen_config: self.listen_config.or(own_config),
             channel: channel_name(&self.schema),
             schema: self.schema,
             limits: self.limits,
             page_size: self.page_size,
             poll_interval: self.poll_interval,
+            fallback_poll_interval: self.fallback_poll_interval,
             notify_interval: self.notify_interval,
             lease_check_interval: self.lease_check_interval,
         }))

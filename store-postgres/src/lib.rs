@@ -131,15 +131,24 @@
 //! open, to skip the check; measured, that cost every append more server time than one check
 //! per gap.)
 //!
-//! Polling (every [`poll_interval`](PgEventStoreBuilder::poll_interval)) takes over while the
-//! LISTEN connection is down, until it is back, and while committed events are held back by an
-//! open transaction (whose end notifies nobody).
+//! Polling (every [`poll_interval`](PgEventStoreBuilder::poll_interval), 100 ms) takes over
+//! while the LISTEN connection is down, until it is back, and while committed events are held
+//! back by an open transaction (whose end notifies nobody).
+//!
+//! Subscribers never depend on a notification alone. While the store listens, its background
+//! task still checks the log's visible head at least every
+//! [`fallback_poll_interval`](PgEventStoreBuilder::fallback_poll_interval) (1 s) — one cheap
+//! query on the LISTEN connection, never a read of events — and wakes subscribers when it
+//! moved. So a notification that never comes (its writer was killed between its commit and
+//! its `pg_notify`, or it was lost with a connection) delays subscribers by at most that
+//! interval, plus the query: once readers can see an event, every process's subscribers
+//! receive it within the interval whatever happened to its writer.
 //!
 //! [`close`](annals::EventStore::close) sends the notification still owed for the last gap's
-//! commits and waits until it is sent: a process that closes its store before it exits never
-//! leaves other processes' subscribers waiting. (Dropping the store's last clone sends it too,
-//! without waiting, if the runtime lets the task run.) If a writing process dies between its
-//! commit and its `pg_notify`, other processes see those events at the next commit.
+//! commits and waits until it is sent: a process that closes its store before it exits wakes
+//! other processes' subscribers at once, without them waiting for their fallback poll.
+//! (Dropping the store's last clone sends it too, without waiting, if the runtime lets the
+//! task run.)
 //!
 //! # Closing
 //!
@@ -158,7 +167,7 @@
 //!
 //! | failure | error |
 //! | --- | --- |
-//! | server down, connection refused | [`Error::Unavailable`](annals::Error::Unavailable) (nothing written) |
+//! | server down, connection refused | [`Error::Unavailable`](annals::Error::Unavailable) (nothing written); its message names the `host:port` tried, never the password |
 //! | connection lost while an append was in flight | [`Error::AppendOutcomeUnknown`](annals::Error::AppendOutcomeUnknown): retry with the same event ids |
 //! | [statement timeout](PgEventStoreBuilder::statement_timeout) (SQLSTATE 57014) | [`Error::Timeout`](annals::Error::Timeout) (nothing written) |
 //! | schema missing | [`Error::NotInitialized`](annals::Error::NotInitialized): call `init()` |
@@ -170,6 +179,13 @@
 //!
 //! An append whose connection dies is tried again on a fresh connection (appends are
 //! idempotent, so this is safe): the caller learns its fate whenever the server is reachable.
+//!
+//! A connection that cannot be opened is an [`Error::Unavailable`](annals::Error::Unavailable)
+//! whose message says where the store tried — every host of the configuration with its port
+//! (`tried 127.0.0.1:5432: error connecting to server: Connection refused`), the socket file for
+//! a Unix socket — and nothing else of the configuration: never the user nor the password. (With
+//! a [pool of your own](PgEventStoreBuilder::pool) the store does not know where the pool
+//! connects, and the error is `tokio-postgres`'s alone.)
 //!
 //! # Leases
 //!

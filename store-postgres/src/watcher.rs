@@ -37,12 +37,16 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Config, NoTls, Statement};
 
-use crate::error::{map_pool, BACKEND};
+use crate::error::{describe_targets, map_pool, BACKEND};
 use crate::types::Xid8;
 
 /// The default least time between two notifications sent for this process's commits (local
 /// subscribers are woken at once by the append itself; this only delays other processes).
 pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The default longest time between two checks of the readers' horizon while the store
+/// listens for notifications: the most a lost notification delays subscribers.
+pub(crate) const FALLBACK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest a stop waits for the notification it still owes (a server that cannot be
 /// reached makes it fail rather than hang the caller's shutdown).
@@ -110,6 +114,8 @@ impl Background {
 
 pub(crate) struct Watcher {
     pub(crate) pool: Pool,
+    /// Where the pool connects, for errors.
+    pub(crate) tried: Option<Arc<str>>,
     pub(crate) listen_config: Option<Config>,
     pub(crate) channel: String,
     /// This store's notification payload: its own notifications come back to its LISTEN
@@ -119,7 +125,10 @@ pub(crate) struct Watcher {
     pub(crate) schema: String,
     pub(crate) notifier: CommitNotifier,
     pub(crate) local: Arc<LocalCommits>,
+    /// How often to check while notifications cannot be relied on.
     pub(crate) poll_interval: Duration,
+    /// The longest time between two checks while they can.
+    pub(crate) fallback_poll_interval: Duration,
     /// The least time between two notifications for local commits.
     pub(crate) notify_interval: Duration,
 }
@@ -184,7 +193,6 @@ impl Watcher {
 
     /// The task's loop; it never ends by itself.
     async fn serve(&self, state: &mut State) {
-        let mut pending = true;
         let mut frontier = Position::START;
         loop {
             if state.listener.is_none() {
@@ -192,35 +200,44 @@ impl Watcher {
                     match listen(config, &self.channel, &self.token).await {
                         Ok(l) => {
                             tracing::debug!(channel = %self.channel, "annals-postgres: listening");
+                            // Commits that came while nobody listened: the check below.
                             state.listener = Some(l);
-                            // Commits may have come while nobody listened.
-                            pending = true;
                         }
                         Err(e) => {
-                            tracing::debug!(error = %e, "annals-postgres: LISTEN connection failed; polling");
+                            tracing::debug!(error = %e, tried = %describe_targets(config), "annals-postgres: LISTEN connection failed; polling");
                         }
                     }
                 }
             }
-            let polling = pending || state.listener.is_none();
-            if polling {
-                match self.check(state.listener.as_mut(), &mut frontier).await {
-                    Some(all_visible) => pending = !all_visible,
-                    None => {
-                        pending = true;
-                        // A check that failed on a closed LISTEN connection: reconnect now
-                        // rather than when its reader notices, and poll through the pool.
-                        if state
-                            .listener
-                            .as_ref()
-                            .is_some_and(|l| l.client.is_closed())
-                        {
-                            state.listener = None;
-                        }
+            // Every turn of the loop checks: whatever woke the task (a local commit, a
+            // notification, the poll) may mean new events for subscribers. The answer: whether
+            // committed events are held back from readers.
+            let held_back = match self.check(state.listener.as_mut(), &mut frontier).await {
+                Some(all_visible) => !all_visible,
+                None => {
+                    // A check that failed on a closed LISTEN connection: reconnect now rather
+                    // than when its reader notices, and poll through the pool.
+                    if state
+                        .listener
+                        .as_ref()
+                        .is_some_and(|l| l.client.is_closed())
+                    {
+                        state.listener = None;
                     }
+                    // Treated as held back: poll until a check answers.
+                    true
                 }
-            }
-            let polling = pending || state.listener.is_none();
+            };
+            // Notifications cannot be relied on without a LISTEN connection, nor while events
+            // are held back (the end of the transaction holding them notifies nobody): poll.
+            // Otherwise the fallback poll still checks now and then, so a notification that
+            // never came (its writer died before sending it, or it was lost with a
+            // connection) delays subscribers by at most the fallback interval.
+            let wait = if held_back || state.listener.is_none() {
+                self.poll_interval.min(self.fallback_poll_interval)
+            } else {
+                self.fallback_poll_interval
+            };
             let mut local = false;
             tokio::select! {
                 _ = self.local.signal.notified() => local = true,
@@ -229,21 +246,19 @@ impl Watcher {
                         tracing::debug!("annals-postgres: LISTEN connection lost; polling until it is back");
                         state.listener = None;
                     }
-                    pending = true;
                 }
-                _ = tokio::time::sleep(self.poll_interval), if polling => {}
+                () = tokio::time::sleep(wait) => {}
             }
             if local {
                 // The check runs at the top of the loop, after the gap.
-                pending = true;
                 if let Err(e) = self.notify_others(state).await {
                     // Best effort: other processes learn of the commit at the next one, or
-                    // from their own polling.
+                    // from their own fallback poll.
                     tracing::debug!(error = %e, "annals-postgres: pg_notify failed");
                 }
-                // Commits that land during the gap share the next notification (and check, if
-                // one needs it): the background work stays a few statements per gap however
-                // fast appends come. A stop cuts the gap short and sends what it owes.
+                // Commits that land during the gap share the next notification (and check):
+                // the background work stays a few statements per gap however fast appends
+                // come. A stop cuts the gap short and sends what it owes.
                 tokio::time::sleep(self.notify_interval).await;
             }
         }
@@ -271,7 +286,11 @@ impl Watcher {
                 }
             }
         }
-        let client = self.pool.get().await.map_err(map_pool)?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| map_pool(e, self.tried.as_ref()))?;
         let sent = match client.prepare_cached(NOTIFY_SQL).await {
             Ok(statement) => client.execute(&statement, &params).await,
             Err(e) => Err(e),

@@ -271,6 +271,37 @@ async fn bad_builder_settings_are_refused() {
             ..
         })
     ));
+    // Zero intervals would make the background task query the server in a busy loop.
+    let built = PgEventStore::builder()
+        .connection_string(server().connection_string())
+        .poll_interval(Duration::ZERO)
+        .open()
+        .await;
+    assert!(
+        matches!(
+            built,
+            Err(Error::Configuration {
+                setting: "poll_interval",
+                ..
+            })
+        ),
+        "{built:?}"
+    );
+    let built = PgEventStore::builder()
+        .connection_string(server().connection_string())
+        .fallback_poll_interval(Duration::ZERO)
+        .open()
+        .await;
+    assert!(
+        matches!(
+            built,
+            Err(Error::Configuration {
+                setting: "fallback_poll_interval",
+                ..
+            })
+        ),
+        "{built:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,6 +334,67 @@ async fn a_server_that_is_down_is_unavailable() {
     assert!(matches!(store.init().await, Err(Error::Unavailable { .. })));
     let read = store.read_all(ReadAll::all()).try_collect::<Vec<_>>().await;
     assert!(matches!(read, Err(Error::Unavailable { .. })), "{read:?}");
+}
+
+/// The error of a server that cannot be reached says where the store tried — host and port —
+/// and never the password of the connection string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_names_the_host_and_port_never_the_password() {
+    const PASSWORD: &str = "Sw0rdf1sh-not-to-be-shown";
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let store = PgEventStore::connect(&format!(
+        "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres"
+    ))
+    .await
+    .expect("building connects lazily");
+    let stream = StreamId::new("refused-1").expect("id");
+    let appended = store
+        .append(&stream, ExpectedVersion::Any, vec![event("E", 1)])
+        .await;
+    let read = store.read_all(ReadAll::all()).try_collect::<Vec<_>>().await;
+    for (what, error) in [
+        (
+            "append",
+            appended.map(|_| ()).expect_err("the server is down"),
+        ),
+        (
+            "init",
+            store
+                .init()
+                .await
+                .map(|_| ())
+                .expect_err("the server is down"),
+        ),
+        (
+            "read_all",
+            read.map(|_| ()).expect_err("the server is down"),
+        ),
+    ] {
+        assert!(
+            matches!(error, Error::Unavailable { .. }),
+            "{what}: {error:?}"
+        );
+        // Everything an operator could be shown: the message, its causes, the debug form.
+        let mut text = format!("{error}\n{error:?}");
+        let mut cause = std::error::Error::source(&error);
+        while let Some(e) = cause {
+            text.push_str(&format!("\n{e}"));
+            cause = e.source();
+        }
+        assert!(
+            error.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{what}: the message does not say where the store tried: {error}"
+        );
+        assert!(
+            !text.contains(PASSWORD),
+            "{what}: the password is in the error: {text}"
+        );
+    }
 }
 
 /// A statement that runs past the statement timeout is cancelled: a timeout error, nothing

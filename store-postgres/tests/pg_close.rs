@@ -14,35 +14,11 @@ use annals::{
 use annals_postgres::PgEventStore;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use support::{event, server, HANG_GUARD};
-use tokio::sync::watch;
-use tokio_postgres::AsyncMessage;
+use support::{count_notifications, event, server, wait_for_count, wait_signalled, HANG_GUARD};
 
 /// Far longer than the test: within it, a store so configured sends one notification for its
-/// first append and none for later ones, and never polls.
+/// first append and none for later ones, and never polls (not even its fallback poll).
 const NEVER: Duration = Duration::from_secs(3600);
-
-/// A LISTEN connection of our own on `channel`: how many notifications arrived on it.
-async fn count_notifications(channel: &str) -> (tokio_postgres::Client, watch::Receiver<usize>) {
-    let (client, mut connection) =
-        tokio_postgres::connect(&server().connection_string(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-    let (tx, count) = watch::channel(0);
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                tx.send_modify(|n| *n += 1);
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN \"{channel}\""))
-        .await
-        .expect("listen");
-    (client, count)
-}
 
 async fn next(live: &mut BoxStream<'static, annals::Result<RecordedEvent>>) -> RecordedEvent {
     tokio::time::timeout(HANG_GUARD, live.next())
@@ -52,17 +28,11 @@ async fn next(live: &mut BoxStream<'static, annals::Result<RecordedEvent>>) -> R
         .expect("event")
 }
 
-async fn wait_for(count: &mut watch::Receiver<usize>, n: usize, what: &str) {
-    tokio::time::timeout(HANG_GUARD, count.wait_for(|seen| *seen >= n))
-        .await
-        .unwrap_or_else(|_| panic!("{what}"))
-        .expect("listener");
-}
-
 /// The writer notifies at most once an hour, so after its first append's notification only
 /// `close` can send another: the notifications counted on the channel prove it did, and a
 /// subscriber of another store value (its own pool and LISTEN connection, as in another
-/// process, never polling) receives every event with no further commit anywhere.
+/// process, never polling, not even its fallback poll) receives every event with no further
+/// commit anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_sends_the_notification_still_owed_to_other_processes() {
     let writer = support::init(support::builder_on(server(), "close").notify_interval(NEVER)).await;
@@ -70,25 +40,29 @@ async fn close_sends_the_notification_still_owed_to_other_processes() {
         .connection_string(server().connection_string())
         .schema(writer.schema())
         .poll_interval(NEVER)
+        .fallback_poll_interval(NEVER)
         .open()
         .await
         .expect("open the reader");
     let (_listener, mut notifications) =
         count_notifications(&format!("annals_{}", writer.schema())).await;
-    let mut live = subscribe_all(reader.clone(), Position::START, Filter::all());
     let stream = StreamId::new("close-1").expect("id");
 
-    // The first append is announced at once; the reader sees it.
-    writer
+    // The first append is announced at once; the reader's store signals it. Subscribing only
+    // then leaves the subscriber no wake-up owed for it: after reading it, only a notification
+    // wakes the subscriber.
+    let first = writer
         .append(&stream, ExpectedVersion::NoStream, vec![event("First", 1)])
         .await
         .expect("append");
-    wait_for(
+    wait_for_count(
         &mut notifications,
         1,
         "the first append was never announced",
     )
     .await;
+    wait_signalled(&reader, first.last_position).await;
+    let mut live = subscribe_all(reader.clone(), Position::START, Filter::all());
     assert_eq!(next(&mut live).await.event_type, "First");
 
     // These fall in the writer's notification gap: announced by nobody until `close`.
@@ -107,7 +81,7 @@ async fn close_sends_the_notification_still_owed_to_other_processes() {
     writer.close().await.expect("close");
 
     // `close` returned after sending the notification it owed; no commit happens from here on.
-    wait_for(
+    wait_for_count(
         &mut notifications,
         2,
         "close did not send the notification it owed",

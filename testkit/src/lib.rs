@@ -6,6 +6,9 @@
 //!   each taking a [`StoreFactory`](conformance::StoreFactory) that makes fresh stores, and
 //!   [`run_all`](conformance::run_all), which every store's tests call — once with the concrete
 //!   type and once through the `dyn` twin ([`conformance::dynamic`]).
+//! - [`model`]: the model-based test: random sequences of appends, retries, reads and reopens
+//!   checked against a model of what the store must hold, run by every store through a
+//!   [`ModelTarget`](model::ModelTarget) that opens it and opens it again on the same data.
 //! - [`harness`]: given/when/then tests of aggregates, without a store.
 //! - `postgres` (feature `postgres`): `PgServer`, a throwaway PostgreSQL server on 127.0.0.1
 //!   and a free port, stopped and removed when it is dropped or when the test process ends.
@@ -22,5 +25,6 @@
 
 pub mod conformance;
 pub mod harness;
+pub mod model;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -1,7 +1,8 @@
 //! `migrate --to <URL>`: copy a whole store, resumably, then compare both sides.
 
 use annals::{
-    AnyStore, CheckpointStore, EventStore, Position, ReadAll, ReadStream, SnapshotStore, StreamId,
+    AnyStore, CheckpointStore, EventStore, Position, ReadAll, ReadStream, RestoredEvent,
+    SnapshotStore, StreamId,
 };
 use futures::TryStreamExt;
 use serde_json::json;
@@ -9,9 +10,6 @@ use serde_json::json;
 use super::copy::Copier;
 use crate::failure::{CliResult, Failure};
 use crate::Context;
-
-/// How many events are copied between two checkpoints.
-const CHECKPOINT_EVERY: u64 = 1_000;
 
 /// `annals migrate --to <URL>`.
 pub(crate) async fn migrate(cx: &Context<'_>, to: &str) -> CliResult {
@@ -30,24 +28,16 @@ pub(crate) async fn migrate(cx: &Context<'_>, to: &str) -> CliResult {
     let progress = crate::progress::bar(cx, "migrating", Some(total));
     let mut copier = Copier::new(target.any.clone());
     let mut events = source.read_all(ReadAll::from(from));
-    let mut since = 0;
     let mut last = None;
     while let Some(event) = events.try_next().await? {
-        let position = event.position;
-        copier
-            .push(
-                event.stream_id.clone(),
-                event.version,
-                event.to_event_data(),
-            )
-            .await?;
-        last = Some(position);
-        since += 1;
-        if since >= CHECKPOINT_EVERY {
-            copier.flush().await?;
-            target.any.save_checkpoint(&checkpoint, position).await?;
-            since = 0;
+        // A full batch was written: its events are on the target, so the checkpoint may pass
+        // them (the event in hand starts the next batch).
+        if copier.push(RestoredEvent::of(&event)).await? {
+            if let Some(position) = last {
+                target.any.save_checkpoint(&checkpoint, position).await?;
+            }
         }
+        last = Some(event.position);
         progress.inc(1);
     }
     copier.flush().await?;

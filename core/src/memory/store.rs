@@ -6,11 +6,12 @@ use futures::StreamExt;
 
 use crate::lease::{Lease, Leases, LocalLeases};
 use crate::store::kit::{
-    instrument_append, instrument_read, resolve_retry, CommitNotifier, StoredEventRef,
+    instrument_append, instrument_read, plan_restore, resolve_retry, CommitNotifier,
+    StoredEventRef, StreamHead,
 };
 use crate::store::{
     CheckpointStore, CommitWatch, Direction, EventStore, Problem, ProblemKind, ReadAll, ReadStream,
-    Snapshot, SnapshotStore, StreamInfo, VerifyReport,
+    RestoreResult, RestoredEvent, Snapshot, SnapshotStore, StreamInfo, VerifyReport,
 };
 use crate::{
     AppendResult, EventData, EventId, ExpectedVersion, Limits, Position, RecordPlace,
@@ -275,6 +276,63 @@ impl EventStore for InMemoryStore {
 
     fn limits(&self) -> Limits {
         self.inner.limits
+    }
+
+    async fn restore(&self, events: Vec<RestoredEvent>) -> Result<RestoreResult> {
+        let data: Vec<EventData> = events.iter().map(|e| e.event.clone()).collect();
+        self.inner.limits.check(&data)?;
+        let mut state = self.write();
+        let mut heads = HashMap::new();
+        let mut stored = HashMap::new();
+        for event in &events {
+            if let Some(indexes) = state.streams.get(&event.stream_id) {
+                let last = indexes.last().map(|&i| &state.log[i]);
+                heads.insert(
+                    event.stream_id.clone(),
+                    StreamHead {
+                        version: Version::new(indexes.len() as u64),
+                        last_recorded_at: last.map(|e| e.recorded_at),
+                    },
+                );
+            }
+            if let Some(&i) = state.ids.get(&event.event.id) {
+                let e = &state.log[i];
+                stored.insert(
+                    e.id,
+                    StoredEventRef {
+                        stream_id: e.stream_id.clone(),
+                        version: e.version,
+                        position: e.position,
+                    },
+                );
+            }
+        }
+        let plan = plan_restore(events, &heads, &stored)?;
+        let written = plan.write.len() as u64;
+        let mut last_position = None;
+        for restored in plan.write {
+            let index = state.log.len();
+            let position = Position::sequence(index as u64 + 1);
+            state.ids.insert(restored.event.id, index);
+            state
+                .streams
+                .entry(restored.stream_id.clone())
+                .or_default()
+                .push(index);
+            state.log.push(RecordedEvent::new(
+                restored.event,
+                restored.stream_id,
+                restored.version,
+                position,
+                restored.recorded_at,
+            ));
+            last_position = Some(position);
+        }
+        drop(state);
+        if let Some(position) = last_position {
+            self.inner.notifier.notify(position);
+        }
+        Ok(RestoreResult::new(written, plan.present, last_position))
     }
 
     async fn close(&self) -> Result<()> {

@@ -13,8 +13,19 @@ where
     S: EventStore + SnapshotStore,
     C: Codec,
 {
-    /// Decodes a stored event: checks its type, upcasts it to the current schema version and
-    /// decodes it with the codec named by its content type.
+    /// Decodes a stored event of this aggregate exactly as loading does: checks its type,
+    /// upcasts it to the current schema version with the repository's upcasters, and decodes it
+    /// with the codec its content type names. Projections use it to match on the aggregate's
+    /// event enum without decoding by hand.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownEventType`], [`Error::Upcast`], [`Error::UnknownContentType`] or
+    /// [`Error::Codec`]: the event cannot be read as this aggregate's event.
+    pub fn decode(&self, recorded: &RecordedEvent) -> Result<A::Event, Error> {
+        self.decode_event(recorded)
+    }
+
     pub(super) fn decode_event(&self, recorded: &RecordedEvent) -> Result<A::Event, Error> {
         let Some(current) = A::Event::current_schema_version(&recorded.event_type) else {
             return Err(Error::UnknownEventType {

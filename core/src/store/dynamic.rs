@@ -5,8 +5,8 @@ use futures::stream::BoxStream;
 use futures::FutureExt;
 
 use super::{
-    CheckpointStore, CommitWatch, EventStore, ReadAll, ReadStream, Snapshot, SnapshotStore,
-    StreamInfo, VerifyReport,
+    CheckpointStore, CommitWatch, EventStore, ReadAll, ReadStream, RestoreResult, RestoredEvent,
+    Snapshot, SnapshotStore, StreamInfo, VerifyReport,
 };
 use crate::lease::{Lease, Leases};
 use crate::{
@@ -58,6 +58,8 @@ pub trait DynStore: Send + Sync {
     fn dyn_watch_commits(&self) -> CommitWatch;
     /// [`EventStore::limits`].
     fn dyn_limits(&self) -> Limits;
+    /// [`EventStore::restore`].
+    fn dyn_restore(&self, events: Vec<RestoredEvent>) -> BoxFuture<'_, Result<RestoreResult>>;
     /// [`EventStore::close`].
     fn dyn_close(&self) -> BoxFuture<'_, Result<()>>;
     /// [`EventStore::verify`].
@@ -136,6 +138,9 @@ where
     fn dyn_limits(&self) -> Limits {
         self.limits()
     }
+    fn dyn_restore(&self, events: Vec<RestoredEvent>) -> BoxFuture<'_, Result<RestoreResult>> {
+        self.restore(events).boxed()
+    }
     fn dyn_close(&self) -> BoxFuture<'_, Result<()>> {
         self.close().boxed()
     }
@@ -199,6 +204,9 @@ impl EventStore for AnyStore {
     }
     fn limits(&self) -> Limits {
         (**self).dyn_limits()
+    }
+    async fn restore(&self, events: Vec<RestoredEvent>) -> Result<RestoreResult> {
+        (**self).dyn_restore(events).await
     }
     async fn close(&self) -> Result<()> {
         (**self).dyn_close().await

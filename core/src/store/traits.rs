@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use super::{CommitWatch, ReadAll, ReadStream, VerifyReport};
+use super::{CommitWatch, ReadAll, ReadStream, RestoreResult, RestoredEvent, VerifyReport};
 use crate::{
     AppendResult, EventData, ExpectedVersion, Limits, Position, RecordedEvent, Result, StreamId,
     Timestamp, Version,
@@ -65,6 +65,35 @@ pub trait EventStore: Send + Sync {
 
     /// The limits appends are checked against.
     fn limits(&self) -> Limits;
+
+    /// Appends events of many streams as one atomic batch, keeping each event's version and
+    /// recording time: how a copy of a store (`import`, `migrate`) keeps its history exactly,
+    /// so `load_as_of` and audits answer the same on the copy.
+    ///
+    /// # Contract
+    ///
+    /// - **All or nothing**, in one commit (one transaction, one flush); new events take
+    ///   positions in batch order.
+    /// - Within a stream, the batch's events have consecutive versions. Events at versions the
+    ///   stream already has must be the stored ones (the same id at the same version: a re-run
+    ///   of the same copy); they are counted as present and not written again. The first event
+    ///   past the stream's head has the version after it.
+    /// - A stream's recording times never run backwards: each written event is recorded no
+    ///   earlier than the event before it in its stream.
+    /// - The batch is checked against the store's [`Limits`] like an append.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is written on any error:
+    /// [`VersionConflict`](crate::Error::VersionConflict) when a stream's first new event does
+    /// not follow its head; [`IdempotencyConflict`](crate::Error::IdempotencyConflict) when an
+    /// event id is stored elsewhere or another event holds a version of the batch;
+    /// [`InvalidEvent`](crate::Error::InvalidEvent) for versions that skip within the batch or
+    /// a recording time that runs backwards; [`LimitExceeded`](crate::Error::LimitExceeded).
+    fn restore(
+        &self,
+        events: Vec<RestoredEvent>,
+    ) -> impl Future<Output = Result<RestoreResult>> + Send;
 
     /// Makes everything acknowledged durable and announced, then stops the store's background
     /// work: a buffered store flushes, a server store sends the commit notifications it still

@@ -144,6 +144,12 @@ impl EventStore for BrokenSnapshots {
     fn limits(&self) -> Limits {
         self.0.limits()
     }
+    async fn restore(
+        &self,
+        events: Vec<annals::RestoredEvent>,
+    ) -> annals::Result<annals::RestoreResult> {
+        self.0.restore(events).await
+    }
     async fn close(&self) -> annals::Result<()> {
         self.0.close().await
     }

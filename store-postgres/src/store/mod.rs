@@ -42,6 +42,9 @@ pub(crate) struct Settings {
     pub(crate) pool: Pool,
     /// Whether the store made the pool (and so closes it on [`close`](EventStore::close)).
     pub(crate) owns_pool: bool,
+    /// Where the pool connects (`host:port`…, never the password), for the errors of
+    /// connections that fail; unknown for a pool given to the builder.
+    pub(crate) tried: Option<Arc<str>>,
     /// Where the LISTEN connection connects (none: the store polls).
     pub(crate) listen_config: Option<Config>,
     /// The LISTEN/NOTIFY channel.
@@ -50,6 +53,7 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     pub(crate) page_size: usize,
     pub(crate) poll_interval: Duration,
+    pub(crate) fallback_poll_interval: Duration,
     pub(crate) notify_interval: Duration,
     pub(crate) lease_check_interval: Duration,
 }
@@ -67,6 +71,8 @@ pub struct PgEventStore {
 struct Inner {
     pool: Pool,
     owns_pool: bool,
+    /// Where the pool connects, for errors (see [`Settings::tried`]).
+    tried: Option<Arc<str>>,
     schema: String,
     sql: Sql,
     limits: Limits,
@@ -92,6 +98,7 @@ impl PgEventStore {
         let sql = Sql::new(&settings.schema);
         let background = watcher::spawn(watcher::Watcher {
             pool: settings.pool.clone(),
+            tried: settings.tried.clone(),
             listen_config: settings.listen_config,
             channel: settings.channel,
             token: uuid::Uuid::now_v7().simple().to_string(),
@@ -100,12 +107,14 @@ impl PgEventStore {
             notifier: notifier.clone(),
             local: local.clone(),
             poll_interval: settings.poll_interval,
+            fallback_poll_interval: settings.fallback_poll_interval,
             notify_interval: settings.notify_interval,
         });
         PgEventStore {
             inner: Arc::new(Inner {
                 pool: settings.pool,
                 owns_pool: settings.owns_pool,
+                tried: settings.tried,
                 schema: settings.schema,
                 sql,
                 limits: settings.limits,
@@ -163,7 +172,11 @@ impl PgEventStore {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        self.inner.pool.get().await.map_err(map_pool)
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| map_pool(e, self.inner.tried.as_ref()))
     }
 
     /// How often a held lease checks its connection.
@@ -234,7 +247,9 @@ impl EventStore for PgEventStore {
     /// subscribers in other processes waiting. Then it closes the pool, if the store made it.
     ///
     /// Every append acknowledged before `close` was called is announced; one still in flight
-    /// completes, but other processes only learn of it at their next wake-up.
+    /// completes, but other processes only learn of it at their next wake-up — at the latest
+    /// at their [fallback poll](crate::PgEventStoreBuilder::fallback_poll_interval), as for a
+    /// process that dies without closing its store.
     ///
     /// After `close`, every operation that needs the server (appends, reads, `init`,
     /// [`try_lease`](annals::Leases::try_lease), `verify`, snapshots, checkpoints) fails with
@@ -245,7 +260,7 @@ impl EventStore for PgEventStore {
     /// # Errors
     ///
     /// [`Error::Unavailable`] or [`Error::Timeout`] when the notification could not be sent
-    /// (the store is closed anyway; other processes see the events at their next wake-up).
+    /// (the store is closed anyway; other processes see the events at their fallback poll).
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
         let mut background = self.inner.background.lock().await;

@@ -29,6 +29,7 @@ mod appends;
 mod concurrency;
 mod limits;
 mod reads;
+mod restore;
 mod snapshots;
 
 pub use admin::{close, leases, verify_a_sound_store};
@@ -38,6 +39,7 @@ pub use appends::{
 pub use concurrency::{concurrent_exact_appends, subscribe_while_appending};
 pub use limits::rejects_bad_input;
 pub use reads::{read_all_filters, read_all_paging, read_stream_edges, stream_listing_and_signal};
+pub use restore::{restore_is_all_or_nothing, restore_keeps_versions_and_times};
 pub use snapshots::{checkpoints, snapshots};
 
 /// Everything a store under test must be.
@@ -105,6 +107,8 @@ pub async fn run_all<F: StoreFactory>(factory: &F) {
         snapshots,
         checkpoints,
         stream_listing_and_signal,
+        restore_keeps_versions_and_times,
+        restore_is_all_or_nothing,
         leases,
         verify_a_sound_store,
         close,

@@ -5,6 +5,8 @@
 //!   (new, an exact retry, or an [`IdempotencyConflict`](crate::Error::IdempotencyConflict));
 //! - [`CommitNotifier`]: the writer's side of the commit signal subscribers wait on;
 //! - [`paged`] and [`Page`]: a read of many pages as one stream of events;
+//! - [`plan_restore`]: the checks of [`EventStore::restore`](crate::EventStore::restore), and
+//!   what it must write;
 //! - [`instrument_append`] and [`instrument_read`]: the `tracing` spans every store gives its
 //!   appends and reads, with the same names and fields everywhere (`store`, `stream`, `from`,
 //!   `count`, `version`, `position`, `duration_us`).
@@ -13,9 +15,11 @@
 
 mod idempotency;
 mod paged;
+mod restore;
 mod span;
 
 pub use super::notify::CommitNotifier;
 pub use idempotency::{resolve_retry, StoredEventRef};
 pub use paged::{paged, Page};
+pub use restore::{plan_restore, RestorePlan, StreamHead};
 pub use span::{instrument_append, instrument_read};
