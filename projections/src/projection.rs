@@ -1,0 +1,67 @@
+use std::future::Future;
+
+use annals::{BoxError, Filter, RecordedEvent};
+
+use crate::{ProjectionName, ReadModel};
+
+/// A projection: a name, the events it wants, and a handler that writes a batch of them to its
+/// read model `M` inside the batch's transaction.
+///
+/// The runtime calls [`handle`](Self::handle) with events in log order, each stream's events in
+/// version order, and commits the handler's writes together with the checkpoint that covers
+/// them ([`ReadModel::commit`]): a crash never applies a batch twice and never skips one.
+///
+/// A handler may be called again with the same events after an error (retries, or one event at
+/// a time to find a poison event): only the writes of a committed call count, so handlers that
+/// write only through the transaction are applied exactly once. A handler with effects outside
+/// the transaction (mail, HTTP, commands) runs **at least once** per event: make it idempotent
+/// with the event's [`id`](RecordedEvent::id) or [`position`](RecordedEvent::position), which
+/// never change.
+///
+/// ```
+/// use annals::{BoxError, Filter, RecordedEvent};
+/// use annals_projections::{MemoryModel, MemoryTx, Projection, ProjectionName};
+///
+/// /// Events per stream.
+/// struct Counts(ProjectionName);
+///
+/// impl Projection<MemoryModel<String, u64>> for Counts {
+///     fn name(&self) -> &ProjectionName {
+///         &self.0
+///     }
+///     fn filter(&self) -> Filter {
+///         Filter::all().category("account")
+///     }
+///     async fn handle(
+///         &self,
+///         tx: &mut MemoryTx<String, u64>,
+///         events: &[RecordedEvent],
+///     ) -> Result<(), BoxError> {
+///         for event in events {
+///             let key = event.stream_id.to_string();
+///             let n = tx.get(&key).unwrap_or(0);
+///             tx.insert(key, n + 1);
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Projection<M: ReadModel>: Send + Sync + 'static {
+    /// The projection's stable name.
+    fn name(&self) -> &ProjectionName;
+
+    /// The events it wants (all by default). Events it does not want still move its
+    /// checkpoint.
+    fn filter(&self) -> Filter {
+        Filter::all()
+    }
+
+    /// Writes `events` (never empty) to the read model through `tx`. An error (or a panic)
+    /// rolls the batch back; the runtime retries, then applies the projection's error policy
+    /// to the failing event.
+    fn handle(
+        &self,
+        tx: &mut M::Tx,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}

@@ -1,0 +1,125 @@
+//! The one reader of the global log: hands each wanted event to its partition, and tells every
+//! partition how far it has read.
+
+use std::sync::Arc;
+
+use annals::{EventStore, Filter, Position, ReadAll};
+use futures::TryStreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::partition::Msg;
+use crate::status::Board;
+use crate::{partition_of, Retry};
+
+/// Events read from the store at a time.
+const PAGE: usize = 1024;
+
+pub(super) struct Reader<S> {
+    pub(super) store: S,
+    pub(super) filter: Filter,
+    /// Each partition's checkpoint at start: events at or before it are not handed over again.
+    pub(super) checkpoints: Vec<Option<Position>>,
+    pub(super) senders: Vec<mpsc::Sender<Msg>>,
+    pub(super) board: Arc<Board>,
+    pub(super) cancel: CancellationToken,
+    pub(super) retry: Retry,
+}
+
+impl<S: EventStore + 'static> Reader<S> {
+    pub(super) async fn run(self) {
+        // From the oldest checkpoint: every partition sees every event after its own.
+        let mut next = self
+            .checkpoints
+            .iter()
+            .map(|c| c.map_or(Position::START, Position::next))
+            .min()
+            .unwrap_or(Position::START);
+        let count = u32::try_from(self.senders.len()).unwrap_or(u32::MAX);
+        let mut watch = self.store.watch_commits();
+        let mut failures = 0u32;
+        loop {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            // Marked before reading: a commit landing during the read still wakes us.
+            watch.mark_seen();
+            let page: Vec<_> = match self
+                .store
+                .read_all(ReadAll::from(next).limit(PAGE))
+                .try_collect()
+                .await
+            {
+                Ok(page) => {
+                    failures = 0;
+                    page
+                }
+                Err(error) => {
+                    // The store is unavailable: never move on past what was not read.
+                    failures += 1;
+                    tracing::warn!(projection = %self.board.name, %error, "reading the log failed; retrying");
+                    for partition in 0..count {
+                        self.board
+                            .error(partition, format!("reading the log: {error}"));
+                    }
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return,
+                        () = tokio::time::sleep(self.retry.backoff(failures)) => {}
+                    }
+                    continue;
+                }
+            };
+            let full = page.len() == PAGE;
+            let last = page.last().map(|e| e.position);
+            for event in page {
+                self.board.set_head(event.position);
+                let partition = partition_of(&event.stream_id, count);
+                let Some(index) = usize::try_from(partition).ok() else {
+                    continue;
+                };
+                let done = self.checkpoints.get(index).copied().flatten();
+                if done.is_some_and(|c| event.position <= c) || !self.filter.matches(&event) {
+                    continue;
+                }
+                self.board.received(partition, event.recorded_at);
+                if !self.send(index, Msg::Event(event)).await {
+                    return;
+                }
+            }
+            if let Some(last) = last {
+                next = last.next();
+                for index in 0..self.senders.len() {
+                    if !self.send(index, Msg::Scanned(last)).await {
+                        return;
+                    }
+                }
+            }
+            if full {
+                self.board.set_caught_up(false);
+                continue;
+            }
+            self.board.set_caught_up(true);
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        tracing::warn!(projection = %self.board.name, "the store closed; the projection stops reading");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands `msg` to a partition, waiting while it is busy (so a slow partition slows the
+    /// reader instead of filling memory). False when the projection is stopping.
+    async fn send(&self, index: usize, msg: Msg) -> bool {
+        let Some(sender) = self.senders.get(index) else {
+            return false;
+        };
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            sent = sender.send(msg) => sent.is_ok(),
+        }
+    }
+}
