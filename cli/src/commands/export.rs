@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use annals::{EventId, EventStore, Limits, Position, ReadAll, ReadStream, StreamId, Version};
+use annals::{
+    EventId, EventStore, Limits, Position, ReadAll, ReadStream, RestoredEvent, StreamId, Version,
+};
 use futures::TryStreamExt;
 use serde_json::json;
 
@@ -171,7 +173,12 @@ pub(crate) async fn import(cx: &Context<'_>, file: &Path, plan: &FilePlan) -> Cl
         let event = event?;
         let data = event.to_event_data().map_err(Failure::problems)?;
         copier
-            .push(event.stream_id.clone(), event.version, data)
+            .push(RestoredEvent::new(
+                event.stream_id.clone(),
+                event.version,
+                event.recorded_at,
+                data,
+            ))
             .await?;
         progress.inc(1);
     }
