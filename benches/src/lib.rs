@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod copy_scenarios;
 pub mod payload;
 pub mod pg_scenarios;
 pub mod repo_scenarios;
@@ -50,21 +51,46 @@ pub struct Line {
     pub baseline: f64,
     /// `annals / baseline`, oriented so that higher is better.
     pub ratio: f64,
-    /// The lowest ratio the issues accept; 0 for a line shown for information only.
+    /// The lowest ratio the issues accept; 0 for a line judged only by its rate, or shown for
+    /// information only.
     pub target: f64,
+    /// The lowest rate (in `unit`) the issues accept, for lines judged by their rate.
+    pub floor: Option<f64>,
     /// Rounds measured.
     pub rounds: usize,
 }
 
 impl Line {
-    /// Whether the ratio reaches the target (always, for a line without one).
-    pub fn passes(&self) -> bool {
-        self.ratio >= self.target
+    /// A line judged by its rate alone: `annals` must reach `floor`; the ratio to the
+    /// baseline is shown for information.
+    pub fn with_floor(
+        scenario: String,
+        unit: &'static str,
+        (annals, baseline): (f64, f64),
+        floor: f64,
+        rounds: usize,
+    ) -> Self {
+        Line {
+            scenario,
+            unit,
+            annals,
+            baseline,
+            ratio: annals / baseline,
+            target: 0.0,
+            floor: Some(floor),
+            rounds,
+        }
     }
 
-    /// Whether the line is shown for information only (it has no target).
+    /// Whether the ratio reaches the target and the rate its floor (always, for a line
+    /// without either).
+    pub fn passes(&self) -> bool {
+        self.ratio >= self.target && self.floor.is_none_or(|floor| self.annals >= floor)
+    }
+
+    /// Whether the line is shown for information only (it has no target and no floor).
     pub fn is_informational(&self) -> bool {
-        self.target == 0.0
+        self.target == 0.0 && self.floor.is_none()
     }
 
     /// The line as one JSON object with exactly the report's keys.
@@ -76,6 +102,7 @@ impl Line {
             "baseline": round3(self.baseline),
             "ratio": round3(self.ratio),
             "target": self.target,
+            "floor": self.floor,
             "rounds": self.rounds,
         })
         .to_string()
@@ -83,14 +110,17 @@ impl Line {
 
     /// The line as aligned text.
     pub fn to_text(&self) -> String {
+        let target = match self.floor {
+            Some(floor) => format!("floor {floor:.0}/s"),
+            None => format!("target {:>4.2}", self.target),
+        };
         format!(
-            "{:<44} {:>14.1} {:>14.1} {:<9} ratio {:>6.3}  target {:>4.2}  {}  ({} rounds)",
+            "{:<44} {:>14.1} {:>14.1} {:<9} ratio {:>6.3}  {target}  {}  ({} rounds)",
             self.scenario,
             self.annals,
             self.baseline,
             self.unit,
             self.ratio,
-            self.target,
             if self.is_informational() {
                 "info"
             } else if self.passes() {
@@ -130,6 +160,7 @@ pub fn all_scenarios() -> Vec<Box<dyn Scenario>> {
     list.extend(sled_scenarios::scenarios());
     list.extend(pg_scenarios::scenarios());
     list.extend(repo_scenarios::scenarios());
+    list.extend(copy_scenarios::scenarios());
     list
 }
 

@@ -272,6 +272,7 @@ fn line(scenario: String, (annals, baseline): (f64, f64), target: f64, rounds: u
         baseline,
         ratio: annals / baseline,
         target,
+        floor: None,
         rounds,
     }
 }

@@ -171,6 +171,7 @@ impl Scenario for Commands {
                 baseline,
                 ratio: annals / baseline,
                 target: 0.70,
+                floor: None,
                 rounds: s.rounds,
             })
         })

@@ -103,6 +103,7 @@ fn line(
         baseline,
         ratio: annals / baseline,
         target,
+        floor: None,
         rounds,
     }
 }
@@ -491,6 +492,7 @@ impl Scenario for Memory {
                 baseline: MEMORY_BUDGET_MIB,
                 ratio: MEMORY_BUDGET_MIB / peak,
                 target: 1.0,
+                floor: None,
                 rounds: 1,
             })
         })
