@@ -25,7 +25,8 @@
 //!
 //! # Feature flags
 //!
-//! None yet: the sled and PostgreSQL read models come next.
+//! - `postgres`: [`PgModel`], the read model in a PostgreSQL store's database (adds a dependency
+//!   on `annals-postgres`). The sled read model comes next.
 //!
 //! # Supported Rust versions
 //!
@@ -44,6 +45,8 @@ pub use error::{HandlerFailure, ProjectionError, Result};
 pub use model::{
     Batch, CommitError, DeadLetter, DeadLetterKind, MemoryModel, MemoryTx, PartitionKey, ReadModel,
 };
+#[cfg(feature = "postgres")]
+pub use model::{PgModel, PgTx};
 pub use name::ProjectionName;
 pub use partition::partition_of;
 pub use policy::{ErrorPolicy, Retry};

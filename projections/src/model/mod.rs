@@ -2,6 +2,8 @@
 //! together.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 use std::future::Future;
 
@@ -10,6 +12,8 @@ use annals::{EventId, Position, RecordedEvent, Timestamp};
 use crate::{Projection, ProjectionName, Result};
 
 pub use memory::{MemoryModel, MemoryTx};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgModel, PgTx};
 
 /// Which partition of which projection a checkpoint, a batch or a dead letter belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

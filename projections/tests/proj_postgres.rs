@@ -1,0 +1,247 @@
+//! The PostgreSQL read model: the handler's rows and the checkpoint commit together. A child
+//! process running a projection is killed with SIGKILL at random moments; after every restart
+//! each partition's rows are exactly the fold of the events its checkpoint covers, and the
+//! final run equals the fold of the whole log.
+//!
+//! The child is this test binary, re-run with `ANNALS_PROJ_CHILD` set to the connection string
+//! and schema, and `--exact projection_child`.
+
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use annals::{BoxError, EventStore, Filter, Position, ReadAll, RecordedEvent};
+use annals_postgres::PgEventStore;
+use annals_projections::{
+    partition_of, PartitionKey, PgModel, PgTx, Projection, ProjectionName, ProjectionRunner,
+    ReadModel,
+};
+use annals_testkit::postgres::PgServer;
+use futures::TryStreamExt;
+use support::{fill, n_of, Tally, HANG_GUARD};
+
+const CHILD_ENV: &str = "ANNALS_PROJ_CHILD";
+const PARTITIONS: u32 = 4;
+
+/// Per-stream tallies in a table of the store's schema; refuses any event out of order.
+struct PgTallies {
+    name: ProjectionName,
+    table: String,
+}
+
+impl PgTallies {
+    fn new(schema: &str) -> Self {
+        PgTallies {
+            name: ProjectionName::new("pg-tallies").unwrap(),
+            table: format!("\"{schema}\".tallies"),
+        }
+    }
+}
+
+impl Projection<PgModel> for PgTallies {
+    fn name(&self) -> &ProjectionName {
+        &self.name
+    }
+
+    fn filter(&self) -> Filter {
+        Filter::all().category("account")
+    }
+
+    async fn handle(&self, tx: &mut PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
+        let upsert = format!(
+            "INSERT INTO {t} (stream, count, last_version, sum) VALUES ($1, 1, $2, $3)
+             ON CONFLICT (stream) DO UPDATE
+             SET count = {t}.count + 1, last_version = EXCLUDED.last_version,
+                 sum = {t}.sum + EXCLUDED.sum
+             WHERE {t}.last_version = EXCLUDED.last_version - 1",
+            t = self.table
+        );
+        let statement = tx.client().prepare(&upsert).await?;
+        for event in events {
+            let version = i64::try_from(event.version.get())?;
+            let n = i64::try_from(n_of(event))?;
+            let changed = tx
+                .client()
+                .execute(&statement, &[&event.stream_id.as_str(), &version, &n])
+                .await?;
+            if changed != 1 {
+                return Err(
+                    format!("order violated on {} at version {version}", event.stream_id).into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn open(connection: &str, schema: &str) -> (PgEventStore, PgModel) {
+    let store = PgEventStore::builder()
+        .connection_string(connection)
+        .schema(schema)
+        .open()
+        .await
+        .expect("open");
+    store.init().await.expect("init");
+    let model = PgModel::new(&store);
+    model.init().await.expect("model init");
+    store
+        .pool()
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".tallies (
+                 stream text PRIMARY KEY, count bigint NOT NULL,
+                 last_version bigint NOT NULL, sum bigint NOT NULL)"
+        ))
+        .await
+        .expect("tallies table");
+    (store, model)
+}
+
+async fn rows(model: &PgModel, schema: &str) -> HashMap<String, Tally> {
+    let client = model.pool().get().await.unwrap();
+    client
+        .query(
+            &format!("SELECT stream, count, last_version, sum FROM \"{schema}\".tallies"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            let count: i64 = row.get(1);
+            let last: i64 = row.get(2);
+            let sum: i64 = row.get(3);
+            (
+                row.get::<_, String>(0),
+                Tally {
+                    count: u64::try_from(count).unwrap(),
+                    last_version: u64::try_from(last).unwrap(),
+                    sum: u64::try_from(sum).unwrap(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The fold of the `account` events each partition's checkpoint covers.
+fn fold_until(log: &[RecordedEvent], checkpoints: &[Option<Position>]) -> HashMap<String, Tally> {
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    for event in log.iter().filter(|e| e.category() == "account") {
+        let p = partition_of(&event.stream_id, PARTITIONS);
+        if checkpoints[usize::try_from(p).unwrap()].is_some_and(|c| event.position <= c) {
+            let tally = tallies.entry(event.stream_id.to_string()).or_default();
+            tally.count += 1;
+            tally.last_version = event.version.get();
+            tally.sum += n_of(event);
+        }
+    }
+    tallies
+}
+
+/// The child: runs the projection until killed. Does nothing in a normal test run.
+#[test]
+fn projection_child() {
+    let Ok(target) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (connection, schema) = target.split_once('|').expect("connection|schema");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let (store, model) = open(connection, schema).await;
+        let running = ProjectionRunner::new(store, model, PgTallies::new(schema))
+            .partitions(PARTITIONS)
+            .batch_size(37)
+            .start()
+            .await
+            .expect("start");
+        println!("STARTED");
+        let error = running.stopped().await;
+        panic!("the projection stopped: {error:?}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_killed_at_random_moments_never_double_counts_or_skips() {
+    let server = PgServer::shared();
+    let connection = server.connection_string();
+    let schema = "proj_sigkill";
+    let (store, model) = open(&connection, schema).await;
+    // Other categories are scanned past, not handled.
+    fill(&store, "other", 20, 50, 25).await;
+    let head = fill(&store, "account", 40, 500, 50).await;
+    let log: Vec<RecordedEvent> = store.read_all(ReadAll::all()).try_collect().await.unwrap();
+    let name = ProjectionName::new("pg-tallies").unwrap();
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let total = log.iter().filter(|e| e.category() == "account").count();
+    let mut mid_work = 0;
+    for round in 0..10 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "projection_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, format!("{connection}|{schema}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the child");
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let delay = 150 + u64::try_from(seed >> 64 & 0x1ff).unwrap();
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        let mut checkpoints = Vec::new();
+        for p in 0..PARTITIONS {
+            checkpoints.push(
+                model
+                    .checkpoint(&PartitionKey::new(name.clone(), p))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let held = rows(&model, schema).await;
+        assert_eq!(
+            held,
+            fold_until(&log, &checkpoints),
+            "round {round} (killed after {delay} ms): the rows are exactly what the checkpoints cover"
+        );
+        let applied: u64 = held.values().map(|t| t.count).sum();
+        eprintln!(
+            "round {round}: killed after {delay} ms with {applied} of {total} events applied"
+        );
+        if applied > 0 && applied < u64::try_from(total).unwrap() {
+            mid_work += 1;
+        }
+    }
+    assert!(
+        mid_work >= 3,
+        "the kills must land mid-work ({mid_work} did)"
+    );
+    let running = ProjectionRunner::new(store.clone(), model.clone(), PgTallies::new(schema))
+        .partitions(PARTITIONS)
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(HANG_GUARD, running.caught_up_to(head))
+        .await
+        .expect("no hang")
+        .unwrap();
+    running.shutdown().await.unwrap();
+    let whole: Vec<Option<Position>> = (0..PARTITIONS).map(|_| Some(head)).collect();
+    assert_eq!(rows(&model, schema).await, fold_until(&log, &whole));
+}
