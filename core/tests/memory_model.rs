@@ -1,5 +1,6 @@
 //! Property tests: random sequences of appends with random expectations against a model of the
-//! versioning rules, and the model-based test every store runs (`annals_testkit::model`).
+//! versioning rules, and the model-based test every store runs (`annals_testkit::model`: appends,
+//! retries, restores, reads and reopens).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
-//! Model-based test: random sequences of appends, retries, reads and reopens against a model of
-//! what the store must hold (`annals_testkit::model`), with both durabilities.
+//! Model-based test: random sequences of appends, retries, restores, reads and reopens against a
+//! model of what the store must hold (`annals_testkit::model`), with both durabilities.
 
 mod support;
 

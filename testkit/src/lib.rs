@@ -6,8 +6,8 @@
 //!   each taking a [`StoreFactory`](conformance::StoreFactory) that makes fresh stores, and
 //!   [`run_all`](conformance::run_all), which every store's tests call — once with the concrete
 //!   type and once through the `dyn` twin ([`conformance::dynamic`]).
-//! - [`model`]: the model-based test: random sequences of appends, retries, reads and reopens
-//!   checked against a model of what the store must hold, run by every store through a
+//! - [`model`]: the model-based test: random sequences of appends, retries, restores, reads and
+//!   reopens checked against a model of what the store must hold, run by every store through a
 //!   [`ModelTarget`](model::ModelTarget) that opens it and opens it again on the same data.
 //! - [`harness`]: given/when/then tests of aggregates, without a store.
 //! - `postgres` (feature `postgres`): `PgServer`, a throwaway PostgreSQL server on 127.0.0.1

@@ -1,5 +1,5 @@
-//! The model-based test every store runs: random sequences of appends, retries, reads and
-//! reopens, checked against a `BTreeMap` model of what the store must hold.
+//! The model-based test every store runs: random sequences of appends, retries, restores, reads
+//! and reopens, checked against a `BTreeMap` model of what the store must hold.
 //!
 //! The conformance suite checks each behaviour on its own; this test checks that they hold
 //! together, in any order, and across reopening the store on the same data. Every operation's
@@ -48,7 +48,7 @@ use std::future::Future;
 
 use annals::{
     AppendResult, Direction, Error, EventData, EventId, EventStore, ExpectedVersion, Position,
-    ReadAll, ReadStream, StreamId, Version,
+    ReadAll, ReadStream, RestoredEvent, StreamId, Timestamp, Version,
 };
 use futures::TryStreamExt;
 use proptest::prelude::*;
@@ -86,6 +86,20 @@ pub enum Op {
     /// no stream: the retry must return the first append's result and write nothing.
     /// (Nothing happens before the first successful append.)
     RetryLast,
+    /// Restores ([`EventStore::restore`]) one batch of `count` new events taking turns among
+    /// `spread` streams from `model-{first}` on (`model-{first}`, `model-{first + 1}`, … modulo
+    /// 4), each event following its stream's head, recorded at times that increase along the
+    /// run and come after every time the store records itself. The restore must write them
+    /// all (none present) at the next positions, in batch order, keeping their versions and
+    /// recording times (checked at the end).
+    Restore {
+        /// The first stream's number (0 to 3).
+        first: u8,
+        /// How many streams take turns (1 to 3).
+        spread: u8,
+        /// How many events (1 to 39).
+        count: u8,
+    },
     /// Reads stream `model-{stream}` from version `from`, at most `limit` events, forward or
     /// backward; the events must be the model's, with their versions, ids and positions.
     ReadStream {
@@ -116,8 +130,8 @@ pub enum Op {
     Reopen,
 }
 
-/// One [`Op`], weighted: appends most often, then stream reads, global reads, and now and then
-/// a retry or a reopen.
+/// One [`Op`], weighted: appends most often, then stream reads, restores and global reads, and
+/// now and then a retry or a reopen.
 pub fn op() -> impl Strategy<Value = Op> {
     let expect = prop_oneof![
         Just(Expect::Any),
@@ -129,6 +143,8 @@ pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..4u8, 1..4u8, expect).prop_map(|(stream, count, expect)| Op::Append { stream, count, expect }),
         1 => Just(Op::RetryLast),
+        2 => (0..4u8, 1..4u8, 1..40u8)
+            .prop_map(|(first, spread, count)| Op::Restore { first, spread, count }),
         3 => (0..4u8, any::<bool>(), 0..12u8, 0..8u8)
             .prop_map(|(stream, backward, from, limit)| Op::ReadStream { stream, backward, from, limit }),
         2 => (0..40u8, 0..10u8).prop_map(|(from, limit)| Op::ReadAll { from, limit }),
@@ -148,9 +164,10 @@ pub enum Positions {
     /// stores): every position is known in advance and checked exactly.
     Sequence,
     /// Positions only increase along the log, possibly with gaps (the PostgreSQL store's
-    /// `(transaction id, seq)`): each append's positions must come after every earlier event's;
-    /// the model learns them from the append's result and by reading the new events back from
-    /// their stream, and checks every later read against them.
+    /// `(transaction id, seq)`): each append's or restore's positions must come after every
+    /// earlier event's; the model learns them from the result and by reading the new events
+    /// back (an append's from its stream, a restore's from the global log), and checks every
+    /// later read against them.
     Increasing,
 }
 
@@ -188,6 +205,8 @@ struct Logged {
     version: u64,
     id: EventId,
     position: Position,
+    /// When it was recorded, for a restored event (an appended one has the store's time).
+    recorded_at: Option<Timestamp>,
 }
 
 /// What the store must hold: each stream's events (indexes into the log), and the global log.
@@ -204,6 +223,15 @@ impl Model {
 
     fn last_position(&self) -> Option<Position> {
         self.log.last().map(|e| e.position)
+    }
+
+    /// Adds an event at the end of the log and of its stream.
+    fn push(&mut self, event: Logged) {
+        self.streams
+            .entry(event.stream.clone())
+            .or_default()
+            .push(self.log.len());
+        self.log.push(event);
     }
 
     /// The stream's events at `versions` (each between 1 and the stream's version), in that
@@ -225,9 +253,16 @@ fn sid(s: &str) -> StreamId {
     StreamId::new(s).expect("valid stream id")
 }
 
-/// A JSON event `{"n": n}`.
-fn event(n: u64) -> EventData {
-    EventData::json("M", &serde_json::json!({ "n": n })).expect("json")
+/// A JSON event `{"n": n}` of type `kind`.
+fn event(kind: &str, n: u64) -> EventData {
+    EventData::json(kind, &serde_json::json!({ "n": n })).expect("json")
+}
+
+/// The recording time of the `n`-th restored event of a run: about the year 2096, after every
+/// time a store records itself, and increasing along the run (so along every stream).
+fn restored_at(n: u64) -> Timestamp {
+    let n = i64::try_from(n).expect("a run restores fewer than 2^63 events");
+    Timestamp::from_unix_micros(4_000_000_000_000_000 + n)
 }
 
 /// Runs `ops` on the store of `target` and checks every result, then the whole contents,
@@ -236,6 +271,7 @@ pub async fn run<T: ModelTarget>(mut target: T, ops: Vec<Op>) {
     let mut store = target.open().await;
     let mut model = Model::default();
     let mut last: Option<(String, Vec<EventData>, AppendResult)> = None;
+    let mut restored = 0u64;
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Append {
@@ -252,7 +288,7 @@ pub async fn run<T: ModelTarget>(mut target: T, ops: Vec<Op>) {
                     Expect::Current => ExpectedVersion::exact(current),
                     Expect::Off(d) => ExpectedVersion::exact(current + d),
                 };
-                let events: Vec<_> = (0..count).map(|i| event(u64::from(i))).collect();
+                let events: Vec<_> = (0..count).map(|i| event("M", u64::from(i))).collect();
                 let outcome = store.append(&sid(&name), expected, events.clone()).await;
                 if expected.is_satisfied_by(Version::new(current)) {
                     let r = outcome.unwrap_or_else(|e| panic!("step {step}: {e}"));
@@ -275,16 +311,12 @@ pub async fn run<T: ModelTarget>(mut target: T, ops: Vec<Op>) {
                         }
                     };
                     for (i, (e, position)) in events.iter().zip(positions).enumerate() {
-                        model
-                            .streams
-                            .entry(name.clone())
-                            .or_default()
-                            .push(model.log.len());
-                        model.log.push(Logged {
+                        model.push(Logged {
                             stream: name.clone(),
                             version: current + 1 + i as u64,
                             id: e.id,
                             position,
+                            recorded_at: None,
                         });
                     }
                     last = Some((name, events, r));
@@ -307,6 +339,59 @@ pub async fn run<T: ModelTarget>(mut target: T, ops: Vec<Op>) {
                         &again, first,
                         "step {step}: a retry returns the first result"
                     );
+                }
+            }
+            Op::Restore {
+                first,
+                spread,
+                count,
+            } => {
+                let mut batch = Vec::new();
+                let mut next: BTreeMap<String, u64> = BTreeMap::new();
+                for i in 0..count {
+                    let name = format!("model-{}", (first + i % spread) % 4);
+                    let version = next
+                        .entry(name.clone())
+                        .or_insert_with(|| model.version(&name));
+                    *version += 1;
+                    restored += 1;
+                    batch.push(RestoredEvent::new(
+                        sid(&name),
+                        Version::new(*version),
+                        restored_at(restored),
+                        event("R", u64::from(i)),
+                    ));
+                }
+                let r = store
+                    .restore(batch.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("step {step}: restore failed: {e}"));
+                assert_eq!(r.written, u64::from(count), "step {step}: restored");
+                assert_eq!(r.present, 0, "step {step}: found present");
+                let positions = match T::POSITIONS {
+                    Positions::Sequence => {
+                        let next = model.log.len() as u64 + 1;
+                        assert_eq!(
+                            r.last_position,
+                            Some(Position::sequence(next + u64::from(count) - 1)),
+                            "step {step}: the restore's last position"
+                        );
+                        (next..next + u64::from(count))
+                            .map(Position::sequence)
+                            .collect()
+                    }
+                    Positions::Increasing => {
+                        learn_restored_positions(&store, &batch, &r, &model, step).await
+                    }
+                };
+                for (e, position) in batch.into_iter().zip(positions) {
+                    model.push(Logged {
+                        stream: e.stream_id.to_string(),
+                        version: e.version.get(),
+                        id: e.event.id,
+                        position,
+                        recorded_at: Some(e.recorded_at),
+                    });
                 }
             }
             Op::ReadStream {
@@ -435,21 +520,93 @@ async fn learn_positions<S: EventStore>(
     positions
 }
 
-/// The store's whole contents against the model: the global log, every stream and its
-/// version, the stream listing, and the last position.
-async fn check_contents<S: EventStore>(store: &S, model: &Model) {
-    let got: Vec<(String, u64, EventId, Position)> = store
-        .read_all(ReadAll::all())
+/// Under [`Positions::Increasing`]: checks the positions of a restore's result and reads the
+/// restored events back from the global log (after the model's last event) for their positions.
+async fn learn_restored_positions<S: EventStore>(
+    store: &S,
+    batch: &[RestoredEvent],
+    r: &annals::RestoreResult,
+    model: &Model,
+    step: usize,
+) -> Vec<Position> {
+    let from = model
+        .last_position()
+        .map_or(Position::START, Position::next);
+    let read: Vec<(String, u64, EventId, Position)> = store
+        .read_all(ReadAll::from(from).limit(batch.len() + 1))
         .map_ok(|e| (e.stream_id.to_string(), e.version.get(), e.id, e.position))
         .try_collect()
         .await
         .expect("read_all");
+    let got: Vec<(String, u64, EventId)> = read
+        .iter()
+        .map(|(s, v, id, _)| (s.clone(), *v, *id))
+        .collect();
+    let want: Vec<(String, u64, EventId)> = batch
+        .iter()
+        .map(|e| (e.stream_id.to_string(), e.version.get(), e.event.id))
+        .collect();
+    assert_eq!(
+        got, want,
+        "step {step}: the restored events read back, in batch order"
+    );
+    let positions: Vec<Position> = read.into_iter().map(|(_, _, _, p)| p).collect();
+    if let (Some(before), Some(first)) = (model.last_position(), positions.first()) {
+        assert!(
+            *first > before,
+            "step {step}: restored at {first} after {before}"
+        );
+    }
+    assert_eq!(
+        r.last_position,
+        positions.last().copied(),
+        "step {step}: the restore's last position"
+    );
+    for pair in positions.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "step {step}: positions {} then {} in one restore",
+            pair[0],
+            pair[1]
+        );
+    }
+    positions
+}
+
+/// The store's whole contents against the model: the global log, every stream and its
+/// version, the stream listing, the last position, and the recording times of the restored
+/// events.
+async fn check_contents<S: EventStore>(store: &S, model: &Model) {
+    let all: Vec<annals::RecordedEvent> = store
+        .read_all(ReadAll::all())
+        .try_collect()
+        .await
+        .expect("read_all");
+    let got: Vec<(String, u64, EventId, Position)> = all
+        .iter()
+        .map(|e| (e.stream_id.to_string(), e.version.get(), e.id, e.position))
+        .collect();
     let want: Vec<(String, u64, EventId, Position)> = model
         .log
         .iter()
         .map(|e| (e.stream.clone(), e.version, e.id, e.position))
         .collect();
     assert_eq!(got, want, "at the end: the global log");
+    let got: Vec<(Position, Timestamp)> = all
+        .iter()
+        .zip(&model.log)
+        .filter(|(_, e)| e.recorded_at.is_some())
+        .map(|(stored, _)| (stored.position, stored.recorded_at))
+        .collect();
+    let want: Vec<(Position, Timestamp)> = model
+        .log
+        .iter()
+        .filter_map(|e| e.recorded_at.map(|at| (e.position, at)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "at the end: the recording times of the restored events"
+    );
     for name in model.streams.keys() {
         let got: Vec<(u64, EventId, Position)> = store
             .read_stream(&sid(name), ReadStream::forward())
