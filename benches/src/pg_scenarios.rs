@@ -218,6 +218,43 @@ pub async fn raw_singles(
     Ok(())
 }
 
+/// The columns of `events` as the arrays a raw multi-row insert sends.
+#[derive(Debug)]
+pub struct RawColumns<'a> {
+    /// Event ids.
+    pub ids: Vec<Uuid>,
+    /// Event types.
+    pub types: Vec<&'a str>,
+    /// Schema versions.
+    pub schema_versions: Vec<i32>,
+    /// Content types.
+    pub content_types: Vec<&'a str>,
+    /// Payloads.
+    pub payloads: Vec<&'a [u8]>,
+    /// Correlation ids.
+    pub correlations: Vec<Option<Uuid>>,
+    /// Causation ids.
+    pub causations: Vec<Option<Uuid>>,
+    /// Headers as JSON objects.
+    pub headers: Vec<serde_json::Value>,
+}
+
+impl<'a> RawColumns<'a> {
+    /// The columns of `events`.
+    pub fn of(events: &'a [EventData]) -> Self {
+        RawColumns {
+            ids: events.iter().map(|e| *e.id.as_uuid()).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events.iter().map(|e| i32::from(e.schema_version)).collect(),
+            content_types: events.iter().map(|e| e.content_type.as_str()).collect(),
+            payloads: events.iter().map(|e| e.payload.as_ref()).collect(),
+            correlations: events.iter().map(|e| e.metadata.correlation_id).collect(),
+            causations: events.iter().map(|e| e.metadata.causation_id).collect(),
+            headers: events.iter().map(headers_json).collect(),
+        }
+    }
+}
+
 /// One raw multi-row insert of `events` to `stream` at versions `first..` (one transaction).
 ///
 /// # Errors
@@ -231,29 +268,21 @@ pub async fn raw_batch(
     events: &[EventData],
 ) -> anyhow::Result<()> {
     let versions: Vec<i64> = (first..).take(events.len()).collect();
-    let ids: Vec<Uuid> = events.iter().map(|e| *e.id.as_uuid()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let schema_versions: Vec<i32> = events.iter().map(|e| i32::from(e.schema_version)).collect();
-    let content_types: Vec<&str> = events.iter().map(|e| e.content_type.as_str()).collect();
-    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_ref()).collect();
-    let correlations: Vec<Option<Uuid>> =
-        events.iter().map(|e| e.metadata.correlation_id).collect();
-    let causations: Vec<Option<Uuid>> = events.iter().map(|e| e.metadata.causation_id).collect();
-    let headers: Vec<serde_json::Value> = events.iter().map(headers_json).collect();
+    let c = RawColumns::of(events);
     client
         .execute(
             statement,
             &[
                 &stream,
                 &versions,
-                &ids,
-                &types,
-                &schema_versions,
-                &content_types,
-                &payloads,
-                &correlations,
-                &causations,
-                &headers,
+                &c.ids,
+                &c.types,
+                &c.schema_versions,
+                &c.content_types,
+                &c.payloads,
+                &c.correlations,
+                &c.causations,
+                &c.headers,
             ],
         )
         .await?;
