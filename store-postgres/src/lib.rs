@@ -71,6 +71,31 @@
 //! [`Error::IdempotencyConflict`](annals::Error::IdempotencyConflict). Nothing is ever
 //! silently dropped (`ON CONFLICT DO NOTHING` is not used).
 //!
+//! # Restores
+//!
+//! [`restore`](annals::EventStore::restore) (how `import` and `migrate` copy a store, keeping
+//! versions and recording times) writes a batch of many streams' events in **one
+//! transaction**: it reads the heads of the batch's streams (each one's version and its last
+//! event's `recorded_at`, one index probe per stream) and where the batch's ids are stored,
+//! [`plan_restore`](annals::store::kit::plan_restore) checks the batch, and the events to write
+//! go in with **one binary `COPY … FROM STDIN`**, rows in batch order, `recorded_at` given.
+//! `transaction_id` and `seq` take their defaults as for an append, so positions are
+//! `(transaction id, seq)` increasing in batch order and everything below about the global
+//! order holds for restored events alike; the commit is announced as an append's.
+//!
+//! As appends skip the probe of a head they know, a restore skips reading heads this store
+//! remembers with their recording time (it wrote or read those rows: a copy going on batch
+//! after batch), and looks up only the ids at versions the streams already hold (what a
+//! re-run finds present). Nothing is locked: each stream's first new event takes the version
+//! after the head the plan took, so a concurrent writer to that stream, or a head that moved
+//! on since, collides on the unique `(stream_id, version)` key, and an id stored already
+//! collides on `event_id`; the transaction rolls back, nothing written, and the restore reads
+//! everything again and plans again — refusing the batch with the contract's error
+//! ([`VersionConflict`](annals::Error::VersionConflict),
+//! [`IdempotencyConflict`](annals::Error::IdempotencyConflict)), or counting its own events
+//! present (the same restore twice at once). A refusal is always planned on what the server
+//! holds, never on what the store remembered.
+//!
 //! # The global order never skips
 //!
 //! A position is `(transaction id, seq)`: [`Position::new(xid, seq)`](annals::Position::new).
@@ -94,7 +119,8 @@
 //!    stored (its store saw it committed); either way the append that wrote `v` had committed
 //!    first, and this append's transaction id, assigned later still (at its first insert), is
 //!    larger. An append that read or knew an older head collides on the unique key and writes
-//!    nothing.
+//!    nothing. A restore likewise: it read each head it follows in its transaction, or knew
+//!    it, before its first row took the transaction's id.
 //!
 //! Positions stay below `i64::MAX` in both parts (`xid8` counts transactions, `seq` rows).
 //!
@@ -174,7 +200,7 @@
 //! | schema newer than this crate (`init`) | [`Error::Format`](annals::Error::Format), with the version found |
 //! | bad builder setting | [`Error::Configuration`](annals::Error::Configuration), naming the setting |
 //! | store closed | [`Error::Closed`](annals::Error::Closed) |
-//! | text PostgreSQL cannot store (U+0000 in a header or content type) | [`Error::InvalidEvent`](annals::Error::InvalidEvent) (nothing written) |
+//! | what PostgreSQL cannot store (U+0000 in a header or content type, a time before 4714 BC) | [`Error::InvalidEvent`](annals::Error::InvalidEvent) (nothing written) |
 //! | anything else | [`Error::Backend`](annals::Error::Backend) |
 //!
 //! An append whose connection dies is tried again on a fresh connection (appends are

@@ -3,6 +3,7 @@
 use std::ops::RangeInclusive;
 
 use annals::{Error, Result};
+use tokio_postgres::types::Type;
 
 use crate::error::{column, map, BACKEND};
 
@@ -64,6 +65,9 @@ pub(crate) struct Sql {
     pub(crate) append_one_exact: String,
     pub(crate) append_one_exact_known: String,
     pub(crate) lookup: String,
+    pub(crate) restore_heads: String,
+    pub(crate) restore_copy: String,
+    pub(crate) restore_last: String,
     pub(crate) read_all: String,
     pub(crate) read_stream_forward: String,
     pub(crate) read_stream_backward: String,
@@ -97,6 +101,27 @@ const UNNEST: &str = "unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7:
 /// The columns an append inserts.
 const INSERT_COLUMNS: &str = "stream_id, version, event_id, event_type, schema_version, \
      content_type, payload, correlation_id, causation_id, event_timestamp, headers";
+
+/// The columns a restore writes: an append's, and the recording time. Their types, in
+/// order, are [`RESTORE_TYPES`].
+const RESTORE_COLUMNS: &str = "stream_id, version, event_id, event_type, schema_version, \
+     content_type, payload, correlation_id, causation_id, event_timestamp, headers, recorded_at";
+
+/// The types of [`RESTORE_COLUMNS`], as the binary `COPY` of a restore sends them.
+pub(crate) const RESTORE_TYPES: [Type; 12] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::UUID,
+    Type::UUID,
+    Type::TIMESTAMPTZ,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+];
 
 /// The columns a batch append returns: the version the batch follows, the transaction id, the
 /// first and last `seq`, and the number of rows inserted (fewer than the batch: the check failed).
@@ -171,6 +196,25 @@ impl Sql {
             lookup: format!(
                 "SELECT event_id, stream_id, version, transaction_id, seq FROM {s}.events \
                  WHERE event_id = ANY ($1)"
+            ),
+            // The heads of a restore's streams (`$1`): each stream's last row, one backward
+            // probe of the unique (stream_id, version) index per stream; streams without events
+            // have no row.
+            restore_heads: format!(
+                "SELECT s.id, h.version, h.recorded_at FROM unnest($1::text[]) AS s(id) \
+                 CROSS JOIN LATERAL (SELECT version, recorded_at FROM {s}.events \
+                   WHERE stream_id = s.id ORDER BY version DESC LIMIT 1) AS h"
+            ),
+            // A restore's rows, in batch order: `transaction_id` and `seq` take their defaults,
+            // as for an append (the transaction's id, then the sequence, row by row).
+            restore_copy: format!(
+                "COPY {s}.events ({RESTORE_COLUMNS}) FROM STDIN (FORMAT binary)"
+            ),
+            // The position of the last row the restore's transaction wrote (its primary key
+            // starts with the transaction id).
+            restore_last: format!(
+                "SELECT transaction_id, seq FROM {s}.events \
+                 WHERE transaction_id = pg_current_xact_id() ORDER BY seq DESC LIMIT 1"
             ),
             read_all: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \

@@ -1,9 +1,11 @@
 //! Model-based test: random sequences of appends, retries, reads and reopens against a model of
 //! what the store must hold (`annals_testkit::model`), each case on a fresh schema; reopening
-//! builds a new store on the same schema, as a restarted process would.
+//! closes the store and opens a new one on the same schema, as a restarted process would, and
+//! each case ends with the store's own `verify`.
 
 mod support;
 
+use annals::EventStore;
 use annals_postgres::PgEventStore;
 use annals_testkit::model::{self, ModelTarget, Positions};
 use proptest::prelude::*;
@@ -32,8 +34,15 @@ impl ModelTarget for Pg {
     }
 
     async fn reopen(&mut self, old: PgEventStore) -> PgEventStore {
-        drop(old);
+        old.close().await.expect("close");
         self.store().await
+    }
+
+    async fn finish(&mut self, store: PgEventStore, events: u64) {
+        let report = store.verify().await.expect("verify");
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.events, events);
+        store.close().await.expect("close");
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`append`]: the append path (the statement, its retries, the idempotency lookup);
 //! - [`params`]: an append's statement parameters and the checks of what PostgreSQL can store;
 //! - [`read`]: paged reads of one stream and of the global log, and the small reads;
+//! - [`restore`]: restoring a copy, many streams in one transaction and one binary `COPY`;
 //! - [`rows`]: every row the store reads back, decoded and checked;
 //! - [`snapshots`], [`checkpoints`]: the other two store traits;
 //! - [`verify`]: the store's own check, in SQL.
@@ -13,6 +14,7 @@ mod append;
 mod checkpoints;
 mod params;
 mod read;
+mod restore;
 mod rows;
 mod snapshots;
 mod verify;
@@ -24,7 +26,8 @@ use std::time::Duration;
 use annals::store::kit::{instrument_append, instrument_read, CommitNotifier};
 use annals::{
     AppendResult, CommitWatch, Error, EventData, EventStore, ExpectedVersion, Limits, Position,
-    ReadAll, ReadStream, RecordedEvent, Result, StreamId, StreamInfo, VerifyReport, Version,
+    ReadAll, ReadStream, RecordedEvent, RestoreResult, RestoredEvent, Result, StreamId, StreamInfo,
+    VerifyReport, Version,
 };
 use deadpool_postgres::Pool;
 use futures::stream::BoxStream;
@@ -238,6 +241,25 @@ impl EventStore for PgEventStore {
 
     fn limits(&self) -> Limits {
         self.inner.limits
+    }
+
+    /// Restores a batch in one transaction: the heads of its streams (those the store does not
+    /// remember from its own restores and reads) and the ids it may already hold are read,
+    /// [`plan_restore`](annals::store::kit::plan_restore) checks it, and the events to write go
+    /// in with one binary `COPY`, in batch order, with their recording times. Positions are
+    /// `(transaction id, seq)` as for appends, so the global order's guarantees hold alike; a
+    /// concurrent writer to the same streams collides on the unique keys and the restore reads
+    /// everything again and plans again, refusing the batch (nothing written) or counting its
+    /// own events present. The commit is announced as an append's. See the
+    /// [crate docs](crate#restores).
+    ///
+    /// # Errors
+    ///
+    /// As [`EventStore::restore`] documents, and as an append fails (`Unavailable`, `Timeout`,
+    /// `Closed`…); [`Error::AppendOutcomeUnknown`] when every connection died while committing:
+    /// restore the same batch again, what was written is counted present.
+    async fn restore(&self, events: Vec<RestoredEvent>) -> Result<RestoreResult> {
+        self.restore_now(events).await
     }
 
     /// Closes the store, for every clone: stops the background task and, before returning,

@@ -1,6 +1,6 @@
 //! An append's statement parameters, and the checks of what PostgreSQL can store.
 
-use annals::{Error, EventData, ExpectedVersion, Metadata, Result, StreamId};
+use annals::{Error, EventData, ExpectedVersion, Metadata, Result, StreamId, Timestamp};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -158,11 +158,28 @@ impl<'a> AppendParams<'a> {
     }
 }
 
-/// PostgreSQL `text` and `jsonb` cannot hold U+0000: refuse it with the facts instead of a
-/// server error.
+/// The earliest time a PostgreSQL `timestamptz` holds (4714-11-24 BC, 00:00 UTC), in
+/// microseconds from the Unix epoch. Every later [`Timestamp`] fits.
+const PG_MIN_MICROS: i64 = -210_866_803_200_000_000;
+
+/// Why PostgreSQL cannot store `time` as the `what` of an event, if it cannot.
+pub(super) fn unstorable_time(what: &str, time: Timestamp) -> Option<String> {
+    (time.unix_micros() < PG_MIN_MICROS).then(|| {
+        format!(
+            "the {what} ({} µs from the Unix epoch) is before 4714 BC, the earliest time \
+             PostgreSQL's timestamptz holds",
+            time.unix_micros()
+        )
+    })
+}
+
+/// PostgreSQL `text` and `jsonb` cannot hold U+0000, nor `timestamptz` a time before 4714 BC:
+/// refuse them with the facts instead of a server error.
 pub(super) fn check_storable(events: &[EventData]) -> Result<()> {
     for event in events {
-        let reason = if event.content_type.contains('\0') {
+        let reason = if let Some(reason) = unstorable_time("timestamp", event.metadata.timestamp) {
+            reason
+        } else if event.content_type.contains('\0') {
             "the content type contains a NUL character (U+0000), which PostgreSQL text cannot store"
                 .to_owned()
         } else if let Some((key, _)) = event

@@ -74,10 +74,11 @@ impl PgEventStore {
                 if let Some(head) = events
                     .iter()
                     .filter_map(|e| e.as_ref().ok())
-                    .map(|e| e.version.get())
-                    .max()
+                    .max_by_key(|e| e.version)
                 {
-                    inner.heads.saw(&stream, head);
+                    inner
+                        .heads
+                        .saw_at(&stream, head.version.get(), head.recorded_at);
                 }
                 let next = match events.last() {
                     Some(Ok(last)) if events.len() == page => {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use annals::store::kit::StoredEventRef;
+use annals::store::kit::{StoredEventRef, StreamHead};
 use annals::{
     Error, EventId, Metadata, Position, RecordPlace, RecordedEvent, Result, Snapshot, StreamId,
     StreamInfo, Version,
@@ -116,6 +116,22 @@ pub(super) fn stored_ref(row: &Row) -> Result<(Uuid, StoredEventRef)> {
             stream_id,
             version,
             position,
+        },
+    ))
+}
+
+/// A row of a restore's heads: `stream_id, version, recorded_at` of the stream's last event.
+pub(super) fn stream_head(row: &Row) -> Result<(StreamId, StreamHead)> {
+    let unknown = RecordPlace::new();
+    let stream_id = stream_id(get(row, 0, &unknown)?, &unknown)?;
+    let place = RecordPlace::new().stream(stream_id.clone());
+    let version = version(get(row, 1, &place)?, &place)?;
+    let at: PgTime = get(row, 2, &place.clone().version(version))?;
+    Ok((
+        stream_id,
+        StreamHead {
+            version,
+            last_recorded_at: Some(at.0),
         },
     ))
 }

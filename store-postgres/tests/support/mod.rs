@@ -45,6 +45,11 @@ pub async fn fresh_store(prefix: &str) -> PgEventStore {
     init(builder_on(server(), prefix)).await
 }
 
+/// Another store on `schema` of the shared server (as another process would open), initialised.
+pub async fn store_on(schema: &str) -> PgEventStore {
+    init(builder_with_schema(server(), schema)).await
+}
+
 /// Opens and initialises.
 pub async fn init(builder: PgEventStoreBuilder) -> PgEventStore {
     let store = builder.open().await.expect("open the store");
