@@ -93,6 +93,10 @@
 //!   (Known limit: on a current-thread runtime that has *entered* a multi-thread runtime's
 //!   handle, tokio cannot tell the two apart and `block_in_place` panics; read and append from
 //!   a task of the runtime you entered in that setup.)
+//! - **Room beside the events**: [`open_tree`](SledEventStore::open_tree) lends a sled tree of
+//!   the store's database to the caller — the sled read model of `annals-projections` keeps its
+//!   trees there, in the same files and the same log, made durable by the store's flushes. The
+//!   store never reads, writes or verifies such a tree.
 //! - **Leases** ([`Leases`](annals::Leases)): in-process ([`LocalLeases`](annals::LocalLeases)),
 //!   shared by the clones of a store. That is enough because a sled database is opened by one
 //!   process at a time (sled locks its files), so every user of the data is in this process.

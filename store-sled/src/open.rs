@@ -97,7 +97,7 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
     let flusher_thread = flusher::spawn(FlusherParts {
         state: state.clone(),
         interval: settings.flush_interval,
-        db,
+        db: db.clone(),
         tree: tree.clone(),
         overlay: overlay.clone(),
         commit: move |group| committer.commit(group),
@@ -108,6 +108,7 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
     };
     tracing::debug!(path = ?settings.path, position = last, "opened sled store");
     Ok(SledEventStore::from_parts(Parts {
+        db,
         tree,
         overlay,
         writer,
