@@ -26,7 +26,10 @@
 //! # Feature flags
 //!
 //! - `postgres`: [`PgModel`], the read model in a PostgreSQL store's database (adds a dependency
-//!   on `annals-postgres`). The sled read model comes next.
+//!   on `annals-postgres`).
+//! - `sled`: [`SledModel`], the read model in trees of the embedded sled store's database — one
+//!   directory, one process — each batch committed with its checkpoint as one write-ahead
+//!   record, no sled transaction (adds dependencies on `annals-sled` and `sled`).
 //!
 //! # Supported Rust versions
 //!
@@ -47,6 +50,8 @@ pub use model::{
 };
 #[cfg(feature = "postgres")]
 pub use model::{PgModel, PgTx};
+#[cfg(feature = "sled")]
+pub use model::{SledModel, SledModelBuilder, SledTx};
 pub use name::ProjectionName;
 pub use partition::partition_of;
 pub use policy::{ErrorPolicy, Retry};

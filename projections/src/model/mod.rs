@@ -4,6 +4,8 @@
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sled")]
+mod sled_model;
 
 use std::future::Future;
 
@@ -14,6 +16,8 @@ use crate::{Projection, ProjectionName, Result};
 pub use memory::{MemoryModel, MemoryTx};
 #[cfg(feature = "postgres")]
 pub use postgres::{PgModel, PgTx};
+#[cfg(feature = "sled")]
+pub use sled_model::{SledModel, SledModelBuilder, SledTx};
 
 /// Which partition of which projection a checkpoint, a batch or a dead letter belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

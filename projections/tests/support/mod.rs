@@ -20,6 +20,41 @@ pub struct Tally {
     pub sum: u64,
 }
 
+impl Tally {
+    /// The tally as 24 bytes (three u64, big-endian), as the sled handler stores it.
+    pub fn to_bytes(self) -> Vec<u8> {
+        [self.count, self.last_version, self.sum]
+            .iter()
+            .flat_map(|n| n.to_be_bytes())
+            .collect()
+    }
+
+    /// Reads what [`to_bytes`](Self::to_bytes) wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Tally {
+        let n = |i: usize| u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+        Tally {
+            count: n(0),
+            last_version: n(1),
+            sum: n(2),
+        }
+    }
+
+    /// Adds `event`, which must be the next of its stream.
+    fn add(mut self, event: &RecordedEvent) -> Result<Tally, BoxError> {
+        if event.version.get() != self.last_version + 1 {
+            return Err(format!(
+                "order violated on {}: version {} after {}",
+                event.stream_id, event.version, self.last_version
+            )
+            .into());
+        }
+        self.count += 1;
+        self.last_version = event.version.get();
+        self.sum += n_of(event);
+        Ok(self)
+    }
+}
+
 /// What a test wants the handler to do with one event.
 pub type Fault = dyn Fn(&RecordedEvent) -> Option<Fail> + Send + Sync;
 
@@ -84,6 +119,20 @@ impl Projection<MemoryModel<String, Tally>> for Tallies {
         tx: &mut MemoryTx<String, Tally>,
         events: &[RecordedEvent],
     ) -> Result<(), BoxError> {
+        self.pause().await;
+        for event in events {
+            self.check(event)?;
+            let key = event.stream_id.to_string();
+            let tally = tx.get(&key).unwrap_or_default().add(event)?;
+            tx.insert(key, tally);
+        }
+        Ok(())
+    }
+}
+
+impl Tallies {
+    /// Counts the call and sleeps its pseudo-random part of `latency`.
+    async fn pause(&self) {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.latency.is_zero() {
             // A pseudo-random latency per call, up to `latency`.
@@ -91,28 +140,58 @@ impl Projection<MemoryModel<String, Tally>> for Tallies {
             let pick = call.wrapping_mul(0x9E37_79B9_7F4A_7C15) % nanos.max(1);
             tokio::time::sleep(Duration::from_nanos(pick)).await;
         }
+    }
+
+    /// Fails where `fault` says.
+    fn check(&self, event: &RecordedEvent) -> Result<(), BoxError> {
+        match (self.fault)(event) {
+            Some(Fail::Error) => Err(format!("cannot tally {}", event.id).into()),
+            Some(Fail::Panic) => panic!("tally handler blew up on {}", event.id),
+            None => Ok(()),
+        }
+    }
+}
+
+/// On sled: the tallies live in the model's tree named after the projection, keyed by stream.
+#[cfg(feature = "sled")]
+impl Projection<annals_projections::SledModel> for Tallies {
+    fn name(&self) -> &ProjectionName {
+        &self.name
+    }
+
+    fn filter(&self) -> Filter {
+        Projection::<MemoryModel<String, Tally>>::filter(self)
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut annals_projections::SledTx,
+        events: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        self.pause().await;
+        let tree = self.name.as_str();
         for event in events {
-            match (self.fault)(event) {
-                Some(Fail::Error) => return Err(format!("cannot tally {}", event.id).into()),
-                Some(Fail::Panic) => panic!("tally handler blew up on {}", event.id),
-                None => {}
-            }
-            let key = event.stream_id.to_string();
-            let mut tally = tx.get(&key).unwrap_or_default();
-            if event.version.get() != tally.last_version + 1 {
-                return Err(format!(
-                    "order violated on {key}: version {} after {}",
-                    event.version, tally.last_version
-                )
-                .into());
-            }
-            tally.count += 1;
-            tally.last_version = event.version.get();
-            tally.sum += n_of(event);
-            tx.insert(key, tally);
+            self.check(event)?;
+            let key = event.stream_id.as_str();
+            let tally = tx
+                .get(tree, key)?
+                .map_or_else(Tally::default, |b| Tally::from_bytes(&b))
+                .add(event)?;
+            tx.insert(tree, key, tally.to_bytes())?;
         }
         Ok(())
     }
+}
+
+/// The tallies a sled model holds in `tree`.
+#[cfg(feature = "sled")]
+pub fn sled_tallies(model: &annals_projections::SledModel, tree: &str) -> HashMap<String, Tally> {
+    model
+        .to_map(tree)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8(k).unwrap(), Tally::from_bytes(&v)))
+        .collect()
 }
 
 /// Appends `per_stream` events to each of `streams` streams of `category`, interleaved, in

@@ -1,0 +1,798 @@
+//! The sled read model: read-model trees in the same sled database as the store (one
+//! directory, one process), each batch's writes, dead-letter changes and checkpoint committed
+//! all or nothing.
+//!
+//! # Design: a write-ahead batch record, not a sled transaction
+//!
+//! Sled 0.34 has two ways to change several keys atomically, batches and transactions, and both
+//! take a process-wide lock (`concurrency_control::write`); the first one switches *every* sled
+//! operation of the process from then on — the store's appends and reads included — to taking
+//! that lock's read side, and a transaction holds the write side for its whole length, stopping
+//! every other sled operation of the process meanwhile. The store never uses either on its
+//! paths for that reason (measured 10–35% slower reads and inserts once switched). For a read
+//! model committing a batch every few milliseconds beside the store that feeds it, the cost is
+//! worse: measured with 2,000 batches of 100 writes and a checkpoint on one thread while the
+//! store's `read_all` runs on another (a stand-alone program on an `annals-sled` store of
+//! 100,000 events, release build, 2 CPUs, 4 runs each), the batches took 260–430 ms as sled
+//! transactions and 100–175 ms as this design's record + inserts, and the reads meanwhile fell
+//! from 900–1,350 events/ms to 90–310 events/ms.
+//!
+//! So the model uses the same write-ahead idea as the store's commit records, with sled's
+//! single-key writes only:
+//!
+//! 1. The handler writes into a [`SledTx`]: a buffer of sets and removes per tree (reads see
+//!    the buffer first, then the trees).
+//! 2. The commit turns the buffer, the dead-letter changes and the new checkpoint into one
+//!    list of final values (set this key to these bytes, remove that key — absolute values, no
+//!    increments) and writes it as **one sled insert**, the batch record, into the journal
+//!    tree. That insert is the commit point: sled writes one key atomically, also across a
+//!    crash.
+//! 3. The record's writes are then applied to their trees with plain inserts and removes, and
+//!    the record is removed.
+//! 4. Opening the model ([`SledModel::open`]) applies again every record left in the journal —
+//!    what a crash between 2 and 3 leaves — before any checkpoint is read. Applying is
+//!    idempotent (final values), so applying a record twice, or a crash during the redo, is
+//!    harmless.
+//!
+//! Sled has one log for all trees and recovers a prefix of it after a crash (the store relies
+//! on it too), and every write above is issued after the one before it returned. So a crash
+//! leaves either no record and none of its writes (the batch is redone from the log), or the
+//! record (its writes, complete or not, are completed at the next open): never a batch applied
+//! twice, never one skipped. A store has one open model (it holds a store lease) and its
+//! commits are serialised by one lock (handlers still run in parallel; only writing the record
+//! and applying it is serialised), so at most one record is in the journal while the model
+//! runs, and a record is applied before the next one is written.
+//! Should applying fail in-process (a sled error), the record stays and is applied again before
+//! the next batch, the next checkpoint read and the next reader's read.
+//!
+//! The cost of the design is writing each batch's changes twice (record, then trees), which is
+//! what the measurement above includes. `tests/proj_sled_crash.rs` kills a process running a
+//! projection with SIGKILL at random moments, 44 times a run, and checks after each restart
+//! that every partition holds exactly what its checkpoint covers; removing the record, or its
+//! redo at open, fails it within a few kills.
+//!
+//! # Durability
+//!
+//! A commit is durable at the next flush of the database: the store's (after every append with
+//! `Durability::Flush`, on its timer while appends wait with `Durability::Buffered`), the
+//! model's own (a task flushing through the store every second when something was committed,
+//! [`SledModelBuilder::flush_every`]), and the one at the runner's shutdown
+//! ([`ReadModel::flush`]). A crash loses at most the commits since the last flush, each with
+//! its checkpoint, and they are redone from the log. Since model and store share one log, a
+//! read model never survives a crash that the events it was built from do not.
+//!
+//! # Layout (sled trees of the store's database)
+//!
+//! - `projections/journal`: batch records, under projection name, 0, partition (u32 BE);
+//! - `projections/checkpoints`: checkpoints, under the same key;
+//! - `projections/dead-letters`: dead letters, under projection name, 0, event id;
+//! - `projections/data/<name>`: the projection's tree `<name>`, holding its handler's keys and
+//!   values as given.
+//!
+//! The model's own values carry a format version and a CRC-32 (see `codec.rs`).
+
+mod codec;
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use annals::{Error, EventId, Lease, Leases, Position, RecordPlace};
+use annals_sled::SledEventStore;
+use dashmap::DashMap;
+use futures::FutureExt;
+
+use self::codec::{Op, Opened};
+use super::{Batch, CommitError, DeadLetter, PartitionKey, ReadModel};
+use crate::{Projection, ProjectionError, ProjectionName, Result};
+
+/// The journal of batch records.
+const JOURNAL: &str = "projections/journal";
+/// The checkpoints.
+const CHECKPOINTS: &str = "projections/checkpoints";
+/// The dead letters.
+const DEAD_LETTERS: &str = "projections/dead-letters";
+/// The prefix of the projection's trees.
+const DATA: &str = "projections/data/";
+/// The store lease the one open model of a store holds.
+const LEASE: &str = "annals-projections/sled-model";
+/// By default, how often the model flushes what was committed since its last flush.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// A read model in sled trees of a [`SledEventStore`]'s database — the same files as the
+/// events, one directory, one process. A batch's writes, its dead-letter changes and its
+/// checkpoint are committed all or nothing, also across a crash: a projection never applies an
+/// event twice and never skips one.
+///
+/// Handlers write through a [`SledTx`] into named trees (`tx.insert("balances", key, value)`),
+/// keys and values being the handler's bytes; readers use [`get`](Self::get),
+/// [`to_map`](Self::to_map) or the tree itself ([`tree`](Self::tree)). Clones share one
+/// model; a store has at most one open model at a time (opening a second is an error: share
+/// the first), so that commits are applied in one order.
+///
+/// How it works: each commit is written as one batch record (a single sled insert, the commit
+/// point) holding the final values of every key it changes and the new checkpoint, then
+/// applied to the trees with plain inserts; [`open`](Self::open) applies again what a crash
+/// left unapplied. It uses no sled batch or transaction: their first use switches every sled
+/// operation of the process, the store's included, to a process-wide lock, and a transaction
+/// holds it for its whole length (measured: the store's reads 3 to 10 times slower while a
+/// projection commits in transactions). What is committed is durable at the database's next
+/// flush: the store's own flushes, the model's (every second when something was committed, see
+/// [`SledModelBuilder::flush_every`]) and the one at the runner's shutdown; a crash before it
+/// loses commits together with their checkpoints, and they are redone.
+///
+/// A reader looking at several keys while a batch is applied may see some of its writes before
+/// the others (as with [`MemoryModel`](crate::MemoryModel)); the checkpoint moves last.
+///
+/// ```
+/// use annals::{BoxError, EventData, EventStore, ExpectedVersion, RecordedEvent, StreamId};
+/// use annals_projections::{Projection, ProjectionName, ProjectionRunner, SledModel, SledTx};
+/// use annals_sled::SledEventStore;
+///
+/// /// Events per stream, as a u64 in the tree `counts`.
+/// struct Counts(ProjectionName);
+///
+/// impl Projection<SledModel> for Counts {
+///     fn name(&self) -> &ProjectionName {
+///         &self.0
+///     }
+///     async fn handle(&self, tx: &mut SledTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
+///         for e in events {
+///             let key = e.stream_id.as_str();
+///             let n = tx.get("counts", key)?.map_or(Ok(0), |v| v.as_slice().try_into().map(u64::from_be_bytes))?;
+///             tx.insert("counts", key, (n + 1).to_be_bytes())?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = SledEventStore::builder().path(dir.path().join("data")).open().await?;
+/// let counts = SledModel::open(&store).await?;
+/// let running = ProjectionRunner::new(store.clone(), counts.clone(), Counts(ProjectionName::new("counts")?))
+///     .start()
+///     .await?;
+/// let done = store
+///     .append(&StreamId::new("account-1")?, ExpectedVersion::Any, vec![EventData::json("Opened", &())?])
+///     .await?;
+/// running.caught_up_to(done.last_position).await?;
+/// assert_eq!(counts.get("counts", "account-1")?, Some(1u64.to_be_bytes().to_vec()));
+/// running.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SledModel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SledModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledModel")
+            .field("path", &self.inner.store.path())
+            .field("trees", &self.inner.trees.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: SledEventStore,
+    journal: sled::Tree,
+    checkpoints: sled::Tree,
+    dead: sled::Tree,
+    /// Every tree the model has opened, by its sled name.
+    trees: DashMap<String, sled::Tree>,
+    /// One commit at a time: records are written and applied in one order.
+    commit: Mutex<()>,
+    /// A committed batch's record could not be applied: apply the journal again before anything
+    /// else.
+    unapplied: AtomicBool,
+    /// The order number of the next dead letter.
+    next_letter: AtomicU64,
+    /// Something was committed since the last flush.
+    dirty: AtomicBool,
+    /// Held while the model is open: one model per store.
+    _lease: Lease,
+}
+
+/// The writes of one batch into a [`SledModel`]: sets and removes on the projection's named
+/// trees, committed with the batch's checkpoint or not at all. Reads see the batch's own writes
+/// first, then what is committed.
+///
+/// Tree names are 1 to 200 bytes of UTF-8 without control characters; each is a tree of the
+/// model (the sled tree `projections/data/<name>`), shared by the projections writing to it.
+pub struct SledTx {
+    model: SledModel,
+    writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for SledTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledTx")
+            .field(
+                "writes",
+                &self.writes.values().map(BTreeMap::len).sum::<usize>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledTx {
+    /// The value of `key` in the tree `tree`, with this batch's writes applied.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for an invalid tree name; sled's failure.
+    pub fn get(&self, tree: &str, key: impl AsRef<[u8]>) -> annals::Result<Option<Vec<u8>>> {
+        let key = key.as_ref();
+        if let Some(written) = self.writes.get(tree).and_then(|w| w.get(key)) {
+            return Ok(written.clone());
+        }
+        self.model.inner.read(tree, key)
+    }
+
+    /// Sets `key` of the tree `tree` to `value`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for an invalid tree name.
+    pub fn insert(
+        &mut self,
+        tree: &str,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> annals::Result<()> {
+        self.write(tree, key.into(), Some(value.into()))
+    }
+
+    /// Removes `key` from the tree `tree`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for an invalid tree name.
+    pub fn remove(&mut self, tree: &str, key: impl Into<Vec<u8>>) -> annals::Result<()> {
+        self.write(tree, key.into(), None)
+    }
+
+    fn write(&mut self, tree: &str, key: Vec<u8>, value: Option<Vec<u8>>) -> annals::Result<()> {
+        check_tree_name(tree)?;
+        self.writes
+            .entry(tree.to_owned())
+            .or_default()
+            .insert(key, value);
+        Ok(())
+    }
+}
+
+fn check_tree_name(name: &str) -> annals::Result<()> {
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name.len() > 200 {
+        "longer than 200 bytes"
+    } else if name.chars().any(char::is_control) {
+        "holds a control character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::configuration(
+        "tree",
+        format!("the read-model tree name {name:?} is {reason}"),
+    ))
+}
+
+/// What sled's failures are as Annals errors: its corruption and "unsupported" (what it says of
+/// files it cannot read) are damage.
+fn sled_error(error: sled::Error) -> Error {
+    match error {
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => Error::corrupt(
+            RecordPlace::new(),
+            format!("sled's files are damaged: {error}"),
+        ),
+        other => Error::backend("sled", other),
+    }
+}
+
+/// Runs sled work, a panic of sled's (it panics on some damaged files) being damage.
+fn guarded<T>(work: impl FnOnce() -> annals::Result<T>) -> annals::Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::corrupt(
+            RecordPlace::new(),
+            format!("sled's files are damaged: sled panicked: {message}"),
+        ))
+    })
+}
+
+/// A damaged value of the model's own.
+fn damaged(what: &str, key: &[u8], reason: &str) -> Error {
+    let projection = codec::projection_of(key).unwrap_or("?");
+    Error::corrupt(
+        RecordPlace::new(),
+        format!("read model (sled): {what} of projection `{projection}` is damaged: {reason}"),
+    )
+}
+
+/// The error of a value in a newer format.
+fn newer(what: &'static str, key: &[u8], found: u32) -> ProjectionError {
+    match codec::projection_of(key).map(ProjectionName::new) {
+        Some(Ok(projection)) => ProjectionError::NewerFormat {
+            projection,
+            what,
+            found,
+            supported: codec::FORMAT,
+        },
+        _ => ProjectionError::Store(damaged(what, key, "unreadable key")),
+    }
+}
+
+/// Everything a commit writes besides running the handler.
+struct Work {
+    key: PartitionKey,
+    writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    add: Vec<DeadLetter>,
+    release: Vec<EventId>,
+    checkpoint: Position,
+}
+
+/// Opens a [`SledModel`] with settings other than the defaults.
+#[derive(Debug)]
+pub struct SledModelBuilder {
+    store: SledEventStore,
+    flush_every: Duration,
+}
+
+impl SledModelBuilder {
+    /// How often the model flushes what was committed since its last flush, through the
+    /// store's flush (1 second by default): the longest a committed batch stays in memory
+    /// only. Shorter loses less work to a crash (it is redone from the log, never
+    /// double-counted) at the cost of more `fsync`s; the store's own flushes (every append with
+    /// `Durability::Flush`) make commits durable meanwhile too. At least a millisecond.
+    #[must_use]
+    pub fn flush_every(mut self, every: Duration) -> Self {
+        self.flush_every = every;
+        self
+    }
+
+    /// Opens the model: its trees, and what a crash left unapplied (see [`SledModel::open`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`SledModel::open`].
+    pub async fn open(self) -> Result<SledModel> {
+        let store = self.store;
+        let lease = store.try_lease(LEASE).await?.ok_or_else(|| {
+            Error::configuration(
+                "SledModel",
+                "this store already has an open SledModel: share that one (its clones share \
+                 everything)",
+            )
+        })?;
+        let inner = tokio::task::spawn_blocking(move || Inner::open(store, lease))
+            .await
+            .map_err(|e| Error::backend("sled", e))??;
+        let inner = Arc::new(inner);
+        let every = self.flush_every.max(Duration::from_millis(1));
+        tokio::spawn(flusher(Arc::downgrade(&inner), every));
+        Ok(SledModel { inner })
+    }
+}
+
+impl SledModel {
+    /// The read model in `store`'s database, with the default settings: opens its trees and
+    /// applies again what a crash left unapplied (see the type's docs). Keep the model as long
+    /// as the store: it holds a clone of it, and sled's files are released when both are
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] with [`Error::Configuration`] when the store already has an
+    /// open model (share that one: clones share everything);
+    /// [`ProjectionError::NewerFormat`] when a batch record was written by a newer build;
+    /// [`ProjectionError::Store`] with sled's failure or a damaged record.
+    pub async fn open(store: &SledEventStore) -> Result<SledModel> {
+        SledModel::builder(store).open().await
+    }
+
+    /// A builder, to open the model with other settings ([`SledModelBuilder::flush_every`]).
+    pub fn builder(store: &SledEventStore) -> SledModelBuilder {
+        SledModelBuilder {
+            store: store.clone(),
+            flush_every: FLUSH_EVERY,
+        }
+    }
+
+    /// The committed value of `key` in the projection's tree `tree`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for an invalid tree name; sled's failure.
+    pub fn get(&self, tree: &str, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.inner.settle()?;
+        Ok(self.inner.read(tree, key.as_ref())?)
+    }
+
+    /// A copy of every key and value of the projection's tree `tree` (for tests and small
+    /// trees; scan a large one through [`tree`](Self::tree)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for an invalid tree name; sled's failure.
+    pub fn to_map(&self, tree: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let tree = self.tree(tree)?;
+        let map = guarded(|| {
+            tree.iter()
+                .map(|entry| {
+                    entry
+                        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .map_err(sled_error)
+                })
+                .collect()
+        })?;
+        Ok(map)
+    }
+
+    /// The projection's tree `tree` itself (the sled tree `projections/data/<tree>`), to read
+    /// it with sled's API (ranges, prefixes). Write to it only through a [`SledTx`]: other
+    /// writes are outside every batch and checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for an invalid tree name; sled's failure.
+    pub fn tree(&self, tree: &str) -> Result<sled::Tree> {
+        self.inner.settle()?;
+        check_tree_name(tree)?;
+        Ok(self.inner.tree(&format!("{DATA}{tree}"))?)
+    }
+
+    /// Flushes to disk (through the store's flush, or sled's after the store was closed).
+    async fn flush_now(&self) -> annals::Result<()> {
+        self.inner.dirty.store(false, Ordering::Release);
+        let flushed = match self.inner.store.flush().await {
+            Err(Error::Closed) => self
+                .inner
+                .journal
+                .flush_async()
+                .await
+                .map(drop)
+                .map_err(sled_error),
+            other => other,
+        };
+        if flushed.is_err() {
+            self.inner.dirty.store(true, Ordering::Release);
+        }
+        flushed
+    }
+}
+
+/// Flushes what was committed, `every` so often, until the model is dropped.
+async fn flusher(model: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = model.upgrade() else {
+            return;
+        };
+        if inner.dirty.load(Ordering::Acquire) {
+            if let Err(error) = (SledModel { inner }).flush_now().await {
+                tracing::warn!(%error, "read model (sled): flushing failed; the next flush retries");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn open(store: SledEventStore, lease: Lease) -> Result<Inner> {
+        let tree = |name: &str| guarded(|| store.open_tree(name));
+        let journal = tree(JOURNAL)?;
+        let checkpoints = tree(CHECKPOINTS)?;
+        let dead = tree(DEAD_LETTERS)?;
+        let trees = DashMap::new();
+        trees.insert(JOURNAL.to_owned(), journal.clone());
+        trees.insert(CHECKPOINTS.to_owned(), checkpoints.clone());
+        trees.insert(DEAD_LETTERS.to_owned(), dead.clone());
+        let inner = Inner {
+            store,
+            journal,
+            checkpoints,
+            dead,
+            trees,
+            commit: Mutex::new(()),
+            unapplied: AtomicBool::new(false),
+            next_letter: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            _lease: lease,
+        };
+        let redone = inner.redo()?;
+        if redone > 0 {
+            tracing::info!(
+                records = redone,
+                "read model (sled): applied the batches a crash left unapplied"
+            );
+        }
+        // Dead letters keep the order they were set aside in.
+        let mut last = 0;
+        for entry in inner.dead.iter() {
+            let (key, value) = guarded(|| entry.map_err(sled_error))?;
+            if let Ok(Opened::Body(body)) = codec::open(&key, &value) {
+                if let Ok((seq, _)) = codec::decode_letter(body) {
+                    last = last.max(seq);
+                }
+            }
+        }
+        inner.next_letter.store(last + 1, Ordering::Release);
+        Ok(inner)
+    }
+
+    /// The tree named `name` (a full sled name), opened once.
+    fn tree(&self, name: &str) -> annals::Result<sled::Tree> {
+        if let Some(tree) = self.trees.get(name) {
+            return Ok(tree.clone());
+        }
+        let tree = guarded(|| self.store.open_tree(name))?;
+        self.trees.insert(name.to_owned(), tree.clone());
+        Ok(tree)
+    }
+
+    /// The committed value of `key` in the projection's tree `tree`.
+    fn read(&self, tree: &str, key: &[u8]) -> annals::Result<Option<Vec<u8>>> {
+        check_tree_name(tree)?;
+        let tree = self.tree(&format!("{DATA}{tree}"))?;
+        guarded(|| {
+            tree.get(key)
+                .map(|v| v.map(|v| v.to_vec()))
+                .map_err(sled_error)
+        })
+    }
+
+    /// Applies every record of the journal, in key order, and removes it. Returns how many.
+    fn redo(&self) -> Result<usize> {
+        let mut redone = 0;
+        for entry in self.journal.iter() {
+            let (key, value) = guarded(|| entry.map_err(sled_error))?;
+            let body = match codec::open(&key, &value) {
+                Ok(Opened::Body(body)) => body,
+                Ok(Opened::Newer(found)) => return Err(newer("a batch record", &key, found)),
+                Err(reason) => return Err(damaged("a batch record", &key, &reason).into()),
+            };
+            let ops = codec::decode_ops(body)
+                .map_err(|reason| damaged("a batch record", &key, &reason))?;
+            guarded(|| {
+                self.apply(&ops)?;
+                self.journal.remove(&key).map(drop).map_err(sled_error)
+            })?;
+            redone += 1;
+        }
+        Ok(redone)
+    }
+
+    /// Applies a record left unapplied by a failure in this process, if there is one.
+    fn settle(&self) -> Result<()> {
+        if !self.unapplied.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+        self.settle_locked()
+    }
+
+    fn settle_locked(&self) -> Result<()> {
+        if self.unapplied.load(Ordering::Acquire) {
+            self.redo()?;
+            self.unapplied.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn apply(&self, ops: &[Op]) -> annals::Result<()> {
+        for op in ops {
+            let tree = self.tree(&op.tree)?;
+            match &op.value {
+                Some(value) => tree.insert(op.key.as_slice(), value.as_slice()),
+                None => tree.remove(op.key.as_slice()),
+            }
+            .map_err(sled_error)?;
+        }
+        Ok(())
+    }
+
+    /// The final values a batch writes: the handler's, the dead letters' and the checkpoint.
+    fn plan(&self, work: Work) -> annals::Result<Vec<Op>> {
+        let projection = work.key.projection.as_str();
+        let mut ops = Vec::new();
+        for (tree, writes) in work.writes {
+            let tree = format!("{DATA}{tree}");
+            for (key, value) in writes {
+                ops.push(Op {
+                    tree: tree.clone(),
+                    key,
+                    value,
+                });
+            }
+        }
+        for id in &work.release {
+            ops.push(Op {
+                tree: DEAD_LETTERS.to_owned(),
+                key: codec::letter_key(projection, *id),
+                value: None,
+            });
+        }
+        for letter in work.add {
+            let key = codec::letter_key(projection, letter.event.id);
+            // Set aside again (not released by this batch): keeps its place, takes the new
+            // kind and reason.
+            let stored = if work.release.contains(&letter.event.id) {
+                None
+            } else {
+                self.dead.get(&key).map_err(sled_error)?
+            };
+            let previous = stored.and_then(|value| match codec::open(&key, &value) {
+                Ok(Opened::Body(body)) => codec::decode_letter(body).ok(),
+                _ => None,
+            });
+            let (seq, letter) = match previous {
+                Some((seq, old)) => (
+                    seq,
+                    DeadLetter {
+                        kind: letter.kind,
+                        reason: letter.reason,
+                        ..old
+                    },
+                ),
+                None => (self.next_letter.fetch_add(1, Ordering::AcqRel), letter),
+            };
+            let body = codec::letter_body(seq, &letter)
+                .map_err(|reason| Error::backend("projections", reason))?;
+            ops.push(Op {
+                tree: DEAD_LETTERS.to_owned(),
+                value: Some(codec::seal(&key, &body)),
+                key,
+            });
+        }
+        let key = codec::partition_key(&work.key);
+        ops.push(Op {
+            tree: CHECKPOINTS.to_owned(),
+            value: Some(codec::seal(&key, &codec::checkpoint_body(work.checkpoint))),
+            key,
+        });
+        Ok(ops)
+    }
+
+    /// Writes a batch: its record (the commit point), then its values, then removes the record.
+    /// `Err` means nothing of it was written.
+    fn write(&self, work: Work) -> annals::Result<()> {
+        let _one = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
+        self.settle_locked().map_err(|e| match e {
+            ProjectionError::Store(e) => e,
+            other => Error::backend("projections", other),
+        })?;
+        let key = codec::partition_key(&work.key);
+        let ops = guarded(|| self.plan(work))?;
+        let body = codec::encode_ops(&ops).map_err(|e| Error::backend("projections", e))?;
+        let record = codec::seal(&key, &body);
+        if let Err(error) = guarded(|| {
+            self.journal
+                .insert(key.as_slice(), record.as_slice())
+                .map(drop)
+                .map_err(sled_error)
+        }) {
+            // Committed only if the record is there after all.
+            let there = guarded(|| self.journal.get(&key).map_err(sled_error));
+            match there {
+                Ok(Some(found)) if found == record.as_slice() => {}
+                Ok(_) => return Err(error),
+                Err(_) => {
+                    self.unapplied.store(true, Ordering::Release);
+                    return Err(error);
+                }
+            }
+        }
+        // Committed: the record is in the journal.
+        self.dirty.store(true, Ordering::Release);
+        let applied = guarded(|| {
+            self.apply(&ops)?;
+            self.journal.remove(&key).map(drop).map_err(sled_error)
+        });
+        if let Err(error) = applied {
+            tracing::error!(
+                %error,
+                "read model (sled): applying a committed batch failed; it is applied again \
+                 before the next batch, read or open"
+            );
+            self.unapplied.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+impl ReadModel for SledModel {
+    type Tx = SledTx;
+
+    async fn checkpoint(&self, key: &PartitionKey) -> Result<Option<Position>> {
+        self.inner.settle()?;
+        let key = codec::partition_key(key);
+        let Some(value) = guarded(|| self.inner.checkpoints.get(&key).map_err(sled_error))? else {
+            return Ok(None);
+        };
+        match codec::open(&key, &value) {
+            Ok(Opened::Body(body)) => {
+                Ok(Some(codec::decode_checkpoint(body).map_err(|reason| {
+                    damaged("a checkpoint", &key, &reason)
+                })?))
+            }
+            Ok(Opened::Newer(found)) => Err(newer("a checkpoint", &key, found)),
+            Err(reason) => Err(damaged("a checkpoint", &key, &reason).into()),
+        }
+    }
+
+    async fn commit<P: Projection<Self>>(
+        &self,
+        projection: &P,
+        batch: Batch<'_>,
+    ) -> Result<(), CommitError> {
+        // The handler reads what is committed: a batch left unapplied is applied first.
+        self.inner.settle().map_err(|e| match e {
+            ProjectionError::Store(e) => CommitError::Backend(e),
+            other => CommitError::Backend(Error::backend("projections", other)),
+        })?;
+        let mut tx = SledTx {
+            model: self.clone(),
+            writes: BTreeMap::new(),
+        };
+        if !batch.handle.is_empty() {
+            // A panicking handler is a failed handler; its writes were only buffered.
+            let handled = AssertUnwindSafe(projection.handle(&mut tx, batch.handle))
+                .catch_unwind()
+                .await;
+            match handled {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(CommitError::Handler(e)),
+                Err(panic) => {
+                    return Err(CommitError::Handler(crate::panic_message(&*panic).into()))
+                }
+            }
+        }
+        let work = Work {
+            key: batch.key.clone(),
+            writes: tx.writes,
+            add: batch.dead_letters.to_vec(),
+            release: batch.release.to_vec(),
+            checkpoint: batch.checkpoint,
+        };
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.write(work))
+            .await
+            .map_err(|e| CommitError::Backend(Error::backend("sled", e)))?
+            .map_err(CommitError::Backend)?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, projection: &ProjectionName) -> Result<Vec<DeadLetter>> {
+        self.inner.settle()?;
+        let mut letters = Vec::new();
+        let prefix = codec::projection_prefix(projection.as_str());
+        for entry in self.inner.dead.scan_prefix(prefix) {
+            let (key, value) = guarded(|| entry.map_err(sled_error))?;
+            let body = match codec::open(&key, &value) {
+                Ok(Opened::Body(body)) => body,
+                Ok(Opened::Newer(found)) => return Err(newer("a dead letter", &key, found)),
+                Err(reason) => return Err(damaged("a dead letter", &key, &reason).into()),
+            };
+            letters.push(
+                codec::decode_letter(body)
+                    .map_err(|reason| damaged("a dead letter", &key, &reason))?,
+            );
+        }
+        letters.sort_by_key(|(seq, _)| *seq);
+        Ok(letters.into_iter().map(|(_, letter)| letter).collect())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(self.flush_now().await?)
+    }
+}
