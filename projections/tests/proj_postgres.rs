@@ -178,7 +178,7 @@ async fn a_projection_killed_at_random_moments_never_double_counts_or_skips() {
     let (store, model) = open(&connection, schema).await;
     // Other categories are scanned past, not handled.
     fill(&store, "other", 20, 50, 25).await;
-    let head = fill(&store, "account", 40, 500, 50).await;
+    let head = fill(&store, "account", 40, 1000, 50).await;
     let log: Vec<RecordedEvent> = store.read_all(ReadAll::all()).try_collect().await.unwrap();
     let name = ProjectionName::new("pg-tallies").unwrap();
     let mut seed = SystemTime::now()
