@@ -7,7 +7,7 @@ use crate::failure::{CliResult, Failure};
 
 /// The most events one restore batch carries (within the store's limits): large enough that
 /// a commit's fixed cost disappears, small enough that a batch stays a few megabytes.
-const MAX_BATCH: usize = 5_000;
+const MAX_BATCH: usize = 10_000;
 
 /// Collects events into batches and writes each with [`EventStore::restore`]: one commit per
 /// batch, every event keeping its version and recording time. Events the target already holds

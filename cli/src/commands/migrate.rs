@@ -1,9 +1,11 @@
 //! `migrate --to <URL>`: copy a whole store, resumably, then compare both sides.
 
 use annals::{
-    AnyStore, CheckpointStore, EventStore, Position, ReadAll, ReadStream, RestoredEvent,
-    SnapshotStore, StreamId,
+    AnyStore, CheckpointStore, EventStore, Position, ReadAll, RestoredEvent, SnapshotStore,
+    StreamId,
 };
+use std::collections::HashMap;
+
 use futures::TryStreamExt;
 use serde_json::json;
 
@@ -108,53 +110,72 @@ struct Comparison {
 }
 
 async fn compare(source: &AnyStore, target: &AnyStore) -> CliResult<Comparison> {
-    let mut comparison = Comparison {
-        source_streams: 0,
-        target_streams: 0,
-        source_events: 0,
-        target_events: 0,
-        mismatches: Vec::new(),
+    // One pass over each global log (stream by stream would be a query per stream on a server),
+    // both at once.
+    let scan = |store: &AnyStore| {
+        let store = store.clone();
+        tokio::spawn(async move { log_checksums(&store).await })
     };
-    let mut streams = target.streams();
-    while let Some(info) = streams.try_next().await? {
-        comparison.target_streams += 1;
-        comparison.target_events += info.version.get();
-    }
-    let mut streams = source.streams();
-    while let Some(info) = streams.try_next().await? {
-        comparison.source_streams += 1;
-        comparison.source_events += info.version.get();
-        let (a, b) = (
-            stream_checksum(source, &info.stream_id).await?,
-            stream_checksum(target, &info.stream_id).await?,
-        );
-        if a != b {
-            comparison.mismatches.push(info.stream_id);
-        }
-    }
-    Ok(comparison)
+    let (ours, theirs) = (scan(source), scan(target));
+    let joined = |r: Result<CliResult<_>, tokio::task::JoinError>| {
+        r.map_err(|e| Failure::problems(format!("comparing the stores: {e}")))?
+    };
+    let (ours, theirs) = (joined(ours.await)?, joined(theirs.await)?);
+    let mut mismatches: Vec<StreamId> = ours
+        .iter()
+        .filter(|(stream, sum)| theirs.get(*stream) != Some(sum))
+        .map(|(stream, _)| stream.clone())
+        .collect();
+    mismatches.sort();
+    let events =
+        |sums: &HashMap<StreamId, (u64, u32)>| -> u64 { sums.values().map(|(n, _)| n).sum() };
+    Ok(Comparison {
+        source_streams: u64::try_from(ours.len()).unwrap_or(u64::MAX),
+        target_streams: u64::try_from(theirs.len()).unwrap_or(u64::MAX),
+        source_events: events(&ours),
+        target_events: events(&theirs),
+        mismatches,
+    })
 }
 
-/// A checksum of everything a stream's events carry but their positions (which differ
-/// between stores): ids, versions, types, schema versions, content types, payloads, metadata.
-pub(crate) async fn stream_checksum(store: &AnyStore, stream: &StreamId) -> CliResult<(u64, u32)> {
-    let mut hasher = crc32fast::Hasher::new();
-    let mut count = 0;
-    let mut events = store.read_stream(stream, ReadStream::forward());
+/// Each stream's event count and a checksum of everything its events carry but their
+/// positions: ids, versions, types, schema versions,
+/// content types, payloads, metadata and recording times, from one read of the global log
+/// (a stream's events come in version order there).
+async fn log_checksums(store: &AnyStore) -> CliResult<HashMap<StreamId, (u64, u32)>> {
+    let mut sums: HashMap<StreamId, (u64, crc32fast::Hasher)> = HashMap::new();
+    let mut events = store.read_all(ReadAll::all());
     while let Some(e) = events.try_next().await? {
-        count += 1;
+        let (count, hasher) = sums.entry(e.stream_id.clone()).or_default();
+        *count += 1;
         hasher.update(&e.version.get().to_le_bytes());
         hasher.update(e.id.as_uuid().as_bytes());
+        hasher.update(&e.recorded_at.unix_micros().to_le_bytes());
         for text in [&e.event_type, &e.content_type] {
-            hasher.update(&(text.len() as u64).to_le_bytes());
+            hasher.update(&u64::try_from(text.len()).unwrap_or(u64::MAX).to_le_bytes());
             hasher.update(text.as_bytes());
         }
         hasher.update(&e.schema_version.to_le_bytes());
-        hasher.update(&(e.payload.len() as u64).to_le_bytes());
+        hasher.update(
+            &u64::try_from(e.payload.len())
+                .unwrap_or(u64::MAX)
+                .to_le_bytes(),
+        );
         hasher.update(&e.payload);
-        let metadata =
-            serde_json::to_vec(&e.metadata).map_err(|e| Failure::problems(e.to_string()))?;
-        hasher.update(&metadata);
+        let m = &e.metadata;
+        for id in [m.correlation_id, m.causation_id] {
+            hasher.update(id.as_ref().map_or(&[0u8; 16], |id| id.as_bytes()));
+        }
+        hasher.update(&m.timestamp.unix_micros().to_le_bytes());
+        for (key, value) in &m.headers {
+            for text in [key, value] {
+                hasher.update(&u64::try_from(text.len()).unwrap_or(u64::MAX).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+        }
     }
-    Ok((count, hasher.finalize()))
+    Ok(sums
+        .into_iter()
+        .map(|(stream, (count, hasher))| (stream, (count, hasher.finalize())))
+        .collect())
 }

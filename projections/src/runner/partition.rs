@@ -8,6 +8,7 @@ use std::time::Instant;
 use annals::{EventId, Position, RecordedEvent, StreamId, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Settings;
 use crate::status::Board;
@@ -292,18 +293,28 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 release,
                 checkpoint,
             };
-            let started = Instant::now();
-            let result = self.model.commit(&*self.projection, batch).await;
-            tracing::debug!(
+            // One span per batch: what the handler and the read model do is nested in it.
+            let span = tracing::debug_span!(
+                "projection_batch",
                 projection = %self.key.projection,
                 partition = self.key.partition,
                 first = handle.first().map(|e| e.position.to_string()).as_deref(),
                 last = %checkpoint,
                 count = handle.len(),
-                duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                ok = result.is_ok(),
-                "projection batch"
+                duration_us = tracing::field::Empty,
+                ok = tracing::field::Empty,
             );
+            let started = Instant::now();
+            let result = self
+                .model
+                .commit(&*self.projection, batch)
+                .instrument(span.clone())
+                .await;
+            span.record(
+                "duration_us",
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+            span.record("ok", result.is_ok());
             let wait = match result {
                 Ok(()) => return Ok(()),
                 Err(CommitError::Handler(error)) => {

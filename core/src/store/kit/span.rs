@@ -109,7 +109,10 @@ impl<T> Stream for ReadSpan<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let polled = {
+        // Entering a span no subscriber wants still costs a little on every item.
+        let polled = if this.span.is_disabled() {
+            this.read.poll_next_unpin(cx)
+        } else {
             let _entered = this.span.enter();
             this.read.poll_next_unpin(cx)
         };
