@@ -55,24 +55,19 @@ where
         let fetch = cursor.map(&mut fetch);
         async move {
             match fetch?.await {
-                Ok(page) => {
-                    let failed = page.items.iter().any(Result::is_err);
-                    let next = if failed { None } else { page.next };
-                    Some((stream::iter(page.items), next))
+                Ok(mut page) => {
+                    // Nothing after the first error, even from the same page.
+                    if let Some(failed) = page.items.iter().position(Result::is_err) {
+                        page.items.truncate(failed + 1);
+                        page.next = None;
+                    }
+                    Some((stream::iter(page.items), page.next))
                 }
                 Err(error) => Some((stream::iter(vec![Err(error)]), None)),
             }
         }
     })
     .flatten()
-    .scan(false, |failed, item| {
-        // Nothing after the first error, even from the same page.
-        if *failed {
-            return futures::future::ready(None);
-        }
-        *failed = item.is_err();
-        futures::future::ready(Some(item))
-    })
     .boxed()
 }
 
