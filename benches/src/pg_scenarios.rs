@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use annals::{EventData, EventStore, ExpectedVersion, Position, ReadAll, StreamId};
+use annals::{EventData, EventStore, ExpectedVersion, Position, ReadAll, ReadStream, StreamId};
 use annals_postgres::PgEventStore;
 use annals_testkit::postgres::PgServer;
 use anyhow::Context as _;
@@ -41,6 +41,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
         Box::new(Single8),
         Box::new(Batch100),
         Box::new(ReadAllPaged),
+        Box::new(Load10k),
     ]
 }
 
@@ -157,6 +158,10 @@ const RAW_BATCH: &str = "INSERT INTO __S__.events (stream_id, version, event_id,
 const RAW_PAGE: &str = "SELECT seq, stream_id, version, event_id, event_type, schema_version, \
     content_type, payload, correlation_id, causation_id, event_timestamp, headers, recorded_at \
     FROM __S__.events WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+const RAW_STREAM_PAGE: &str = "SELECT seq, stream_id, version, event_id, event_type, \
+    schema_version, content_type, payload, correlation_id, causation_id, event_timestamp, headers, \
+    recorded_at FROM __S__.events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3";
 
 fn sql(template: &str, schema: &str) -> String {
     template.replace("__S__", &format!("\"{schema}\""))
@@ -486,6 +491,29 @@ type RawRow = (
     SystemTime,
 );
 
+/// Decodes every column of `rows` into owned values, as the store decodes its rows.
+fn decode_raw(rows: &[tokio_postgres::Row]) -> anyhow::Result<Vec<RawRow>> {
+    let mut decoded: Vec<RawRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        decoded.push((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
+            row.try_get(7)?,
+            row.try_get(8)?,
+            row.try_get(9)?,
+            row.try_get(10)?,
+            row.try_get(11)?,
+            row.try_get(12)?,
+        ));
+    }
+    Ok(decoded)
+}
+
 /// Reading the whole global log from position zero in pages of 1,000 (`read_all` with a
 /// limit, then from the next position), against raw keyset paging (`WHERE seq > $1 ORDER BY
 /// seq LIMIT 1000`) decoding the same columns into owned values.
@@ -550,24 +578,7 @@ impl Scenario for ReadAllPaged {
                     let mut read = 0u64;
                     loop {
                         let rows = client.query(page, &[&after, &i64::try_from(PAGE)?]).await?;
-                        let mut decoded: Vec<RawRow> = Vec::with_capacity(rows.len());
-                        for row in &rows {
-                            decoded.push((
-                                row.try_get(0)?,
-                                row.try_get(1)?,
-                                row.try_get(2)?,
-                                row.try_get(3)?,
-                                row.try_get(4)?,
-                                row.try_get(5)?,
-                                row.try_get(6)?,
-                                row.try_get(7)?,
-                                row.try_get(8)?,
-                                row.try_get(9)?,
-                                row.try_get(10)?,
-                                row.try_get(11)?,
-                                row.try_get(12)?,
-                            ));
-                        }
+                        let decoded = decode_raw(&rows)?;
                         let Some(last) = decoded.last() else { break };
                         after = last.0;
                         read += decoded.len() as u64;
@@ -582,6 +593,91 @@ impl Scenario for ReadAllPaged {
             drop_schema(&server, &schema).await?;
             drop_schema(&server, &raw_schema).await?;
             Ok(line(self.name(s), medians, 0.50, s.rounds))
+        })
+    }
+}
+
+/// Loading a 10,000-event stream (`read_stream(ReadStream::forward())` to its end, 5 loads a
+/// round, in the store's pages of 1,000), against raw keyset paging of the same rows
+/// (`WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT 1000`) decoding every column
+/// into owned values.
+#[derive(Debug)]
+struct Load10k;
+
+impl Scenario for Load10k {
+    fn name(&self, _: &Settings) -> String {
+        "pg.load.10k".into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            const EVENTS: u64 = 10_000;
+            const LOADS: u64 = 5;
+            const PAGE: i64 = 1_000;
+            const BATCH: u64 = 100;
+            const NAME: &str = "bench-load";
+            let server = server()?;
+            let store = fresh_store(&server, 2).await?;
+            let raw_schema = fresh_raw(&server).await?;
+            let client = raw_client(&server).await?;
+            let insert = client.prepare(&sql(RAW_BATCH, &raw_schema)).await?;
+            let id = stream(NAME.into())?;
+            for b in 0..EVENTS / BATCH {
+                let events = batch(b * BATCH, BATCH);
+                let first = i64::try_from(b * BATCH + 1)?;
+                raw_batch(&client, &insert, NAME, first, &events).await?;
+                store
+                    .append(&id, ExpectedVersion::exact(b * BATCH), events)
+                    .await?;
+            }
+            client
+                .batch_execute(&format!("ANALYZE \"{raw_schema}\".events"))
+                .await?;
+            client
+                .batch_execute(&format!("ANALYZE \"{}\".events", store.schema()))
+                .await?;
+            let page = client.prepare(&sql(RAW_STREAM_PAGE, &raw_schema)).await?;
+            let (store_ref, client, page, id) = (&store, &client, &page, &id);
+            let medians = alternate(
+                s.rounds,
+                |_| async move {
+                    let started = Instant::now();
+                    for _ in 0..LOADS {
+                        let events: Vec<_> = store_ref
+                            .read_stream(id, ReadStream::forward())
+                            .try_collect()
+                            .await?;
+                        anyhow::ensure!(events.len() as u64 == EVENTS, "short load");
+                    }
+                    Ok(rate(EVENTS * LOADS, started.elapsed()))
+                },
+                |_| async move {
+                    let started = Instant::now();
+                    for _ in 0..LOADS {
+                        let mut after = 0i64;
+                        let mut out: Vec<RawRow> = Vec::new();
+                        loop {
+                            let rows = client.query(page, &[&NAME, &after, &PAGE]).await?;
+                            let decoded = decode_raw(&rows)?;
+                            let Some(last) = decoded.last() else { break };
+                            after = last.2;
+                            let full = i64::try_from(decoded.len())? == PAGE;
+                            out.extend(decoded);
+                            if !full {
+                                break;
+                            }
+                        }
+                        anyhow::ensure!(out.len() as u64 == EVENTS, "short raw load");
+                    }
+                    Ok(rate(EVENTS * LOADS, started.elapsed()))
+                },
+            )
+            .await?;
+            let schema = store.schema().to_owned();
+            drop(store);
+            drop_schema(&server, &schema).await?;
+            drop_schema(&server, &raw_schema).await?;
+            Ok(line(self.name(s), medians, 0.80, s.rounds))
         })
     }
 }

@@ -215,7 +215,8 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// How many events one query of a read fetches (default 1,000).
+    /// How many events one query of a read fetches (default 1,000). A read holds at most two
+    /// pages: the one its reader consumes, and the next, fetched meanwhile.
     #[must_use]
     pub fn page_size(mut self, events: usize) -> Self {
         self.page_size = events;

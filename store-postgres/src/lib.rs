@@ -104,7 +104,8 @@
 //! the global log therefore only read rows whose transaction id is below
 //! `pg_snapshot_xmin(pg_current_snapshot())` — the oldest transaction still running — in
 //! `(transaction_id, seq)` order, in pages, each starting after the last event of the one
-//! before. Why that never skips:
+//! before (the next page's query starts as soon as that page has arrived, and runs while the
+//! reader consumes it: a later query, with a snapshot taken later). Why that never skips:
 //!
 //! 1. Transaction ids below the snapshot's `xmin` belong to transactions that have ended
 //!    (committed or rolled back), and every id handed out from now on is at least `xmin`. So

@@ -1,6 +1,7 @@
 //! The two PostgreSQL types `tokio-postgres` does not convert by itself without extra features:
 //! `xid8` (a full transaction id) and `timestamptz` (kept as microseconds, like
-//! [`Timestamp`]).
+//! [`Timestamp`]); and a `jsonb` value's text, borrowed from the row (so a reader can tell an
+//! empty object without parsing it).
 
 use std::error::Error as StdError;
 
@@ -102,5 +103,34 @@ mod tests {
         ] {
             assert_eq!(bits_to_u64(bits_to_i64(n)), n);
         }
+    }
+}
+
+/// The JSON text of a `jsonb` (or `json`) value, borrowed from the row it came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct JsonText<'a>(pub(crate) &'a [u8]);
+
+impl JsonText<'_> {
+    /// Whether the value is the empty object, `{}` (as the server sends one).
+    pub(crate) fn is_empty_object(self) -> bool {
+        self.0 == b"{}"
+    }
+}
+
+impl<'a> FromSql<'a> for JsonText<'a> {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        if *ty == Type::JSONB {
+            // A jsonb comes as a format version, 1, and the value's text.
+            match raw.split_first() {
+                Some((1, text)) => Ok(JsonText(text)),
+                _ => Err("unsupported jsonb encoding version".into()),
+            }
+        } else {
+            Ok(JsonText(raw))
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
     }
 }

@@ -1,10 +1,11 @@
-//! Reads: one stream and the global log in pages (each page one query, fetched when the reader
-//! has used up the one before), and the small reads (last position, the stream listing).
+//! Reads: one stream and the global log in pages (each page one query, started as soon as the
+//! page before it arrived, from that page's last event, so it runs while the reader consumes
+//! that page: [`paged_ahead`]), and the small reads (last position, the stream listing).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use annals::store::kit::{paged, Page};
+use annals::store::kit::{paged_ahead, Page};
 use annals::{
     Direction, Position, ReadAll, ReadStream, RecordPlace, RecordedEvent, Result, StreamId,
     StreamInfo,
@@ -57,7 +58,7 @@ impl PgEventStore {
         });
         let store = self.clone();
         let stream = stream.clone();
-        paged(first, move |cursor: StreamCursor| {
+        paged_ahead(first, move |cursor: StreamCursor| {
             let store = store.clone();
             let stream = stream.clone();
             async move {
@@ -69,7 +70,11 @@ impl PgEventStore {
                     &inner.sql.read_stream_backward
                 };
                 let events = store
-                    .query_events(sql, &[&stream.as_str(), &cursor.from, &limit_param(page)])
+                    .query_events(
+                        sql,
+                        &[&stream.as_str(), &cursor.from, &limit_param(page)],
+                        |row| rows::stream_event(row, &stream),
+                    )
                     .await?;
                 if let Some(head) = events
                     .iter()
@@ -120,7 +125,7 @@ impl PgEventStore {
                 remaining: limit,
             });
         let store = self.clone();
-        paged(first, move |cursor: GlobalCursor| {
+        paged_ahead(first, move |cursor: GlobalCursor| {
             let store = store.clone();
             let categories = categories.clone();
             let event_types = event_types.clone();
@@ -138,6 +143,7 @@ impl PgEventStore {
                             &*event_types,
                             &limit_param(page),
                         ],
+                        rows::event,
                     )
                     .await?;
                 tracing::trace!(
@@ -172,6 +178,7 @@ impl PgEventStore {
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
+        decode: impl Fn(&tokio_postgres::Row) -> Result<RecordedEvent>,
     ) -> Result<Vec<Result<RecordedEvent>>> {
         let schema = &self.inner.schema;
         let client = self.client().await?;
@@ -183,7 +190,7 @@ impl PgEventStore {
             .query(&statement, params)
             .await
             .map_err(|e| map(e, schema))?;
-        Ok(found.iter().map(rows::event).collect())
+        Ok(found.iter().map(decode).collect())
     }
 
     /// The last position a reader of the global log can see.

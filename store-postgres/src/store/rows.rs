@@ -14,7 +14,7 @@ use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::types::{bits_to_u64, PgTime, Xid8};
+use crate::types::{bits_to_u64, JsonText, PgTime, Xid8};
 
 /// Column `idx` of `row`, a record at `place`.
 pub(super) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize, place: &RecordPlace) -> Result<T> {
@@ -43,12 +43,30 @@ pub(super) fn stream_id(text: &str, place: &RecordPlace) -> Result<StreamId> {
 
 /// A row of [`EVENT_COLUMNS`](crate::schema): one stored event.
 pub(super) fn event(row: &Row) -> Result<RecordedEvent> {
+    event_of(row, None)
+}
+
+/// A row of [`EVENT_COLUMNS`](crate::schema) read from `stream`: the row's stream id is checked
+/// against `stream`, which the event then shares, rather than validated and copied anew.
+pub(super) fn stream_event(row: &Row, stream: &StreamId) -> Result<RecordedEvent> {
+    event_of(row, Some(stream))
+}
+
+/// One stored event, of the stream `known` when the read was of one stream.
+///
+/// Per row, it allocates only what the event owns alone: the event type, the content type, the
+/// payload (one copy out of the row), and the headers when there are any.
+fn event_of(row: &Row, known: Option<&StreamId>) -> Result<RecordedEvent> {
     let unknown = RecordPlace::new();
     let xid: Xid8 = get(row, 0, &unknown)?;
     let seq: i64 = get(row, 1, &unknown)?;
     let position = position(xid, seq, &unknown)?;
     let place = RecordPlace::new().position(position);
-    let stream_id = stream_id(get(row, 2, &place)?, &place)?;
+    let stored: &str = get(row, 2, &place)?;
+    let stream_id = match known {
+        Some(known) if known.as_str() == stored => known.clone(),
+        _ => stream_id(stored, &place)?,
+    };
     let place = place.stream(stream_id.clone());
     let version = version(get(row, 3, &place)?, &place)?;
     let place = place.version(version);
@@ -60,25 +78,8 @@ pub(super) fn event(row: &Row) -> Result<RecordedEvent> {
             format!("schema version {schema_version} is out of range"),
         )
     })?;
-    let payload: Vec<u8> = get(row, 8, &place)?;
-    let headers = match get::<serde_json::Value>(row, 12, &place)? {
-        serde_json::Value::Object(map) => map
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => Ok((k, s)),
-                other => Err(Error::corrupt(
-                    place.clone(),
-                    format!("header {k:?} is not a string: {other}"),
-                )),
-            })
-            .collect::<Result<BTreeMap<_, _>>>()?,
-        other => {
-            return Err(Error::corrupt(
-                place,
-                format!("headers are not an object: {other}"),
-            ))
-        }
-    };
+    let payload: &[u8] = get(row, 8, &place)?;
+    let headers = headers(get(row, 12, &place)?, &place)?;
     let timestamp: PgTime = get(row, 11, &place)?;
     let recorded_at: PgTime = get(row, 13, &place)?;
     let correlation: Option<Uuid> = get(row, 9, &place)?;
@@ -92,12 +93,42 @@ pub(super) fn event(row: &Row) -> Result<RecordedEvent> {
         event_type: get(row, 5, &place)?,
         schema_version,
         content_type: get(row, 7, &place)?,
-        payload: Bytes::from(payload),
+        payload: Bytes::copy_from_slice(payload),
         metadata: Metadata::at(timestamp.0)
             .with_correlation_id(correlation)
             .with_causation_id(causation)
             .with_headers(headers),
     })
+}
+
+/// Stored headers: a JSON object of strings. The empty object (most events' headers) is not
+/// parsed at all, and the others straight into the map; only a value that is not such an object
+/// is parsed again, to say what is wrong with it.
+fn headers(json: JsonText<'_>, place: &RecordPlace) -> Result<BTreeMap<String, String>> {
+    if json.is_empty_object() {
+        return Ok(BTreeMap::new());
+    }
+    if let Ok(headers) = serde_json::from_slice::<BTreeMap<String, String>>(json.0) {
+        return Ok(headers);
+    }
+    let value: serde_json::Value = serde_json::from_slice(json.0)
+        .map_err(|e| Error::corrupt(place.clone(), format!("headers: {e}")))?;
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                other => Err(Error::corrupt(
+                    place.clone(),
+                    format!("header {k:?} is not a string: {other}"),
+                )),
+            })
+            .collect(),
+        other => Err(Error::corrupt(
+            place.clone(),
+            format!("headers are not an object: {other}"),
+        )),
+    }
 }
 
 /// A row of the idempotency lookup: `event_id, stream_id, version, transaction_id, seq`.
@@ -179,4 +210,37 @@ pub(super) fn checkpoint(row: &Row, name: &str) -> Result<Position> {
     let commit: i64 = row.try_get(0).map_err(bad)?;
     let prepare: i64 = row.try_get(1).map_err(bad)?;
     Ok(Position::new(bits_to_u64(commit), bits_to_u64(prepare)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::types::{FromSql, Type};
+
+    use super::*;
+
+    fn read(raw: &[u8]) -> Result<BTreeMap<String, String>> {
+        let mut jsonb = vec![1];
+        jsonb.extend_from_slice(raw);
+        let text = JsonText::from_sql(&Type::JSONB, &jsonb).expect("jsonb");
+        headers(text, &RecordPlace::new())
+    }
+
+    #[test]
+    fn headers_decode_as_the_json_object_of_strings_they_are() {
+        assert!(read(b"{}").expect("empty").is_empty());
+        let two = read(br#"{"a": "1", "b": "x\"y"}"#).expect("two");
+        assert_eq!(two.get("a").map(String::as_str), Some("1"));
+        assert_eq!(two.get("b").map(String::as_str), Some("x\"y"));
+        let not_string = read(br#"{"a": 1}"#).expect_err("a number");
+        assert!(
+            not_string.to_string().contains("\"a\" is not a string"),
+            "{not_string}"
+        );
+        let not_object = read(b"[]").expect_err("an array");
+        assert!(
+            not_object.to_string().contains("not an object"),
+            "{not_object}"
+        );
+        assert!(JsonText::from_sql(&Type::JSONB, b"\x02{}").is_err());
+    }
 }

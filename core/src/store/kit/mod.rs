@@ -4,7 +4,8 @@
 //! - [`resolve_retry`] and [`StoredEventRef`]: what an append whose event ids were found means
 //!   (new, an exact retry, or an [`IdempotencyConflict`](crate::Error::IdempotencyConflict));
 //! - [`CommitNotifier`]: the writer's side of the commit signal subscribers wait on;
-//! - [`paged`] and [`Page`]: a read of many pages as one stream of events;
+//! - [`paged`] and [`Page`]: a read of many pages as one stream of events ([`paged_ahead`]:
+//!   the same, fetching the next page while the reader consumes the current one);
 //! - [`plan_restore`]: the checks of [`EventStore::restore`](crate::EventStore::restore), and
 //!   what it must write;
 //! - [`instrument_append`] and [`instrument_read`]: the `tracing` spans every store gives its
@@ -20,6 +21,6 @@ mod span;
 
 pub use super::notify::CommitNotifier;
 pub use idempotency::{resolve_retry, StoredEventRef};
-pub use paged::{paged, Page};
+pub use paged::{paged, paged_ahead, Page};
 pub use restore::{plan_restore, RestorePlan, StreamHead};
 pub use span::{instrument_append, instrument_read};
