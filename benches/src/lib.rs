@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod copy_scenarios;
 pub mod payload;
 pub mod pg_scenarios;
+pub mod proj_scenarios;
 pub mod repo_scenarios;
 pub mod sled_scenarios;
 
@@ -161,6 +162,7 @@ pub fn all_scenarios() -> Vec<Box<dyn Scenario>> {
     list.extend(pg_scenarios::scenarios());
     list.extend(repo_scenarios::scenarios());
     list.extend(copy_scenarios::scenarios());
+    list.extend(proj_scenarios::scenarios());
     list
 }
 

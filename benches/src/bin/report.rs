@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use annals_benches::{all_scenarios, pg_scenarios, sled_scenarios, Settings};
+use annals_benches::{all_scenarios, pg_scenarios, proj_scenarios, sled_scenarios, Settings};
 
 const USAGE: &str =
     "usage: report [--quick] [--json] [--only PREFIX] [--rounds N]\n\n\
@@ -40,6 +40,18 @@ fn main() -> anyhow::Result<()> {
                     .enable_all()
                     .build()?;
                 let kib = runtime.block_on(sled_scenarios::memory_child(count, &dir))?;
+                println!("VMHWM_KIB {kib}");
+                return Ok(());
+            }
+            "--proj-memory-child" => {
+                // Internal: the child processes of the projection memory scenario.
+                let step = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?;
+                let count: u64 = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?.parse()?;
+                let dir = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let kib = runtime.block_on(proj_scenarios::memory_child(&step, count, &dir))?;
                 println!("VMHWM_KIB {kib}");
                 return Ok(());
             }
