@@ -162,9 +162,10 @@ impl Board {
         });
     }
 
-    pub(crate) fn received(&self, partition: u32, recorded_at: Timestamp) {
+    /// `count` events handed to the partition, the first recorded at `recorded_at`.
+    pub(crate) fn received(&self, partition: u32, count: u64, recorded_at: Timestamp) {
         self.slot(partition, |s| {
-            s.pending += 1;
+            s.pending += count;
             s.behind_since.get_or_insert(recorded_at);
         });
     }

@@ -84,8 +84,9 @@ where
     /// A runner of `projection` over `store`'s log into `model`, with the defaults:
     ///
     /// - 1 partition (see [`partitions`](Self::partitions));
-    /// - batches of up to 500 events, waiting at most 5 ms for a batch to fill once it has an
-    ///   event (live events reach the model within milliseconds, catch-up runs in full batches);
+    /// - batches of up to 500 events: a batch takes what is queued for its partition and is
+    ///   committed at once (while catching up, events queue during each commit, so batches
+    ///   fill; live, an event is committed as soon as nothing is queued behind it);
     /// - the [`ErrorPolicy::Stop`] policy with [`Retry::default`];
     /// - a partition with work waiting and no commit for 30 s reports itself stalled;
     /// - an idle partition saves how far the log was scanned at most once a second.
@@ -97,7 +98,7 @@ where
             settings: Settings {
                 partitions: 1,
                 batch_size: 500,
-                max_wait: Duration::from_millis(5),
+                max_wait: Duration::ZERO,
                 policy: ErrorPolicy::Stop,
                 retry: Retry::default(),
                 stall_after: Duration::from_secs(30),
@@ -123,7 +124,9 @@ where
         self
     }
 
-    /// How long a batch with events in it waits for more before it is committed.
+    /// How long a batch with events in it waits for more before it is committed (default zero:
+    /// it takes what is queued and commits). A wait trades live latency for fewer, larger
+    /// commits when events trickle in.
     #[must_use]
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.settings.max_wait = wait;
@@ -187,7 +190,9 @@ where
         let projection = Arc::new(self.projection);
         let mut senders = Vec::new();
         for (partition, checkpoint) in (0u32..).zip(&checkpoints) {
-            let (tx, rx) = mpsc::channel(settings.batch_size.saturating_mul(2).max(16));
+            // A few pages' shares queue per partition: a slow partition slows the reader
+            // instead of filling memory.
+            let (tx, rx) = mpsc::channel(4);
             senders.push(tx);
             let task = partition::PartitionTask {
                 key: PartitionKey::new(name.clone(), partition),

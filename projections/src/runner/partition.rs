@@ -20,8 +20,8 @@ use crate::{
 /// What the reader (and the handle) send a partition.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// An event of this partition, wanted by the projection.
-    Event(RecordedEvent),
+    /// Events of this partition wanted by the projection, in log order (a page's share).
+    Events(Vec<RecordedEvent>),
     /// Every event up to here was handed over.
     Scanned(Position),
     /// Retry or drop the parked events of a stream.
@@ -83,29 +83,48 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
             let Some(first) = first else { break };
             let mut controls = Vec::new();
             self.take(first, &mut pending, &mut scanned, &mut controls);
-            // Fill the batch for at most `max_wait`, while events come.
-            let deadline = tokio::time::Instant::now() + self.settings.max_wait;
+            // Take what is already queued (while catching up, what arrived during the last
+            // commit); wait for more only up to `max_wait`, which is zero by default: a live
+            // event is committed as soon as nothing else is queued behind it.
             while pending.len() < self.settings.batch_size && controls.is_empty() {
-                let next = tokio::select! {
-                    msg = rx.recv() => msg,
-                    () = tokio::time::sleep_until(deadline) => None,
-                    () = self.cancel.cancelled() => None,
-                };
-                match next {
-                    Some(msg) => self.take(msg, &mut pending, &mut scanned, &mut controls),
-                    None => break,
+                match rx.try_recv() {
+                    Ok(msg) => self.take(msg, &mut pending, &mut scanned, &mut controls),
+                    Err(_) => break,
+                }
+            }
+            if !self.settings.max_wait.is_zero() {
+                let deadline = tokio::time::Instant::now() + self.settings.max_wait;
+                while pending.len() < self.settings.batch_size && controls.is_empty() {
+                    let next = tokio::select! {
+                        msg = rx.recv() => msg,
+                        () = tokio::time::sleep_until(deadline) => None,
+                        () = self.cancel.cancelled() => None,
+                    };
+                    match next {
+                        Some(msg) => self.take(msg, &mut pending, &mut scanned, &mut controls),
+                        None => break,
+                    }
                 }
             }
             let idle_due = pending.is_empty()
                 && scanned > self.checkpoint
                 && last_commit.elapsed() >= self.settings.idle_checkpoint;
             if !pending.is_empty() || idle_due {
-                let events = std::mem::take(&mut pending);
-                if let Err(stop) = self.commit_events(events, scanned, &mut parked).await {
-                    if let Some(error) = stop {
-                        self.stop(error);
+                // At most `batch_size` events per commit; only the last one may move the
+                // checkpoint on to `scanned`, past everything handed over.
+                while !pending.is_empty() || idle_due {
+                    let rest = pending.split_off(pending.len().min(self.settings.batch_size));
+                    let events = std::mem::replace(&mut pending, rest);
+                    let through = if pending.is_empty() { scanned } else { None };
+                    if let Err(stop) = self.commit_events(events, through, &mut parked).await {
+                        if let Some(error) = stop {
+                            self.stop(error);
+                        }
+                        return;
                     }
-                    return;
+                    if pending.is_empty() {
+                        break;
+                    }
                 }
                 last_commit = Instant::now();
             }
@@ -130,7 +149,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
         controls: &mut Vec<(StreamId, Control, oneshot::Sender<Result<usize>>)>,
     ) {
         match msg {
-            Msg::Event(event) => pending.push(event),
+            Msg::Events(events) => pending.extend(events),
             Msg::Scanned(position) => {
                 *scanned = (*scanned).max(Some(position));
                 self.board.scanned(self.key.partition, position);
@@ -166,10 +185,17 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
         let Some(through) = through else {
             return Ok(());
         };
-        let (handle, dead) = split(&events, parked, self.key.partition);
-        match self.commit(&handle, &dead, &[], through).await {
+        // Without parked streams every event is handled: no copy of the batch.
+        let split_events;
+        let (handle, dead): (&[RecordedEvent], &[DeadLetter]) = if parked.is_empty() {
+            (&events, &[])
+        } else {
+            split_events = split(&events, parked, self.key.partition);
+            (&split_events.0, &split_events.1)
+        };
+        match self.commit(handle, dead, &[], through).await {
             Ok(()) => {
-                self.mark_parked(&dead, parked);
+                self.mark_parked(dead, parked);
                 self.committed(through, events.len());
                 Ok(())
             }

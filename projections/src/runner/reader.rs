@@ -71,8 +71,12 @@ impl<S: EventStore + 'static> Reader<S> {
             };
             let full = page.len() == PAGE;
             let last = page.last().map(|e| e.position);
+            if let Some(last) = last {
+                self.board.set_head(last);
+            }
+            // Each partition's share of the page, handed over at once.
+            let mut shares: Vec<Vec<annals::RecordedEvent>> = vec![Vec::new(); self.senders.len()];
             for event in page {
-                self.board.set_head(event.position);
                 let partition = partition_of(&event.stream_id, count);
                 let Some(index) = usize::try_from(partition).ok() else {
                     continue;
@@ -81,8 +85,19 @@ impl<S: EventStore + 'static> Reader<S> {
                 if done.is_some_and(|c| event.position <= c) || !self.filter.matches(&event) {
                     continue;
                 }
-                self.board.received(partition, event.recorded_at);
-                if !self.send(index, Msg::Event(event)).await {
+                if let Some(share) = shares.get_mut(index) {
+                    share.push(event);
+                }
+            }
+            for (index, share) in shares.into_iter().enumerate() {
+                let Some(first) = share.first() else { continue };
+                let partition = u32::try_from(index).unwrap_or(u32::MAX);
+                self.board.received(
+                    partition,
+                    u64::try_from(share.len()).unwrap_or(u64::MAX),
+                    first.recorded_at,
+                );
+                if !self.send(index, Msg::Events(share)).await {
                     return;
                 }
             }
