@@ -62,6 +62,27 @@ pub struct Line {
 }
 
 impl Line {
+    /// A line judged by its ratio to the baseline: `annals / baseline` must reach `target`
+    /// (0 for a line shown for information only).
+    pub fn new(
+        scenario: String,
+        unit: &'static str,
+        (annals, baseline): (f64, f64),
+        target: f64,
+        rounds: usize,
+    ) -> Self {
+        Line {
+            scenario,
+            unit,
+            annals,
+            baseline,
+            ratio: annals / baseline,
+            target,
+            floor: None,
+            rounds,
+        }
+    }
+
     /// A line judged by its rate alone: `annals` must reach `floor`; the ratio to the
     /// baseline is shown for information.
     pub fn with_floor(

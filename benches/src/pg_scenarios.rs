@@ -298,17 +298,8 @@ fn stream(name: String) -> anyhow::Result<StreamId> {
     Ok(StreamId::new(name)?)
 }
 
-fn line(scenario: String, (annals, baseline): (f64, f64), target: f64, rounds: usize) -> Line {
-    Line {
-        scenario,
-        unit: "events/s",
-        annals,
-        baseline,
-        ratio: annals / baseline,
-        target,
-        floor: None,
-        rounds,
-    }
+fn line(scenario: String, medians: (f64, f64), target: f64, rounds: usize) -> Line {
+    Line::new(scenario, "events/s", medians, target, rounds)
 }
 
 /// `tasks` concurrent appenders, each appending `per_task` single events to its own stream

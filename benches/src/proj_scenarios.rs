@@ -64,25 +64,6 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
     ]
 }
 
-fn line(
-    scenario: String,
-    unit: &'static str,
-    (annals, baseline): (f64, f64),
-    target: f64,
-    rounds: usize,
-) -> Line {
-    Line {
-        scenario,
-        unit,
-        annals,
-        baseline,
-        ratio: annals / baseline,
-        target,
-        floor: None,
-        rounds,
-    }
-}
-
 /// Fills `store` with `count` events from 4 tasks: appends of `per_append` events, the
 /// `k`-th append to the stream `proj-<k mod streams>`.
 async fn fill<S>(store: &S, count: u64, per_append: u64, streams: u64) -> anyhow::Result<()>
@@ -272,7 +253,7 @@ impl Scenario for SledCatchup {
             .await?;
             drop(model);
             store.close().await?;
-            Ok(line(self.name(s), "events/s", medians, 0.80, s.rounds))
+            Ok(Line::new(self.name(s), "events/s", medians, 0.80, s.rounds))
         })
     }
 }
@@ -438,7 +419,7 @@ impl Scenario for PgCatchup {
             drop(model);
             drop(store);
             drop_schema(&server, &schema).await?;
-            Ok(line(self.name(s), "events/s", medians, 0.70, s.rounds))
+            Ok(Line::new(self.name(s), "events/s", medians, 0.70, s.rounds))
         })
     }
 }

@@ -89,25 +89,6 @@ fn raw_inserts(db: &sled::Db, start: u64, count: u64, flush_every: u64) -> anyho
     raw_inserts_of(db, start, (start..start + count).map(payload), flush_every)
 }
 
-fn line(
-    scenario: String,
-    unit: &'static str,
-    (annals, baseline): (f64, f64),
-    target: f64,
-    rounds: usize,
-) -> Line {
-    Line {
-        scenario,
-        unit,
-        annals,
-        baseline,
-        ratio: annals / baseline,
-        target,
-        floor: None,
-        rounds,
-    }
-}
-
 /// 16 tasks append single events to 16 streams with `Durability::Flush`; raw sled inserts the
 /// same payloads with one flush per `flush_every` inserts. The target (0.60) is judged against
 /// 16 — the same number of flushes a perfect group commit makes when 16 callers each wait for
@@ -174,7 +155,13 @@ impl Scenario for DurableConcurrent {
             )
             .await?;
             let target = if self.flush_every == 16 { 0.60 } else { 0.0 };
-            Ok(line(self.name(s), "events/s", medians, target, s.rounds))
+            Ok(Line::new(
+                self.name(s),
+                "events/s",
+                medians,
+                target,
+                s.rounds,
+            ))
         })
     }
 }
@@ -240,7 +227,13 @@ impl Scenario for SingleAppends {
                 },
             )
             .await?;
-            Ok(line(self.name(s), "events/s", medians, target, s.rounds))
+            Ok(Line::new(
+                self.name(s),
+                "events/s",
+                medians,
+                target,
+                s.rounds,
+            ))
         })
     }
 }
@@ -308,7 +301,7 @@ impl Scenario for Load10k {
             )
             .await?;
             store.close().await?;
-            Ok(line(self.name(s), "events/s", medians, 0.50, s.rounds))
+            Ok(Line::new(self.name(s), "events/s", medians, 0.50, s.rounds))
         })
     }
 }
@@ -377,7 +370,7 @@ impl Scenario for Scale {
             .await?;
             small_store.close().await?;
             large_store.close().await?;
-            Ok(line(self.name(s), "events/s", medians, 0.80, s.rounds))
+            Ok(Line::new(self.name(s), "events/s", medians, 0.80, s.rounds))
         })
     }
 }
@@ -440,7 +433,7 @@ impl Scenario for ScaleLoad {
             .await?;
             small_store.close().await?;
             large_store.close().await?;
-            Ok(line(self.name(s), "events/s", medians, 0.80, s.rounds))
+            Ok(Line::new(self.name(s), "events/s", medians, 0.80, s.rounds))
         })
     }
 }
