@@ -93,29 +93,10 @@ fn read_pages<C: Pages>(cursor: C) -> BoxStream<'static, Result<C::Item>> {
     })
 }
 
-/// Runs `work` (blocking sled reads) where it holds no async worker:
-///
-/// - on a multi-thread runtime, in place inside [`block_in_place`](tokio::task::block_in_place):
-///   the worker's other tasks move to another thread meanwhile, and the page costs no hand-off
-///   of its own (a hand-off to the blocking pool for every page cut the rate of long reads by
-///   a third or more when measured);
-/// - on a current-thread runtime, on the blocking pool ([`spawn_blocking`](tokio::task::spawn_blocking)),
-///   so the runtime's only thread keeps running the other tasks;
-/// - outside a tokio runtime, in place.
-///
-/// Known limit, as for the writer's inline commit: a current-thread runtime that has *entered* a
-/// multi-thread runtime's handle is taken for the multi-thread runtime, and `block_in_place`
-/// then panics; read from a task of the runtime you entered in that setup.
+/// Runs `work` (blocking sled reads) where it holds no async worker (see
+/// [`off_worker`](annals::store::kit::off_worker)).
 async fn off_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return Ok(work());
-    };
-    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        return Ok(tokio::task::block_in_place(work));
-    }
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::backend("sled", e))
+    annals::store::kit::off_worker("sled", work).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -83,16 +83,9 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
             let Some(first) = first else { break };
             let mut controls = Vec::new();
             self.take(first, &mut pending, &mut scanned, &mut controls);
-            // Take what is already queued (while catching up, what arrived during the last
-            // commit); wait for more only up to `max_wait`, which is zero by default: a live
-            // event is committed as soon as nothing else is queued behind it.
-            while pending.len() < self.settings.batch_size && controls.is_empty() {
-                match rx.try_recv() {
-                    Ok(msg) => self.take(msg, &mut pending, &mut scanned, &mut controls),
-                    Err(_) => break,
-                }
-            }
             if !self.settings.max_wait.is_zero() {
+                // Wait up to `max_wait` for a batch to fill (zero by default: a live event is
+                // committed as soon as nothing else is queued behind it).
                 let deadline = tokio::time::Instant::now() + self.settings.max_wait;
                 while pending.len() < self.settings.batch_size && controls.is_empty() {
                     let next = tokio::select! {
@@ -106,27 +99,38 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                     }
                 }
             }
-            let idle_due = pending.is_empty()
+            let mut idle_due = pending.is_empty()
                 && scanned > self.checkpoint
                 && last_commit.elapsed() >= self.settings.idle_checkpoint;
-            if !pending.is_empty() || idle_due {
-                // At most `batch_size` events per commit; only the last one may move the
-                // checkpoint on to `scanned`, past everything handed over.
-                while !pending.is_empty() || idle_due {
-                    let rest = pending.split_off(pending.len().min(self.settings.batch_size));
-                    let events = std::mem::replace(&mut pending, rest);
-                    let through = if pending.is_empty() { scanned } else { None };
-                    if let Err(stop) = self.commit_events(events, through, &mut parked).await {
-                        if let Some(error) = stop {
-                            self.stop(error);
-                        }
-                        return;
-                    }
-                    if pending.is_empty() {
-                        break;
+            loop {
+                // Take what is already queued (while catching up, what arrived during the
+                // last commit), up to a full batch.
+                while pending.len() < self.settings.batch_size && controls.is_empty() {
+                    match rx.try_recv() {
+                        Ok(msg) => self.take(msg, &mut pending, &mut scanned, &mut controls),
+                        Err(_) => break,
                     }
                 }
+                if pending.is_empty() && !idle_due {
+                    break;
+                }
+                idle_due = false;
+                // A full batch, and what is left waits to be topped up by the next pages;
+                // or everything in hand, and the checkpoint moves on to `scanned`, past
+                // everything handed over.
+                let rest = pending.split_off(pending.len().min(self.settings.batch_size));
+                let events = std::mem::replace(&mut pending, rest);
+                let through = if pending.is_empty() { scanned } else { None };
+                if let Err(stop) = self.commit_events(events, through, &mut parked).await {
+                    if let Some(error) = stop {
+                        self.stop(error);
+                    }
+                    return;
+                }
                 last_commit = Instant::now();
+                if pending.is_empty() || self.cancel.is_cancelled() {
+                    break;
+                }
             }
             for (stream, what, reply) in controls {
                 let answer = self.control(&stream, what, &mut parked).await;

@@ -10,16 +10,20 @@
 //!   what it must write;
 //! - [`instrument_append`] and [`instrument_read`]: the `tracing` spans every store gives its
 //!   appends and reads, with the same names and fields everywhere (`store`, `stream`, `from`,
-//!   `count`, `version`, `position`, `duration_us`).
+//!   `count`, `version`, `position`, `duration_us`);
+//! - [`off_worker`]: blocking calls of a synchronous engine run without holding an async
+//!   worker.
 //!
 //! Nothing here is needed to *use* a store.
 
+mod blocking;
 mod idempotency;
 mod paged;
 mod restore;
 mod span;
 
 pub use super::notify::CommitNotifier;
+pub use blocking::off_worker;
 pub use idempotency::{resolve_retry, StoredEventRef};
 pub use paged::{paged, paged_ahead, Page};
 pub use restore::{plan_restore, RestorePlan, StreamHead};

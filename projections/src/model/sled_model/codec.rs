@@ -95,12 +95,13 @@ pub(super) fn projection_of(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(&key[..end]).ok()
 }
 
-/// One write of a batch record: set `key` of the sled tree `tree` to `value`, or remove it.
+/// The writes of a batch record to one sled tree: set each key to its value, or remove it
+/// (`None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Op {
+pub(super) struct Group {
+    /// The sled tree's full name.
     pub(super) tree: String,
-    pub(super) key: Vec<u8>,
-    pub(super) value: Option<Vec<u8>>,
+    pub(super) writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), String> {
@@ -109,54 +110,69 @@ fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// A batch record's body: the op count, then each op as
-/// `[0 set | 1 remove][tree len][tree][key len][key]([value len][value])`, lengths u32 BE.
-pub(super) fn encode_ops(ops: &[Op]) -> Result<Vec<u8>, String> {
-    let size: usize = ops
+/// A batch record's body: the group count, then each group as `[tree len][tree][write
+/// count]` and its writes, each `[0 set | 1 remove][key len][key]([value len][value])`;
+/// lengths and counts u32 BE.
+pub(super) fn encode_groups(groups: &[Group]) -> Result<Vec<u8>, String> {
+    let size: usize = groups
         .iter()
-        .map(|op| 13 + op.tree.len() + op.key.len() + op.value.as_ref().map_or(0, Vec::len))
+        .map(|g| {
+            8 + g.tree.len()
+                + g.writes
+                    .iter()
+                    .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()
+        })
         .sum();
     let mut out = Vec::with_capacity(4 + size);
-    put_len(&mut out, ops.len())?;
-    for op in ops {
-        out.push(u8::from(op.value.is_none()));
-        put_len(&mut out, op.tree.len())?;
-        out.extend_from_slice(op.tree.as_bytes());
-        put_len(&mut out, op.key.len())?;
-        out.extend_from_slice(&op.key);
-        if let Some(value) = &op.value {
-            put_len(&mut out, value.len())?;
-            out.extend_from_slice(value);
+    put_len(&mut out, groups.len())?;
+    for group in groups {
+        put_len(&mut out, group.tree.len())?;
+        out.extend_from_slice(group.tree.as_bytes());
+        put_len(&mut out, group.writes.len())?;
+        for (key, value) in &group.writes {
+            out.push(u8::from(value.is_none()));
+            put_len(&mut out, key.len())?;
+            out.extend_from_slice(key);
+            if let Some(value) = value {
+                put_len(&mut out, value.len())?;
+                out.extend_from_slice(value);
+            }
         }
     }
     Ok(out)
 }
 
-/// Reads what [`encode_ops`] wrote.
-pub(super) fn decode_ops(body: &[u8]) -> Result<Vec<Op>, String> {
+/// Reads what [`encode_groups`] wrote.
+pub(super) fn decode_groups(body: &[u8]) -> Result<Vec<Group>, String> {
     let mut reader = Reader(body);
     let count = reader.len()?;
-    let mut ops = Vec::with_capacity(count.min(body.len()));
+    let mut groups = Vec::with_capacity(count.min(body.len()));
     for _ in 0..count {
-        let remove = match reader.take(1)? {
-            [0] => false,
-            [1] => true,
-            other => return Err(format!("unknown op {other:?}")),
-        };
         let tree = reader.part()?;
         let tree = String::from_utf8(tree.to_vec()).map_err(|_| "a tree name is not UTF-8")?;
-        let key = reader.part()?.to_vec();
-        let value = if remove {
-            None
-        } else {
-            Some(reader.part()?.to_vec())
-        };
-        ops.push(Op { tree, key, value });
+        let writes_count = reader.len()?;
+        let mut writes = Vec::with_capacity(writes_count.min(reader.0.len()));
+        for _ in 0..writes_count {
+            let remove = match reader.take(1)? {
+                [0] => false,
+                [1] => true,
+                other => return Err(format!("unknown write {other:?}")),
+            };
+            let key = reader.part()?.to_vec();
+            let value = if remove {
+                None
+            } else {
+                Some(reader.part()?.to_vec())
+            };
+            writes.push((key, value));
+        }
+        groups.push(Group { tree, writes });
     }
     if !reader.0.is_empty() {
-        return Err(format!("{} bytes after the last op", reader.0.len()));
+        return Err(format!("{} bytes after the last write", reader.0.len()));
     }
-    Ok(ops)
+    Ok(groups)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -259,21 +275,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ops_round_trip_and_damage_is_caught() {
-        let ops = vec![
-            Op {
+    fn records_round_trip_and_damage_is_caught() {
+        let groups = vec![
+            Group {
                 tree: "projections/data/t".to_owned(),
-                key: b"k".to_vec(),
-                value: Some(b"v".to_vec()),
+                writes: vec![
+                    (b"k".to_vec(), Some(b"v".to_vec())),
+                    (b"gone".to_vec(), None),
+                ],
             },
-            Op {
+            Group {
                 tree: "projections/checkpoints".to_owned(),
-                key: vec![0, 1],
-                value: None,
+                writes: vec![(vec![0, 1], None)],
             },
         ];
-        let body = encode_ops(&ops).unwrap();
-        assert_eq!(decode_ops(&body).unwrap(), ops);
+        let body = encode_groups(&groups).unwrap();
+        assert_eq!(decode_groups(&body).unwrap(), groups);
         let value = seal(b"key", &body);
         assert!(matches!(open(b"key", &value), Ok(Opened::Body(b)) if b == body));
         assert!(open(b"other key", &value).is_err());
@@ -288,7 +305,7 @@ mod tests {
         let mut newer = value.clone();
         newer[..4].copy_from_slice(&(FORMAT + 1).to_be_bytes());
         assert!(matches!(open(b"key", &newer), Ok(Opened::Newer(v)) if v == FORMAT + 1));
-        assert!(decode_ops(&body[..body.len() - 1]).is_err());
+        assert!(decode_groups(&body[..body.len() - 1]).is_err());
     }
 
     #[test]

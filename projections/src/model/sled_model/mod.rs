@@ -72,19 +72,25 @@
 //! The model's own values carry a format version and a CRC-32 (see `codec.rs`).
 
 mod codec;
+mod errors;
+mod inner;
+mod tx;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use annals::{Error, EventId, Lease, Leases, Position, RecordPlace};
+use annals::{Error, Leases, Position};
 use annals_sled::SledEventStore;
-use dashmap::DashMap;
 use futures::FutureExt;
 
-use self::codec::{Op, Opened};
+use self::codec::Opened;
+use self::errors::{damaged, guarded, newer, sled_error};
+use self::inner::{Inner, Work};
+use self::tx::check_tree_name;
+pub use self::tx::SledTx;
 use super::{Batch, CommitError, DeadLetter, PartitionKey, ReadModel};
 use crate::{Projection, ProjectionError, ProjectionName, Result};
 
@@ -177,169 +183,6 @@ impl std::fmt::Debug for SledModel {
             .field("trees", &self.inner.trees.len())
             .finish_non_exhaustive()
     }
-}
-
-struct Inner {
-    store: SledEventStore,
-    journal: sled::Tree,
-    checkpoints: sled::Tree,
-    dead: sled::Tree,
-    /// Every tree the model has opened, by its sled name.
-    trees: DashMap<String, sled::Tree>,
-    /// One commit at a time: records are written and applied in one order.
-    commit: Mutex<()>,
-    /// A committed batch's record could not be applied: apply the journal again before anything
-    /// else.
-    unapplied: AtomicBool,
-    /// The order number of the next dead letter.
-    next_letter: AtomicU64,
-    /// Something was committed since the last flush.
-    dirty: AtomicBool,
-    /// Held while the model is open: one model per store.
-    _lease: Lease,
-}
-
-/// The writes of one batch into a [`SledModel`]: sets and removes on the projection's named
-/// trees, committed with the batch's checkpoint or not at all. Reads see the batch's own writes
-/// first, then what is committed.
-///
-/// Tree names are 1 to 200 bytes of UTF-8 without control characters; each is a tree of the
-/// model (the sled tree `projections/data/<name>`), shared by the projections writing to it.
-pub struct SledTx {
-    model: SledModel,
-    writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-}
-
-impl std::fmt::Debug for SledTx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledTx")
-            .field(
-                "writes",
-                &self.writes.values().map(BTreeMap::len).sum::<usize>(),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl SledTx {
-    /// The value of `key` in the tree `tree`, with this batch's writes applied.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Configuration`] for an invalid tree name; sled's failure.
-    pub fn get(&self, tree: &str, key: impl AsRef<[u8]>) -> annals::Result<Option<Vec<u8>>> {
-        let key = key.as_ref();
-        if let Some(written) = self.writes.get(tree).and_then(|w| w.get(key)) {
-            return Ok(written.clone());
-        }
-        self.model.inner.read(tree, key)
-    }
-
-    /// Sets `key` of the tree `tree` to `value`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Configuration`] for an invalid tree name.
-    pub fn insert(
-        &mut self,
-        tree: &str,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) -> annals::Result<()> {
-        self.write(tree, key.into(), Some(value.into()))
-    }
-
-    /// Removes `key` from the tree `tree`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Configuration`] for an invalid tree name.
-    pub fn remove(&mut self, tree: &str, key: impl Into<Vec<u8>>) -> annals::Result<()> {
-        self.write(tree, key.into(), None)
-    }
-
-    fn write(&mut self, tree: &str, key: Vec<u8>, value: Option<Vec<u8>>) -> annals::Result<()> {
-        check_tree_name(tree)?;
-        self.writes
-            .entry(tree.to_owned())
-            .or_default()
-            .insert(key, value);
-        Ok(())
-    }
-}
-
-fn check_tree_name(name: &str) -> annals::Result<()> {
-    let reason = if name.is_empty() {
-        "empty"
-    } else if name.len() > 200 {
-        "longer than 200 bytes"
-    } else if name.chars().any(char::is_control) {
-        "holds a control character"
-    } else {
-        return Ok(());
-    };
-    Err(Error::configuration(
-        "tree",
-        format!("the read-model tree name {name:?} is {reason}"),
-    ))
-}
-
-/// What sled's failures are as Annals errors: its corruption and "unsupported" (what it says of
-/// files it cannot read) are damage.
-fn sled_error(error: sled::Error) -> Error {
-    match error {
-        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => Error::corrupt(
-            RecordPlace::new(),
-            format!("sled's files are damaged: {error}"),
-        ),
-        other => Error::backend("sled", other),
-    }
-}
-
-/// Runs sled work, a panic of sled's (it panics on some damaged files) being damage.
-fn guarded<T>(work: impl FnOnce() -> annals::Result<T>) -> annals::Result<T> {
-    std::panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(Error::corrupt(
-            RecordPlace::new(),
-            format!("sled's files are damaged: sled panicked: {message}"),
-        ))
-    })
-}
-
-/// A damaged value of the model's own.
-fn damaged(what: &str, key: &[u8], reason: &str) -> Error {
-    let projection = codec::projection_of(key).unwrap_or("?");
-    Error::corrupt(
-        RecordPlace::new(),
-        format!("read model (sled): {what} of projection `{projection}` is damaged: {reason}"),
-    )
-}
-
-/// The error of a value in a newer format.
-fn newer(what: &'static str, key: &[u8], found: u32) -> ProjectionError {
-    match codec::projection_of(key).map(ProjectionName::new) {
-        Some(Ok(projection)) => ProjectionError::NewerFormat {
-            projection,
-            what,
-            found,
-            supported: codec::FORMAT,
-        },
-        _ => ProjectionError::Store(damaged(what, key, "unreadable key")),
-    }
-}
-
-/// Everything a commit writes besides running the handler.
-struct Work {
-    key: PartitionKey,
-    writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-    add: Vec<DeadLetter>,
-    release: Vec<EventId>,
-    checkpoint: Position,
 }
 
 /// Opens a [`SledModel`] with settings other than the defaults.
@@ -487,229 +330,6 @@ async fn flusher(model: Weak<Inner>, every: Duration) {
     }
 }
 
-impl Inner {
-    fn open(store: SledEventStore, lease: Lease) -> Result<Inner> {
-        let tree = |name: &str| guarded(|| store.open_tree(name));
-        let journal = tree(JOURNAL)?;
-        let checkpoints = tree(CHECKPOINTS)?;
-        let dead = tree(DEAD_LETTERS)?;
-        let trees = DashMap::new();
-        trees.insert(JOURNAL.to_owned(), journal.clone());
-        trees.insert(CHECKPOINTS.to_owned(), checkpoints.clone());
-        trees.insert(DEAD_LETTERS.to_owned(), dead.clone());
-        let inner = Inner {
-            store,
-            journal,
-            checkpoints,
-            dead,
-            trees,
-            commit: Mutex::new(()),
-            unapplied: AtomicBool::new(false),
-            next_letter: AtomicU64::new(0),
-            dirty: AtomicBool::new(false),
-            _lease: lease,
-        };
-        let redone = inner.redo()?;
-        if redone > 0 {
-            tracing::info!(
-                records = redone,
-                "read model (sled): applied the batches a crash left unapplied"
-            );
-        }
-        // Dead letters keep the order they were set aside in.
-        let mut last = 0;
-        for entry in inner.dead.iter() {
-            let (key, value) = guarded(|| entry.map_err(sled_error))?;
-            if let Ok(Opened::Body(body)) = codec::open(&key, &value) {
-                if let Ok((seq, _)) = codec::decode_letter(body) {
-                    last = last.max(seq);
-                }
-            }
-        }
-        inner.next_letter.store(last + 1, Ordering::Release);
-        Ok(inner)
-    }
-
-    /// The tree named `name` (a full sled name), opened once.
-    fn tree(&self, name: &str) -> annals::Result<sled::Tree> {
-        if let Some(tree) = self.trees.get(name) {
-            return Ok(tree.clone());
-        }
-        let tree = guarded(|| self.store.open_tree(name))?;
-        self.trees.insert(name.to_owned(), tree.clone());
-        Ok(tree)
-    }
-
-    /// The committed value of `key` in the projection's tree `tree`.
-    fn read(&self, tree: &str, key: &[u8]) -> annals::Result<Option<Vec<u8>>> {
-        check_tree_name(tree)?;
-        let tree = self.tree(&format!("{DATA}{tree}"))?;
-        guarded(|| {
-            tree.get(key)
-                .map(|v| v.map(|v| v.to_vec()))
-                .map_err(sled_error)
-        })
-    }
-
-    /// Applies every record of the journal, in key order, and removes it. Returns how many.
-    fn redo(&self) -> Result<usize> {
-        let mut redone = 0;
-        for entry in self.journal.iter() {
-            let (key, value) = guarded(|| entry.map_err(sled_error))?;
-            let body = match codec::open(&key, &value) {
-                Ok(Opened::Body(body)) => body,
-                Ok(Opened::Newer(found)) => return Err(newer("a batch record", &key, found)),
-                Err(reason) => return Err(damaged("a batch record", &key, &reason).into()),
-            };
-            let ops = codec::decode_ops(body)
-                .map_err(|reason| damaged("a batch record", &key, &reason))?;
-            guarded(|| {
-                self.apply(&ops)?;
-                self.journal.remove(&key).map(drop).map_err(sled_error)
-            })?;
-            redone += 1;
-        }
-        Ok(redone)
-    }
-
-    /// Applies a record left unapplied by a failure in this process, if there is one.
-    fn settle(&self) -> Result<()> {
-        if !self.unapplied.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let _one = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
-        self.settle_locked()
-    }
-
-    fn settle_locked(&self) -> Result<()> {
-        if self.unapplied.load(Ordering::Acquire) {
-            self.redo()?;
-            self.unapplied.store(false, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    fn apply(&self, ops: &[Op]) -> annals::Result<()> {
-        for op in ops {
-            let tree = self.tree(&op.tree)?;
-            match &op.value {
-                Some(value) => tree.insert(op.key.as_slice(), value.as_slice()),
-                None => tree.remove(op.key.as_slice()),
-            }
-            .map_err(sled_error)?;
-        }
-        Ok(())
-    }
-
-    /// The final values a batch writes: the handler's, the dead letters' and the checkpoint.
-    fn plan(&self, work: Work) -> annals::Result<Vec<Op>> {
-        let projection = work.key.projection.as_str();
-        let mut ops = Vec::new();
-        for (tree, writes) in work.writes {
-            let tree = format!("{DATA}{tree}");
-            for (key, value) in writes {
-                ops.push(Op {
-                    tree: tree.clone(),
-                    key,
-                    value,
-                });
-            }
-        }
-        for id in &work.release {
-            ops.push(Op {
-                tree: DEAD_LETTERS.to_owned(),
-                key: codec::letter_key(projection, *id),
-                value: None,
-            });
-        }
-        for letter in work.add {
-            let key = codec::letter_key(projection, letter.event.id);
-            // Set aside again (not released by this batch): keeps its place, takes the new
-            // kind and reason.
-            let stored = if work.release.contains(&letter.event.id) {
-                None
-            } else {
-                self.dead.get(&key).map_err(sled_error)?
-            };
-            let previous = stored.and_then(|value| match codec::open(&key, &value) {
-                Ok(Opened::Body(body)) => codec::decode_letter(body).ok(),
-                _ => None,
-            });
-            let (seq, letter) = match previous {
-                Some((seq, old)) => (
-                    seq,
-                    DeadLetter {
-                        kind: letter.kind,
-                        reason: letter.reason,
-                        ..old
-                    },
-                ),
-                None => (self.next_letter.fetch_add(1, Ordering::AcqRel), letter),
-            };
-            let body = codec::letter_body(seq, &letter)
-                .map_err(|reason| Error::backend("projections", reason))?;
-            ops.push(Op {
-                tree: DEAD_LETTERS.to_owned(),
-                value: Some(codec::seal(&key, &body)),
-                key,
-            });
-        }
-        let key = codec::partition_key(&work.key);
-        ops.push(Op {
-            tree: CHECKPOINTS.to_owned(),
-            value: Some(codec::seal(&key, &codec::checkpoint_body(work.checkpoint))),
-            key,
-        });
-        Ok(ops)
-    }
-
-    /// Writes a batch: its record (the commit point), then its values, then removes the record.
-    /// `Err` means nothing of it was written.
-    fn write(&self, work: Work) -> annals::Result<()> {
-        let _one = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
-        self.settle_locked().map_err(|e| match e {
-            ProjectionError::Store(e) => e,
-            other => Error::backend("projections", other),
-        })?;
-        let key = codec::partition_key(&work.key);
-        let ops = guarded(|| self.plan(work))?;
-        let body = codec::encode_ops(&ops).map_err(|e| Error::backend("projections", e))?;
-        let record = codec::seal(&key, &body);
-        if let Err(error) = guarded(|| {
-            self.journal
-                .insert(key.as_slice(), record.as_slice())
-                .map(drop)
-                .map_err(sled_error)
-        }) {
-            // Committed only if the record is there after all.
-            let there = guarded(|| self.journal.get(&key).map_err(sled_error));
-            match there {
-                Ok(Some(found)) if found == record.as_slice() => {}
-                Ok(_) => return Err(error),
-                Err(_) => {
-                    self.unapplied.store(true, Ordering::Release);
-                    return Err(error);
-                }
-            }
-        }
-        // Committed: the record is in the journal.
-        self.dirty.store(true, Ordering::Release);
-        let applied = guarded(|| {
-            self.apply(&ops)?;
-            self.journal.remove(&key).map(drop).map_err(sled_error)
-        });
-        if let Err(error) = applied {
-            tracing::error!(
-                %error,
-                "read model (sled): applying a committed batch failed; it is applied again \
-                 before the next batch, read or open"
-            );
-            self.unapplied.store(true, Ordering::Release);
-        }
-        Ok(())
-    }
-}
-
 impl ReadModel for SledModel {
     type Tx = SledTx;
 
@@ -740,10 +360,7 @@ impl ReadModel for SledModel {
             ProjectionError::Store(e) => CommitError::Backend(e),
             other => CommitError::Backend(Error::backend("projections", other)),
         })?;
-        let mut tx = SledTx {
-            model: self.clone(),
-            writes: BTreeMap::new(),
-        };
+        let mut tx = SledTx::new(self.clone());
         if !batch.handle.is_empty() {
             // A panicking handler is a failed handler; its writes were only buffered.
             let handled = AssertUnwindSafe(projection.handle(&mut tx, batch.handle))
@@ -759,15 +376,15 @@ impl ReadModel for SledModel {
         }
         let work = Work {
             key: batch.key.clone(),
-            writes: tx.writes,
+            trees: tx.trees,
             add: batch.dead_letters.to_vec(),
             release: batch.release.to_vec(),
             checkpoint: batch.checkpoint,
         };
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.write(work))
+        annals::store::kit::off_worker("sled", move || inner.write(work))
             .await
-            .map_err(|e| CommitError::Backend(Error::backend("sled", e)))?
+            .map_err(CommitError::Backend)?
             .map_err(CommitError::Backend)?;
         Ok(())
     }
