@@ -409,3 +409,45 @@ async fn bad_settings_and_names_are_clear_errors_and_a_filter_matching_nothing_s
     assert!(model.is_empty());
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_projection_moves_its_checkpoints_past_events_it_never_received() {
+    let store = InMemoryStore::new();
+    fill(&store, "other", 20, 60, 20).await;
+    fill(&store, "rare", 3, 5, 5).await;
+    // More than a page of events after the last one the filter keeps.
+    let head = fill(&store, "more", 20, 60, 20).await;
+    let expected = fold(&store, Some("rare")).await;
+    assert_eq!(expected.len(), 3);
+    let model = MemoryModel::new();
+    let rare = || {
+        let mut tallies = Tallies::new("rare");
+        tallies.category = Some("rare".into());
+        tallies
+    };
+    let running = ProjectionRunner::new(store.clone(), model.clone(), rare())
+        .partitions(4)
+        .start()
+        .await
+        .unwrap();
+    guard("catching up", running.caught_up_to(head))
+        .await
+        .unwrap();
+    assert_eq!(model.to_map(), expected);
+    running.shutdown().await.unwrap();
+    // Every partition's checkpoint is at the head, though none received its last event.
+    let again = rare();
+    let calls = again.calls.clone();
+    let running = ProjectionRunner::new(store.clone(), model.clone(), again)
+        .partitions(4)
+        .start()
+        .await
+        .unwrap();
+    let status = running.status();
+    assert_eq!(status.checkpoint, Some(head), "{status:?}");
+    assert!(status.partitions.iter().all(|p| p.checkpoint == Some(head)));
+    guard("resuming", running.caught_up_to(head)).await.unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(model.to_map(), expected);
+    running.shutdown().await.unwrap();
+}

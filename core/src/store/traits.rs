@@ -54,7 +54,10 @@ pub trait EventStore: Send + Sync {
     /// The current version of `stream` ([`Version::EMPTY`] when it has no events).
     fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<Version>> + Send;
 
-    /// The position of the last event a reader of the global log can see, if any.
+    /// The position of the last event a reader of the global log can see, if any. A
+    /// [`read_all`](Self::read_all) started after this returned sees every event up to it
+    /// (the global order never skips), so a filtered reader that got fewer events than it
+    /// asked for has scanned at least this far.
     fn last_position(&self) -> impl Future<Output = Result<Option<Position>>> + Send;
 
     /// Every stream with its version and last write, in stream id order.

@@ -44,15 +44,23 @@ impl<S: EventStore + 'static> Reader<S> {
             }
             // Marked before reading: a commit landing during the read still wakes us.
             watch.mark_seen();
-            let page: Vec<_> = match self
-                .store
-                .read_all(ReadAll::from(next).limit(PAGE))
-                .try_collect()
-                .await
-            {
-                Ok(page) => {
+            // The filter goes to the store (which skips what it can without decoding); the
+            // head, asked for first, says how far a short page scanned: a read that starts
+            // after the head was visible sees every event up to it (the stores' global order
+            // never skips), so the checkpoints move past events the filter never returned.
+            let read = async {
+                let head = self.store.last_position().await?;
+                let page: Vec<_> = self
+                    .store
+                    .read_all(ReadAll::from(next).limit(PAGE).filter(self.filter.clone()))
+                    .try_collect()
+                    .await?;
+                Ok::<_, annals::Error>((head, page))
+            };
+            let (head, page) = match read.await {
+                Ok(read) => {
                     failures = 0;
-                    page
+                    read
                 }
                 Err(error) => {
                     // The store is unavailable: never move on past what was not read.
@@ -70,9 +78,12 @@ impl<S: EventStore + 'static> Reader<S> {
                 }
             };
             let full = page.len() == PAGE;
-            let last = page.last().map(|e| e.position);
-            if let Some(last) = last {
-                self.board.set_head(last);
+            let last_read = page.last().map(|e| e.position);
+            // A full page scanned up to its last event; a short one up to the head too.
+            let scanned = if full { last_read } else { last_read.max(head) }
+                .filter(|scanned| *scanned >= next);
+            if let Some(head) = head.max(last_read) {
+                self.board.set_head(head);
             }
             // Each partition's share of the page, handed over at once.
             let mut shares: Vec<Vec<annals::RecordedEvent>> = vec![Vec::new(); self.senders.len()];
@@ -101,10 +112,10 @@ impl<S: EventStore + 'static> Reader<S> {
                     return;
                 }
             }
-            if let Some(last) = last {
-                next = last.next();
+            if let Some(scanned) = scanned {
+                next = scanned.next();
                 for index in 0..self.senders.len() {
-                    if !self.send(index, Msg::Scanned(last)).await {
+                    if !self.send(index, Msg::Scanned(scanned)).await {
                         return;
                     }
                 }
