@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod copy_scenarios;
 pub mod payload;
 pub mod pg_scenarios;
+pub mod proj_lag;
 pub mod proj_scenarios;
 pub mod repo_scenarios;
 pub mod sled_scenarios;

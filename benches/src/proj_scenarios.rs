@@ -12,12 +12,7 @@
 //!   row update in one transaction per page. The runner reads the next page while a batch
 //!   commits (reader and partition are separate tasks); the raw loop does not, which is why
 //!   this ratio can exceed 1.
-//! - `proj.live.lag.*`: appends paced at 1,000 events/s while the projection is live (the
-//!   runner's defaults); per event, the time from the append's answer to the moment
-//!   [`RunningProjection::caught_up_to`] of its position returns; the p99 against a budget
-//!   (2 ms for sled, 20 ms for PostgreSQL with the worker in the appending process). The line
-//!   `proj.live.lag.sled.max_wait_0ms` is information: the same with `max_wait(0)`, to show how
-//!   much of the lag is the runner's default 5 ms wait for a batch to fill.
+//! - `proj.live.lag.*`: see [`proj_lag`](crate::proj_lag).
 //! - `proj.memory`: the peak resident set of a child process catching up a filled store into a
 //!   [`SledModel`], against 256 MiB.
 
@@ -25,13 +20,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use annals::{BoxError, EventStore, ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId};
 use annals_projections::{
-    PgModel, PgTx, Projection, ProjectionName, ProjectionRunner, ReadModel, RunningProjection,
-    SledModel, SledTx,
+    PgModel, PgTx, Projection, ProjectionName, ProjectionRunner, ReadModel, SledModel, SledTx,
 };
 use annals_sled::{Durability, SledEventStore};
 use anyhow::Context as _;
@@ -40,7 +33,7 @@ use futures::TryStreamExt;
 use crate::payload::batch;
 use crate::pg_scenarios::{drop_schema, fresh_store, raw_client, server};
 use crate::sled_scenarios::open_store;
-use crate::{alternate, median, rate, Line, Scenario, Settings};
+use crate::{alternate, rate, Line, Scenario, Settings};
 
 type Run<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Line>> + Send + 'a>>;
 
@@ -55,11 +48,9 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
         Box::new(SledCatchup),
         Box::new(PgCatchup),
-        Box::new(LiveLagSled { max_wait: None }),
-        Box::new(LiveLagSled {
-            max_wait: Some(Duration::ZERO),
-        }),
-        Box::new(LiveLagPg),
+        Box::new(crate::proj_lag::LiveLagSled),
+        Box::new(crate::proj_lag::LiveLagPg),
+        Box::new(crate::proj_lag::LiveLagPgProcess),
         Box::new(Memory),
     ]
 }
@@ -102,9 +93,9 @@ async fn fill_sled(store: &SledEventStore, count: u64) -> anyhow::Result<()> {
 }
 
 /// The per-stream counter of the sled side: a big-endian `u64` per stream id in `tree`.
-struct SledCounts {
-    name: ProjectionName,
-    tree: String,
+pub(crate) struct SledCounts {
+    pub(crate) name: ProjectionName,
+    pub(crate) tree: String,
 }
 
 impl Projection<SledModel> for SledCounts {
@@ -265,13 +256,13 @@ impl Scenario for SledCatchup {
 
 /// The per-stream counter of the PostgreSQL side: one multi-row upsert per batch into
 /// `table` (schema-qualified), the batch's counts summed per stream.
-struct PgCounts {
-    name: ProjectionName,
-    upsert: String,
+pub(crate) struct PgCounts {
+    pub(crate) name: ProjectionName,
+    pub(crate) upsert: String,
 }
 
 /// The upsert of both PostgreSQL sides.
-fn upsert_sql(table: &str) -> String {
+pub(crate) fn upsert_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (stream, n) SELECT * FROM unnest($1::text[], $2::bigint[]) \
          ON CONFLICT (stream) DO UPDATE SET n = {table}.n + EXCLUDED.n"
@@ -279,7 +270,7 @@ fn upsert_sql(table: &str) -> String {
 }
 
 /// A batch's counts per stream, as the upsert's two arrays.
-fn sums(events: &[RecordedEvent]) -> anyhow::Result<(Vec<&str>, Vec<i64>)> {
+pub(crate) fn sums(events: &[RecordedEvent]) -> anyhow::Result<(Vec<&str>, Vec<i64>)> {
     let mut order: Vec<&str> = Vec::new();
     let mut counts: HashMap<&str, i64> = HashMap::new();
     for e in events {
@@ -425,198 +416,6 @@ impl Scenario for PgCatchup {
             drop(store);
             drop_schema(&server, &schema).await?;
             Ok(Line::new(self.name(s), "events/s", medians, 0.70, s.rounds))
-        })
-    }
-}
-
-/// Appends single events at a steady 1,000 per second for `secs` seconds (a task per append,
-/// paced by `tokio::time::interval`, 100 streams) while `running` follows the log live; per
-/// event, the time from the append's answer to the return of `caught_up_to` of its position,
-/// in that order (a late return only lengthens the figure). Returns the p99 in ms.
-async fn lag_round<S, M>(
-    store: &S,
-    running: &Arc<RunningProjection<M>>,
-    round: usize,
-    secs: u64,
-) -> anyhow::Result<f64>
-where
-    S: EventStore + Clone + 'static,
-    M: ReadModel,
-{
-    let events = secs * 1_000;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Position, Instant)>();
-    let waiter = {
-        let running = running.clone();
-        tokio::spawn(async move {
-            let mut lags = Vec::new();
-            while let Some((position, acked)) = rx.recv().await {
-                running.caught_up_to(position).await?;
-                lags.push(acked.elapsed().as_secs_f64() * 1000.0);
-            }
-            anyhow::Ok(lags)
-        })
-    };
-    let mut ticks = tokio::time::interval(Duration::from_millis(1));
-    let mut appends = Vec::new();
-    for i in 0..events {
-        ticks.tick().await;
-        let store = store.clone();
-        let tx = tx.clone();
-        let base = 100_000_000 + u64::try_from(round)? * events;
-        appends.push(tokio::spawn(async move {
-            let id = StreamId::new(format!("live-{}", i % 100))?;
-            let done = store
-                .append(&id, ExpectedVersion::Any, batch(base + i, 1))
-                .await?;
-            let acked = Instant::now();
-            tx.send((done.last_position, acked))
-                .map_err(|_| anyhow::anyhow!("the waiter ended"))?;
-            anyhow::Ok(())
-        }));
-    }
-    drop(tx);
-    for a in appends {
-        a.await??;
-    }
-    let mut lags = waiter.await??;
-    anyhow::ensure!(
-        lags.len() == usize::try_from(events)?,
-        "measured {} of {events} events",
-        lags.len()
-    );
-    lags.sort_by(f64::total_cmp);
-    let at = (lags.len() * 99).div_ceil(100).saturating_sub(1);
-    lags.get(at).copied().context("no lag measured")
-}
-
-/// Runs `s.rounds` lag rounds on a live projection (started, and caught up to one first
-/// event, before the first round) and returns the median p99 in ms. `max_wait` overrides the
-/// runner's default (5 ms) when given.
-async fn lag_rounds<S, M, P>(
-    s: &Settings,
-    store: S,
-    model: M,
-    projection: P,
-    max_wait: Option<Duration>,
-) -> anyhow::Result<f64>
-where
-    S: EventStore + Clone + 'static,
-    M: ReadModel + Clone,
-    P: Projection<M>,
-{
-    let secs: u64 = s.pick(1, 3);
-    let mut runner = ProjectionRunner::new(store.clone(), model, projection);
-    if let Some(wait) = max_wait {
-        runner = runner.max_wait(wait);
-    }
-    let running = Arc::new(runner.start().await?);
-    let first = store
-        .append(
-            &StreamId::new("live-warmup")?,
-            ExpectedVersion::Any,
-            batch(0, 1),
-        )
-        .await?;
-    running.caught_up_to(first.last_position).await?;
-    let mut p99s = Vec::new();
-    for round in 0..s.rounds {
-        p99s.push(lag_round(&store, &running, round, secs).await?);
-    }
-    let running = Arc::try_unwrap(running)
-        .map_err(|_| anyhow::anyhow!("the running projection is still shared"))?;
-    running.shutdown().await?;
-    Ok(median(&mut p99s))
-}
-
-fn lag_line(scenario: String, p99: f64, budget: f64, rounds: usize) -> Line {
-    Line {
-        scenario,
-        unit: "ms p99",
-        annals: p99,
-        baseline: budget,
-        ratio: budget / p99,
-        target: 1.0,
-        floor: None,
-        rounds,
-    }
-}
-
-/// Live lag into a [`SledModel`] (Buffered store), against the 2 ms budget: with the runner's
-/// defaults (judged), and for information with `max_wait(0)` (a batch is committed as soon as
-/// the partition has no further event queued), which shows how much of the lag is the default
-/// 5 ms batching wait.
-#[derive(Debug)]
-struct LiveLagSled {
-    max_wait: Option<Duration>,
-}
-
-impl Scenario for LiveLagSled {
-    fn name(&self, s: &Settings) -> String {
-        let base = match self.max_wait {
-            None => "proj.live.lag.sled".to_owned(),
-            Some(wait) => format!("proj.live.lag.sled.max_wait_{}ms", wait.as_millis()),
-        };
-        s.pick(format!("{base}.1s (quick)"), format!("{base}.3s"))
-    }
-
-    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
-        Box::pin(async move {
-            let dir = tempfile::tempdir()?;
-            let store = open_store(dir.path(), Durability::Buffered).await?;
-            let model = SledModel::open(&store).await?;
-            let projection = SledCounts {
-                name: ProjectionName::new("lag")?,
-                tree: "lag".into(),
-            };
-            let p99 =
-                lag_rounds(s, store.clone(), model.clone(), projection, self.max_wait).await?;
-            drop(model);
-            store.close().await?;
-            let mut line = lag_line(self.name(s), p99, 2.0, s.rounds);
-            if self.max_wait.is_some() {
-                // Information: the judged line runs with the runner's defaults.
-                line.target = 0.0;
-            }
-            Ok(line)
-        })
-    }
-}
-
-/// Live lag into a [`PgModel`], the worker in the appending process, against 20 ms.
-#[derive(Debug)]
-struct LiveLagPg;
-
-impl Scenario for LiveLagPg {
-    fn name(&self, s: &Settings) -> String {
-        s.pick(
-            "proj.live.lag.pg.inprocess.1s (quick)",
-            "proj.live.lag.pg.inprocess.3s",
-        )
-        .into()
-    }
-
-    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
-        Box::pin(async move {
-            let server = server()?;
-            let store = fresh_store(&server, 8).await?;
-            let schema = store.schema().to_owned();
-            let model = PgModel::new(&store);
-            model.init().await?;
-            let table = format!("\"{schema}\".lag_counts");
-            raw_client(&server)
-                .await?
-                .batch_execute(&format!(
-                    "CREATE TABLE {table} (stream text PRIMARY KEY, n bigint NOT NULL)"
-                ))
-                .await?;
-            let projection = PgCounts {
-                name: ProjectionName::new("lag")?,
-                upsert: upsert_sql(&table),
-            };
-            let p99 = lag_rounds(s, store.clone(), model, projection, None).await?;
-            drop(store);
-            drop_schema(&server, &schema).await?;
-            Ok(lag_line(self.name(s), p99, 20.0, s.rounds))
         })
     }
 }

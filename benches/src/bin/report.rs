@@ -43,6 +43,20 @@ fn main() -> anyhow::Result<()> {
                 println!("VMHWM_KIB {kib}");
                 return Ok(());
             }
+            "--proj-lag-child" => {
+                // Internal: the worker process of `proj.live.lag.pg.process`.
+                let mut arg = || args.next().ok_or_else(|| anyhow::anyhow!(USAGE));
+                let (connection, schema, table) = (arg()?, arg()?, arg()?);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(annals_benches::proj_lag::lag_child(
+                    &connection,
+                    &schema,
+                    &table,
+                ))?;
+                return Ok(());
+            }
             "--proj-memory-child" => {
                 // Internal: the child processes of the projection memory scenario.
                 let step = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?;
