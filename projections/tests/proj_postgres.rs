@@ -3,8 +3,14 @@
 //! each partition's rows are exactly the fold of the events its checkpoint covers, and the
 //! final run equals the fold of the whole log.
 //!
-//! The child is this test binary, re-run with `ANNALS_PROJ_CHILD` set to the connection string
-//! and schema, and `--exact projection_child`.
+//! The second test does the same with an at-least-once handler: besides its rows it writes an
+//! outside effect per event on another connection, outside the batch's transaction (idempotent:
+//! keyed by the event id), and records every delivery. After every kill each event the
+//! checkpoints cover has its effect; at the end every event has exactly one, whatever was
+//! delivered twice.
+//!
+//! The child is this test binary, re-run with `ANNALS_PROJ_CHILD` set to the connection string,
+//! schema and handler, and `--exact projection_child`.
 
 #![cfg(feature = "postgres")]
 
@@ -27,18 +33,50 @@ use support::{fill, n_of, Tally, HANG_GUARD};
 const CHILD_ENV: &str = "ANNALS_PROJ_CHILD";
 const PARTITIONS: u32 = 4;
 
-/// Per-stream tallies in a table of the store's schema; refuses any event out of order.
+/// Per-stream tallies in a table of the store's schema; refuses any event out of order. With
+/// `outside`, also an effect per event outside the transaction, before the batch commits.
 struct PgTallies {
     name: ProjectionName,
     table: String,
+    outside: Option<(PgEventStore, String)>,
 }
 
 impl PgTallies {
-    fn new(schema: &str) -> Self {
+    fn new(schema: &str, handler: &str, store: &PgEventStore) -> Self {
         PgTallies {
             name: ProjectionName::new("pg-tallies").unwrap(),
             table: format!("\"{schema}\".tallies"),
+            outside: (handler == "effects").then(|| (store.clone(), format!("\"{schema}\""))),
         }
+    }
+
+    /// The at-least-once effects: `n` by event id (idempotent), and a row per delivery.
+    async fn effects(&self, events: &[RecordedEvent]) -> Result<(), BoxError> {
+        let Some((store, schema)) = &self.outside else {
+            return Ok(());
+        };
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        let ns = events
+            .iter()
+            .map(|e| i64::try_from(n_of(e)))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let client = store.pool().get().await?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.effects (id, n) SELECT * FROM unnest($1::text[], $2::bigint[])
+                     ON CONFLICT (id) DO NOTHING"
+                ),
+                &[&ids, &ns],
+            )
+            .await?;
+        client
+            .execute(
+                &format!("INSERT INTO {schema}.deliveries (id) SELECT * FROM unnest($1::text[])"),
+                &[&ids],
+            )
+            .await?;
+        Ok(())
     }
 }
 
@@ -52,6 +90,7 @@ impl Projection<PgModel> for PgTallies {
     }
 
     async fn handle(&self, tx: &mut PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
+        self.effects(events).await?;
         let upsert = format!(
             "INSERT INTO {t} (stream, count, last_version, sum) VALUES ($1, 1, $2, $3)
              ON CONFLICT (stream) DO UPDATE
@@ -96,7 +135,9 @@ async fn open(connection: &str, schema: &str) -> (PgEventStore, PgModel) {
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS \"{schema}\".tallies (
                  stream text PRIMARY KEY, count bigint NOT NULL,
-                 last_version bigint NOT NULL, sum bigint NOT NULL)"
+                 last_version bigint NOT NULL, sum bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS \"{schema}\".effects (id text PRIMARY KEY, n bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS \"{schema}\".deliveries (id text NOT NULL)"
         ))
         .await
         .expect("tallies table");
@@ -150,7 +191,12 @@ fn projection_child() {
     let Ok(target) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (connection, schema) = target.split_once('|').expect("connection|schema");
+    let mut parts = target.split('|');
+    let (Some(connection), Some(schema), Some(handler)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("connection|schema|handler");
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -158,7 +204,8 @@ fn projection_child() {
         .expect("runtime");
     runtime.block_on(async move {
         let (store, model) = open(connection, schema).await;
-        let running = ProjectionRunner::new(store, model, PgTallies::new(schema))
+        let projection = PgTallies::new(schema, handler, &store);
+        let running = ProjectionRunner::new(store, model, projection)
             .partitions(PARTITIONS)
             .batch_size(37)
             .start()
@@ -170,11 +217,72 @@ fn projection_child() {
     });
 }
 
+/// The outside effects: `n` by event id, and the number of deliveries.
+async fn effects(model: &PgModel, schema: &str) -> (HashMap<String, u64>, u64) {
+    let client = model.pool().get().await.unwrap();
+    let found = client
+        .query(&format!("SELECT id, n FROM \"{schema}\".effects"), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            let n: i64 = row.get(1);
+            (row.get::<_, String>(0), u64::try_from(n).unwrap())
+        })
+        .collect();
+    let deliveries: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".deliveries"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (found, u64::try_from(deliveries).unwrap())
+}
+
+/// Every effect is an `account` event's, with its `n`, and every event the checkpoints cover
+/// has its effect.
+fn check_effects(
+    found: &HashMap<String, u64>,
+    log: &[RecordedEvent],
+    checkpoints: &[Option<Position>],
+    round: &str,
+) {
+    let accounts: Vec<&RecordedEvent> = log.iter().filter(|e| e.category() == "account").collect();
+    let by_id: HashMap<String, u64> = accounts
+        .iter()
+        .map(|e| (e.id.to_string(), n_of(e)))
+        .collect();
+    for (id, n) in found {
+        assert_eq!(by_id.get(id), Some(n), "{round}: an effect of no event");
+    }
+    for event in accounts {
+        let p = partition_of(&event.stream_id, PARTITIONS);
+        if checkpoints[usize::try_from(p).unwrap()].is_some_and(|c| event.position <= c) {
+            assert_eq!(
+                found.get(&event.id.to_string()),
+                Some(&n_of(event)),
+                "{round}: committed event {} has no effect",
+                event.id
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_killed_at_random_moments_never_double_counts_or_skips() {
+    kill_at_random_moments("proj_sigkill", "tx").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_least_once_handler_killed_at_random_moments_ends_with_one_effect_per_event() {
+    kill_at_random_moments("proj_sigkill_effects", "effects").await;
+}
+
+async fn kill_at_random_moments(schema: &str, handler: &str) {
     let server = PgServer::shared();
     let connection = server.connection_string();
-    let schema = "proj_sigkill";
     let (store, model) = open(&connection, schema).await;
     // Other categories are scanned past, not handled.
     fill(&store, "other", 20, 50, 25).await;
@@ -195,7 +303,7 @@ async fn a_projection_killed_at_random_moments_never_double_counts_or_skips() {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, format!("{connection}|{schema}"))
+            .env(CHILD_ENV, format!("{connection}|{schema}|{handler}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -220,6 +328,10 @@ async fn a_projection_killed_at_random_moments_never_double_counts_or_skips() {
             fold_until(&log, &checkpoints),
             "round {round} (killed after {delay} ms): the rows are exactly what the checkpoints cover"
         );
+        if handler == "effects" {
+            let (found, _) = effects(&model, schema).await;
+            check_effects(&found, &log, &checkpoints, &format!("round {round}"));
+        }
         let applied: u64 = held.values().map(|t| t.count).sum();
         eprintln!(
             "round {round}: killed after {delay} ms with {applied} of {total} events applied"
@@ -232,7 +344,8 @@ async fn a_projection_killed_at_random_moments_never_double_counts_or_skips() {
         mid_work >= 3,
         "the kills must land mid-work ({mid_work} did)"
     );
-    let running = ProjectionRunner::new(store.clone(), model.clone(), PgTallies::new(schema))
+    let projection = PgTallies::new(schema, handler, &store);
+    let running = ProjectionRunner::new(store.clone(), model.clone(), projection)
         .partitions(PARTITIONS)
         .start()
         .await
@@ -244,4 +357,14 @@ async fn a_projection_killed_at_random_moments_never_double_counts_or_skips() {
     running.shutdown().await.unwrap();
     let whole: Vec<Option<Position>> = (0..PARTITIONS).map(|_| Some(head)).collect();
     assert_eq!(rows(&model, schema).await, fold_until(&log, &whole));
+    if handler == "effects" {
+        let (found, deliveries) = effects(&model, schema).await;
+        check_effects(&found, &log, &whole, "the end");
+        assert_eq!(found.len(), total, "one effect per event");
+        assert!(deliveries >= u64::try_from(total).unwrap());
+        eprintln!(
+            "{deliveries} deliveries of {total} events: {} redelivered after kills",
+            deliveries - u64::try_from(total).unwrap()
+        );
+    }
 }
