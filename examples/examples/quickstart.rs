@@ -11,13 +11,55 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
+
 use annals::{
-    subscribe_all, CommandContext, EventStore, Filter, Position, Repository, SnapshotPolicy,
-    Version,
+    BoxError, CommandContext, EventStore, Filter, Position, RecordedEvent, Repository,
+    SnapshotPolicy, Version,
 };
-use annals_examples::bank_account::{AccountCommand, BankAccount};
+use annals_examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
+use annals_projections::{
+    PartitionKey, Projection, ProjectionName, ProjectionRunner, ReadModel as _, SledModel, SledTx,
+};
 use annals_sled::SledEventStore;
 use futures::StreamExt;
+
+/// The read model's tree: account id -> balance (i64, big-endian).
+const BALANCES: &str = "balances";
+
+/// The balances projection: typed events (decoded as loading decodes them), one balance per
+/// account.
+struct Balances {
+    name: ProjectionName,
+    accounts: Repository<BankAccount, SledEventStore>,
+}
+
+impl Projection<SledModel> for Balances {
+    fn name(&self) -> &ProjectionName {
+        &self.name
+    }
+
+    fn filter(&self) -> Filter {
+        Filter::all().category("account")
+    }
+
+    async fn handle(&self, tx: &mut SledTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
+        for event in events {
+            let id = event.stream_id.as_str().trim_start_matches("account-");
+            let balance = match tx.get(BALANCES, id)? {
+                Some(bytes) => i64::from_be_bytes(bytes.as_slice().try_into()?),
+                None => 0,
+            };
+            let balance = match self.accounts.decode(event)? {
+                AccountEvent::Opened { .. } | AccountEvent::Closed => balance,
+                AccountEvent::Deposited { amount } => balance + i64::try_from(amount)?,
+                AccountEvent::Withdrawn { amount } => balance - i64::try_from(amount)?,
+            };
+            tx.insert(BALANCES, id, balance.to_be_bytes())?;
+        }
+        Ok(())
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -154,42 +196,52 @@ async fn run(path: &Path) -> anyhow::Result<Summary> {
         changes.events.len()
     );
 
-    println!("\n## A read model follows the global log");
-    // Catch up from the first position, then it would follow live; here it stops at the end.
+    println!("\n## A projection builds a read model");
+    // Balances per account in a sled tree beside the events, committed with the projection's
+    // checkpoint: a later run (or a restart after a crash) goes on from there, never applying
+    // an event twice. It catches up, then follows live until shut down.
+    let model = SledModel::open(&store).await?;
+    let balances = Balances {
+        name: ProjectionName::new("balances")?,
+        accounts: Repository::new(store.clone()),
+    };
+    let resumed = model
+        .checkpoint(&PartitionKey::new(balances.name.clone(), 0))
+        .await?;
     let end = store.last_position().await?.unwrap_or(Position::START);
-    let mut log = subscribe_all(
-        store.clone(),
-        Position::START,
-        Filter::all().category("account"),
-    );
-    let mut balances: BTreeMap<String, i64> = BTreeMap::new();
-    let mut events = 0;
-    while let Some(event) = log.next().await {
-        let event = event?;
-        let id = event
-            .stream_id
-            .as_str()
-            .trim_start_matches("account-")
-            .to_owned();
-        let payload: serde_json::Value = serde_json::from_slice(&event.payload)?;
-        let amount = payload["amount"].as_i64().unwrap_or(0);
-        match event.event_type.as_str() {
-            "Opened" => {
-                balances.insert(id, 0);
-            }
-            "Deposited" => *balances.entry(id).or_default() += amount,
-            "Withdrawn" => *balances.entry(id).or_default() -= amount,
-            _ => {}
-        }
-        events += 1;
-        if event.position >= end {
-            break;
-        }
-    }
+    let running = ProjectionRunner::new(store.clone(), model.clone(), balances)
+        .start()
+        .await?;
+    running.caught_up_to(end).await?;
     println!(
-        "{events} account events folded into {} balances (every run so far):",
-        balances.len()
+        "{} (checkpoint {}, head {end})",
+        match resumed {
+            None => "caught up from the start of the log".to_owned(),
+            Some(p) => format!("resumed after position {p}"),
+        },
+        running.status().checkpoint.map_or("-".into(), |p| p.to_string()),
     );
+    // Live: a new event reaches the read model on the store's commit signal.
+    let done = accounts
+        .execute(&bob, AccountCommand::Deposit { amount: 5 }, context())
+        .await?;
+    let appended = done.appended.context("a deposit appends an event")?;
+    running.caught_up_to(appended.last_position).await?;
+    let status = running.status();
+    println!(
+        "a live deposit into {bob} is in the read model: state {:?}, lag {} events",
+        status.state,
+        status.lag_events.unwrap_or(0)
+    );
+    running.shutdown().await?; // finishes the batch in hand, commits, flushes
+    let mut balances: BTreeMap<String, i64> = BTreeMap::new();
+    for (id, balance) in model.to_map(BALANCES)? {
+        balances.insert(
+            String::from_utf8(id)?,
+            i64::from_be_bytes(balance.as_slice().try_into()?),
+        );
+    }
+    println!("balances of every run so far:");
     for (id, balance) in &balances {
         println!("  {id:<8} {balance:>5}");
     }
@@ -198,6 +250,7 @@ async fn run(path: &Path) -> anyhow::Result<Summary> {
         balances.get(&ada).copied() == Some(i64::try_from(ours)?),
         "the read model disagrees with the aggregate"
     );
+    drop(model);
 
     store.close().await?;
     Ok(Summary {
@@ -237,7 +290,7 @@ mod tests {
         assert!(first.retries >= 1, "the race was retried");
         assert_eq!(first.snapshot.map(|v| v.get()), Some(6));
         assert_eq!(first.balances.get("ada1"), Some(&100));
-        assert_eq!(first.balances.get("bob1"), Some(&50));
+        assert_eq!(first.balances.get("bob1"), Some(&55), "with the live deposit");
         let second = super::run(dir.path()).await.expect("second run");
         assert_eq!(second.run, 2);
         assert_eq!(

@@ -60,8 +60,9 @@ pub struct ProjectionStatus {
     pub head: Option<Position>,
     /// The lowest checkpoint of its partitions.
     pub checkpoint: Option<Position>,
-    /// Events between the lowest checkpoint and the head, where the store numbers its events
-    /// in one sequence (the embedded stores); `None` elsewhere.
+    /// Events between the head and what every partition is done with (its checkpoint, or how
+    /// far the log was scanned when none of its events wait), where the store numbers its
+    /// events in one sequence (the embedded stores); `None` elsewhere.
     pub lag_events: Option<u64>,
     /// How long the oldest uncommitted event has waited (zero when nothing waits).
     pub lag: Duration,
@@ -274,10 +275,24 @@ impl Board {
                 })
                 .collect();
             let checkpoint = partitions.iter().map(|p| p.checkpoint).min().flatten();
-            let lag_events = match (b.head, checkpoint) {
-                (Some(head), checkpoint) if head.prepare() == 0 => Some(
+            // How far each partition is done: its checkpoint, or what the reader scanned when
+            // nothing of it waits (a partition none of whose events came by does not commit).
+            let done = b
+                .partitions
+                .iter()
+                .map(|s| {
+                    if s.pending == 0 {
+                        s.checkpoint.max(s.scanned)
+                    } else {
+                        s.checkpoint
+                    }
+                })
+                .min()
+                .flatten();
+            let lag_events = match (b.head, done) {
+                (Some(head), done) if head.prepare() == 0 => Some(
                     head.commit()
-                        .saturating_sub(checkpoint.map_or(0, Position::commit)),
+                        .saturating_sub(done.map_or(0, Position::commit)),
                 ),
                 _ => None,
             };
