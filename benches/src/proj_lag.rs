@@ -194,6 +194,7 @@ impl Scenario for LiveLagSled {
             let projection = SledCounts {
                 name: ProjectionName::new("lag")?,
                 tree: "lag".into(),
+                filter: annals::Filter::all(),
             };
             let p99 = in_process(s, store.clone(), model.clone(), projection).await?;
             drop(model);

@@ -22,7 +22,9 @@ use std::path::Path;
 use std::pin::Pin;
 use std::time::Instant;
 
-use annals::{BoxError, EventStore, ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId};
+use annals::{
+    BoxError, EventStore, ExpectedVersion, Filter, Position, ReadAll, RecordedEvent, StreamId,
+};
 use annals_projections::{
     PgModel, PgTx, Projection, ProjectionName, ProjectionRunner, ReadModel, SledModel, SledTx,
 };
@@ -46,7 +48,8 @@ pub const MEMORY_BUDGET_MIB: f64 = 256.0;
 /// The projections' scenarios, in report order.
 pub fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
-        Box::new(SledCatchup),
+        Box::new(SledCatchup { rare: false }),
+        Box::new(SledCatchup { rare: true }),
         Box::new(PgCatchup),
         Box::new(crate::proj_lag::LiveLagSled),
         Box::new(crate::proj_lag::LiveLagPg),
@@ -56,7 +59,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
 }
 
 /// Fills `store` with `count` events from 4 tasks: appends of `per_append` events, the
-/// `k`-th append to the stream `proj-<k mod streams>`.
+/// `k`-th append to the stream `proj-<k mod streams>` (`rare-<…>` for 1 % of them).
 async fn fill<S>(store: &S, count: u64, per_append: u64, streams: u64) -> anyhow::Result<()>
 where
     S: EventStore + Clone + 'static,
@@ -68,7 +71,10 @@ where
         tasks.push(tokio::spawn(async move {
             let mut n = t * per_append;
             while n < count {
-                let id = StreamId::new(format!("proj-{}", (n / per_append) % streams))?;
+                let k = (n / per_append) % streams;
+                // 1 % of the streams (and of the events) in the category `rare`.
+                let category = if k % 100 == 99 { "rare" } else { "proj" };
+                let id = StreamId::new(format!("{category}-{k}"))?;
                 let size = per_append.min(count - n);
                 store
                     .append(&id, ExpectedVersion::Any, batch(n, size))
@@ -96,11 +102,16 @@ async fn fill_sled(store: &SledEventStore, count: u64) -> anyhow::Result<()> {
 pub(crate) struct SledCounts {
     pub(crate) name: ProjectionName,
     pub(crate) tree: String,
+    pub(crate) filter: Filter,
 }
 
 impl Projection<SledModel> for SledCounts {
     fn name(&self) -> &ProjectionName {
         &self.name
+    }
+
+    fn filter(&self) -> Filter {
+        self.filter.clone()
     }
 
     async fn handle(&self, tx: &mut SledTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
@@ -151,16 +162,28 @@ where
 }
 
 /// One page of the log from `from`, `BATCH` events at most.
-async fn page<S: EventStore>(store: &S, from: Position) -> anyhow::Result<Vec<RecordedEvent>> {
+async fn page<S: EventStore>(
+    store: &S,
+    from: Position,
+    filter: &Filter,
+) -> anyhow::Result<Vec<RecordedEvent>> {
     Ok(store
-        .read_all(ReadAll::from(from).limit(BATCH))
+        .read_all(ReadAll::from(from).limit(BATCH).filter(filter.clone()))
         .try_collect()
         .await?)
 }
 
-/// The raw sled loop: `read_all` pages of `BATCH`, each page's counters read (from the page's
-/// own counts first, then the tree) and written with plain inserts, then the checkpoint key.
-async fn raw_sled_catchup(store: &SledEventStore, round: usize, count: u64) -> anyhow::Result<f64> {
+/// The raw sled loop: `read_all` pages of `BATCH` (with `filter`), each page's counters read
+/// (from the page's own counts first, then the tree) and written with plain inserts, then the
+/// checkpoint key. `wanted`: the events the filter keeps; the rate is of the `count` events of
+/// the whole log.
+async fn raw_sled_catchup(
+    store: &SledEventStore,
+    round: usize,
+    filter: &Filter,
+    wanted: u64,
+    count: u64,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let tree = store.open_tree(&format!("raw/counts-{round}"))?;
     let checkpoints = store.open_tree("raw/checkpoints")?;
@@ -168,7 +191,7 @@ async fn raw_sled_catchup(store: &SledEventStore, round: usize, count: u64) -> a
     let mut from = Position::START;
     let mut read = 0u64;
     loop {
-        let events = page(store, from).await?;
+        let events = page(store, from, filter).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
@@ -192,18 +215,29 @@ async fn raw_sled_catchup(store: &SledEventStore, round: usize, count: u64) -> a
         from = last.next();
     }
     let elapsed = started.elapsed();
-    anyhow::ensure!(read == count, "the raw loop read {read} of {count} events");
+    anyhow::ensure!(
+        read == wanted,
+        "the raw loop read {read} of {wanted} events"
+    );
     Ok(rate(count, elapsed))
 }
 
-/// Catching up 1,000,000 events (quick: 100,000) into a [`SledModel`] against the raw loop.
+/// Catching up 1,000,000 events (quick: 100,000) into a [`SledModel`] against the raw loop:
+/// every event, or (`rare`) only the 1 % of category `rare`, the filter going to the store on
+/// both sides (the rate is of the whole log, scanned).
 #[derive(Debug)]
-struct SledCatchup;
+struct SledCatchup {
+    rare: bool,
+}
 
 impl Scenario for SledCatchup {
     fn name(&self, s: &Settings) -> String {
-        s.pick("proj.sled.catchup.100k (quick)", "proj.sled.catchup.1m")
-            .into()
+        let base = if self.rare {
+            "proj.sled.catchup.rare_1pct"
+        } else {
+            "proj.sled.catchup"
+        };
+        s.pick(format!("{base}.100k (quick)"), format!("{base}.1m"))
     }
 
     fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
@@ -219,13 +253,26 @@ impl Scenario for SledCatchup {
             let store = open_store(dir.path(), Durability::Buffered).await?;
             let last = store.last_position().await?.context("an empty log")?;
             let model = SledModel::open(&store).await?;
-            let (store_ref, model_ref) = (&store, &model);
+            let filter = if self.rare {
+                Filter::all().category("rare")
+            } else {
+                Filter::all()
+            };
+            let wanted = u64::try_from(
+                store
+                    .read_all(ReadAll::all().filter(filter.clone()))
+                    .try_collect::<Vec<_>>()
+                    .await?
+                    .len(),
+            )?;
+            let (store_ref, model_ref, filter_ref) = (&store, &model, &filter);
             let medians = alternate(
                 s.rounds,
                 |round| async move {
                     let projection = SledCounts {
                         name: ProjectionName::new(format!("counts-{round}"))?,
                         tree: format!("counts-{round}"),
+                        filter: filter_ref.clone(),
                     };
                     let measured = catch_up(
                         store_ref.clone(),
@@ -241,10 +288,10 @@ impl Scenario for SledCatchup {
                         .values()
                         .map(|v| Ok(u64::from_be_bytes(v?.as_ref().try_into()?)))
                         .sum::<anyhow::Result<u64>>()?;
-                    anyhow::ensure!(counted == count, "counted {counted} of {count}");
+                    anyhow::ensure!(counted == wanted, "counted {counted} of {wanted}");
                     Ok(measured)
                 },
-                |round| raw_sled_catchup(store_ref, round, count),
+                |round| raw_sled_catchup(store_ref, round, filter_ref, wanted, count),
             )
             .await?;
             drop(model);
@@ -389,7 +436,7 @@ impl Scenario for PgCatchup {
                     let mut from = Position::START;
                     let mut read = 0u64;
                     loop {
-                        let events = page(store_ref, from).await?;
+                        let events = page(store_ref, from, &Filter::all()).await?;
                         let Some(last) = events.last().map(|e| e.position) else {
                             break;
                         };
@@ -501,6 +548,7 @@ pub async fn memory_child(step: &str, count: u64, dir: &Path) -> anyhow::Result<
             let projection = SledCounts {
                 name: ProjectionName::new("counts")?,
                 tree: "counts".into(),
+                filter: Filter::all(),
             };
             catch_up(store.clone(), model.clone(), projection, last, count).await?;
             drop(model);
