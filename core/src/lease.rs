@@ -8,7 +8,9 @@
 //!
 //! A lease alone cannot stop a holder that was paused and wakes up after losing it: work whose
 //! effects must never come from two owners also checks a fencing token inside its own
-//! transaction (the projection runtime does).
+//! transaction (the projection runtime does). That token is the lease's
+//! [`epoch`](Lease::epoch): it grows each time the name changes hands, so "the epoch is still
+//! mine" fails for every former holder.
 //!
 //! Store authors build a [`Lease`] with [`Lease::new`] around their own [`LeaseHolder`] (what
 //! releasing means for them) and keep the [`LeaseLoss`] to signal a loss. [`LocalLeases`] is
@@ -33,6 +35,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -52,6 +55,41 @@ use crate::Result;
 pub trait Leases: Send + Sync {
     /// Takes the lease `name` if nobody holds it; `Ok(None)` when someone does.
     fn try_lease(&self, name: &str) -> impl Future<Output = Result<Option<Lease>>> + Send;
+
+    /// The leases held now whose names start with `prefix`, in name order: who holds each,
+    /// its epoch, and how long ago its holder last showed it was alive.
+    fn leases(&self, prefix: &str) -> impl Future<Output = Result<Vec<LeaseInfo>>> + Send;
+}
+
+/// A held lease as [`Leases::leases`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseInfo {
+    /// The lease's name.
+    pub name: String,
+    /// Who holds it: the store's holder label (a process, a worker).
+    pub holder: String,
+    /// Its epoch (see [`Lease::epoch`]).
+    pub epoch: u64,
+    /// How long ago its holder last renewed it (zero for leases that need no renewal).
+    pub renewed: Duration,
+}
+
+impl LeaseInfo {
+    /// A lease `name` held by `holder` in `epoch`, renewed `renewed` ago.
+    pub fn new(
+        name: impl Into<String>,
+        holder: impl Into<String>,
+        epoch: u64,
+        renewed: Duration,
+    ) -> Self {
+        LeaseInfo {
+            name: name.into(),
+            holder: holder.into(),
+            epoch,
+            renewed,
+        }
+    }
 }
 
 /// What a store does to give up a lease it handed out: the store author's half of a [`Lease`].
@@ -66,6 +104,7 @@ pub trait LeaseHolder: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug)]
 pub struct Lease {
     name: String,
+    epoch: u64,
     lost: watch::Receiver<bool>,
     holder: Box<dyn LeaseHolder>,
 }
@@ -89,6 +128,7 @@ impl Lease {
         let (tx, lost) = watch::channel(false);
         let lease = Lease {
             name: name.into(),
+            epoch: 0,
             lost,
             holder: Box::new(holder),
         };
@@ -105,14 +145,29 @@ impl Lease {
         let holder = make(LeaseLoss { tx: Arc::new(tx) });
         Lease {
             name: name.into(),
+            epoch: 0,
             lost,
             holder: Box::new(holder),
         }
     }
 
+    /// The same lease, in `epoch` (zero unless the store sets it).
+    #[must_use]
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
     /// The lease's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The lease's epoch: it grows each time the name changes hands (every grant gets a higher
+    /// one than the grant before), so it fences former holders: work that must never come from
+    /// two owners checks, inside its own transaction, that the name's epoch is still this one.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Whether the lease was signalled lost (or its store dropped the loss signal, which can
@@ -152,6 +207,7 @@ pub struct LocalLeases {
 #[derive(Debug, Default)]
 struct Table {
     next_id: u64,
+    /// Held names: the grant's id (also its epoch) and its loss signal.
     held: HashMap<String, (u64, LeaseLoss)>,
 }
 
@@ -176,7 +232,8 @@ impl LocalLeases {
         };
         let (lease, loss) = Lease::new(name, holder);
         table.held.insert(name.to_owned(), (id, loss));
-        Some(lease)
+        // Grant ids only grow: each grant's epoch is above every earlier one.
+        Some(lease.with_epoch(id))
     }
 
     /// Takes `name` away from its holder, which is told through [`Lease::lost`]; the name is
@@ -197,6 +254,29 @@ impl LocalLeases {
         }
     }
 
+    /// The epoch of `name`'s current grant, if it is held.
+    pub fn epoch_of(&self, name: &str) -> Option<u64> {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+            .get(name)
+            .map(|(id, _)| *id)
+    }
+
+    /// The held leases whose names start with `prefix`, in name order, held by `holder`.
+    pub fn list(&self, prefix: &str, holder: &str) -> Vec<LeaseInfo> {
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut found: Vec<LeaseInfo> = table
+            .held
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, (id, _))| LeaseInfo::new(name.clone(), holder, *id, Duration::ZERO))
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found
+    }
+
     /// Whether `name` is held.
     pub fn is_held(&self, name: &str) -> bool {
         self.table
@@ -211,6 +291,16 @@ impl Leases for LocalLeases {
     async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
         Ok(LocalLeases::try_lease(self, name))
     }
+
+    /// Every lease is held by this process: the holder is `pid-<process id>`.
+    async fn leases(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        Ok(self.list(prefix, &local_holder()))
+    }
+}
+
+/// The holder label of the leases of this process.
+pub fn local_holder() -> String {
+    format!("pid-{}", std::process::id())
 }
 
 #[derive(Debug)]
@@ -254,6 +344,10 @@ mod tests {
         first.lost().await;
         assert!(first.is_lost());
         let second = leases.try_lease("p-1").expect("free after the revoke");
+        assert!(
+            second.epoch() > first.epoch(),
+            "a new grant fences the old one"
+        );
         drop(first);
         assert!(
             leases.is_held("p-1"),

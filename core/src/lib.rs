@@ -127,7 +127,7 @@ pub use annals_derive::DomainEvent;
 
 pub use bus::Bus;
 pub use error::{BoxError, Error, Result};
-pub use lease::{Lease, Leases, LocalLeases};
+pub use lease::{Lease, LeaseInfo, Leases, LocalLeases};
 pub use memory::{InMemoryBus, InMemoryStore};
 pub use model::*;
 pub use repository::{

@@ -62,7 +62,9 @@ pub struct PgEventStoreBuilder {
     fallback_poll_interval: Duration,
     notify_interval: Duration,
     page_size: usize,
-    lease_check_interval: Duration,
+    lease_heartbeat: Duration,
+    lease_ttl: Duration,
+    lease_holder: Option<String>,
 }
 
 impl Default for PgEventStoreBuilder {
@@ -87,7 +89,8 @@ impl PgEventStoreBuilder {
     ///   delays subscribers by at most a second;
     /// - at most one notification to other processes every 5 ms;
     /// - pages of 1,000 events for reads;
-    /// - leases check their connection every second.
+    /// - leases renewed every second, taken over by others 5 s after their last renewal,
+    ///   held as `<host name>/<process id>`.
     pub fn new() -> Self {
         PgEventStoreBuilder {
             source: None,
@@ -101,7 +104,9 @@ impl PgEventStoreBuilder {
             fallback_poll_interval: FALLBACK_POLL_INTERVAL,
             notify_interval: NOTIFY_INTERVAL,
             page_size: 1000,
-            lease_check_interval: Duration::from_secs(1),
+            lease_heartbeat: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(5),
+            lease_holder: None,
         }
     }
 
@@ -223,11 +228,29 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// How often a held [lease](annals::Leases) checks that its connection is alive
-    /// (default 1 s).
+    /// How often a held [lease](annals::Leases) is renewed: its holder's heartbeat (default
+    /// 1 s). Keep it well under [`lease_ttl`](Self::lease_ttl).
     #[must_use]
-    pub fn lease_check_interval(mut self, interval: Duration) -> Self {
-        self.lease_check_interval = interval;
+    pub fn lease_heartbeat(mut self, interval: Duration) -> Self {
+        self.lease_heartbeat = interval;
+        self
+    }
+
+    /// How long after its last renewal a lease may be taken by another holder (default 5 s):
+    /// the longest a dead or paused holder keeps others waiting. The holder itself counts its
+    /// lease lost this long after the last renewal it *sent* that succeeded, so it stops
+    /// before anyone can take over; a holder paused past it is fenced by the epoch.
+    #[must_use]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Who this store's leases say holds them (default `<host name>/<process id>`): what
+    /// [`Leases::leases`](annals::Leases::leases) and operators see.
+    #[must_use]
+    pub fn lease_holder(mut self, holder: impl Into<String>) -> Self {
+        self.lease_holder = Some(holder.into());
         self
     }
 
@@ -306,7 +329,9 @@ impl PgEventStoreBuilder {
             poll_interval: self.poll_interval,
             fallback_poll_interval: self.fallback_poll_interval,
             notify_interval: self.notify_interval,
-            lease_check_interval: self.lease_check_interval,
+            lease_heartbeat: self.lease_heartbeat,
+            lease_ttl: self.lease_ttl,
+            lease_holder: self.lease_holder.unwrap_or_else(default_holder),
         }))
     }
 }
@@ -371,4 +396,16 @@ fn own_pool(mut config: Config, builder: &PgEventStoreBuilder) -> Result<(Pool, 
         .build()
         .map_err(|e| Error::backend(BACKEND, e))?;
     Ok((pool, Some(config)))
+}
+
+/// `<host name>/<process id>` (the host name from `/etc/hostname` or `$HOSTNAME`, `host`
+/// when neither says).
+fn default_holder() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}/{}", std::process::id())
 }

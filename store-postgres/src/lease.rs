@@ -1,39 +1,44 @@
-//! [`Leases`] on PostgreSQL session advisory locks: "one owner at a time" across processes.
+//! [`Leases`] on a table: one holder at a time across processes, renewed by a heartbeat, taken
+//! over when the holder stops renewing, fenced by an epoch.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use annals::lease::{LeaseHolder, LeaseLoss};
-use annals::{Lease, Leases, Result};
-use deadpool_postgres::{ClientWrapper, Object};
+use annals::{Lease, LeaseInfo, Leases, Result};
 use futures::future::BoxFuture;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_postgres::GenericClient;
 
 use crate::error::{column, map};
 use crate::store::PgEventStore;
 
-/// Leases of a [`PgEventStore`]: the lease `name` is the session advisory lock
-/// [`lease_key`]`(schema, name)`, taken with `pg_try_advisory_lock` on a connection of its own
-/// (taken out of the pool for good, so the lock is never lent to another user of the pool).
+/// Leases of a [`PgEventStore`], rows of the table `leases` of its schema: name, holder, epoch,
+/// last renewal and expiry, all times on the server's clock.
 ///
-/// - **One owner at a time, across processes**: every store on the same schema of the same
-///   database competes for the same locks; another process's store, a clone of this one and
-///   this very store all get `None` while the lease is held.
-/// - **Loss**: the lock lives as long as the connection's session, so the lease is lost when
-///   its connection is (a server restart, `pg_terminate_backend`, a network failure), and
-///   another process may then take it. A background task checks the connection every
-///   [`lease_check_interval`](crate::PgEventStoreBuilder::lease_check_interval);
-///   [`Lease::lost`] completes (and [`Lease::is_lost`] turns true) when a check fails. An owner
-///   must stop acting as owner then.
-/// - **Release**: [`Lease::release`] unlocks and closes the connection; dropping the `Lease`
-///   closes it, which releases the lock as soon as the server sees the session end.
+/// - **One holder at a time, across processes**: every store on the same schema competes for
+///   the same rows; another process's store, a clone of this one and this very store all get
+///   `None` while the lease is held.
+/// - **Heartbeat and takeover**: a task renews each held lease every
+///   [`lease_heartbeat`](crate::PgEventStoreBuilder::lease_heartbeat) (1 s by default). A lease
+///   not renewed for [`lease_ttl`](crate::PgEventStoreBuilder::lease_ttl) (5 s) may be taken by
+///   anyone: a killed holder, a paused one (`SIGSTOP`, a long GC pause, a frozen VM: its
+///   session lives on, which is why this is not a session advisory lock), one cut off from the
+///   server.
+/// - **Loss**: [`Lease::lost`] completes when a renewal finds the lease taken by someone else,
+///   or when no renewal has succeeded for the time to live, counted from when the last
+///   successful renewal was *sent* (so the holder gives up before anyone can take over, as far
+///   as its clock runs at the server's pace). A brief disconnection loses nothing: the next
+///   heartbeat renews on a new connection.
+/// - **Fencing**: each grant's [`epoch`](Lease::epoch) is one more than the name's previous one.
+///   A holder that wakes up after a takeover still believes it holds the lease until its next
+///   heartbeat; work that must never come from two holders checks the epoch inside its own
+///   transaction with [`PgEventStore::check_fence`], which also locks the row so no takeover
+///   commits in between (the projection runtime's PostgreSQL read model does).
+/// - **Release**: [`Lease::release`] frees the row at once; dropping the `Lease` frees it in
+///   the background (or it expires).
 /// - After [`close`](annals::EventStore::close), `try_lease` fails with
-///   [`Error::Closed`](annals::Error::Closed); leases taken before stay held until released
-///   or dropped (they have their own connections).
-///
-/// An operator finds the session holding a lease in `pg_locks` (`locktype = 'advisory'`,
-/// `objsubid = 1`, key `(classid::bigint << 32) | objid::bigint`).
+///   [`Error::Closed`](annals::Error::Closed).
 ///
 /// ```no_run
 /// use annals::Leases;
@@ -42,7 +47,7 @@ use crate::store::PgEventStore;
 /// if let Some(lease) = store.try_lease("projection:balances:partition-3").await? {
 ///     tokio::select! {
 ///         _ = lease.lost() => { /* stop: another worker may own it now */ }
-///         _ = async { /* do the owner's work */ } => {}
+///         _ = async { /* do the owner's work, checking lease.epoch() in its transactions */ } => {}
 ///     }
 ///     lease.release().await?;
 /// }
@@ -51,113 +56,226 @@ use crate::store::PgEventStore;
 /// ```
 impl Leases for PgEventStore {
     async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
-        let key = lease_key(self.schema(), name);
-        let object = self.client().await?;
-        let row = object
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        let client = self.client().await?;
+        let ttl = micros(self.lease_ttl());
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO {s}.leases AS l (name, holder, epoch, renewed, expires)
+                     VALUES ($1, $2, 1, now(), now() + make_interval(secs => $3::float8 / 1e6))
+                     ON CONFLICT (name) DO UPDATE
+                     SET holder = EXCLUDED.holder, epoch = l.epoch + 1,
+                         renewed = EXCLUDED.renewed, expires = EXCLUDED.expires
+                     WHERE l.holder IS NULL OR l.expires < now()
+                     RETURNING l.epoch",
+                    s = self.quoted_schema()
+                ),
+                &[&name, &self.lease_holder(), &(ttl as f64)],
+            )
             .await
             .map_err(|e| map(e, self.schema()))?;
-        if !column::<bool>(&row, 0)? {
+        drop(client);
+        let Some(row) = row else {
             return Ok(None);
-        }
-        // Out of the pool: the lock must never be lent to another user of the pool.
-        let client = Arc::new(Object::take(object));
-        // The checker owns the loss signal for as long as the lease lives (a dropped signal
-        // reads as a loss); the holder stops it on release or drop. The signal only exists
-        // once the lease does, so it is handed to the running checker.
-        let (signal_tx, signal) = oneshot::channel();
-        let checker = tokio::spawn(check(
-            client.clone(),
-            key,
-            self.lease_check_interval(),
-            signal,
-        ));
-        let holder = PgLeaseHolder {
-            key,
-            schema: self.schema().to_owned(),
-            client,
-            checker: Some(checker),
         };
-        let (lease, loss) = Lease::new(name, holder);
-        // The checker ends only when aborted with the holder, which lives as long as `lease`.
-        let _ = signal_tx.send(loss);
-        tracing::debug!(key, name, "annals-postgres: lease acquired");
+        let epoch = u64::try_from(column::<i64>(&row, 0)?).unwrap_or(0);
+        let store = self.clone();
+        let owned = name.to_owned();
+        let lease = Lease::new_with(name, move |loss| {
+            let renewer = tokio::spawn(renew(store.clone(), owned.clone(), epoch, loss));
+            PgLeaseHolder {
+                store,
+                name: owned,
+                epoch,
+                renewer: Some(renewer),
+            }
+        })
+        .with_epoch(epoch);
+        tracing::debug!(name, epoch, "annals-postgres: lease acquired");
         Ok(Some(lease))
+    }
+
+    /// The unexpired leases under `prefix`, from the table (every process's).
+    async fn leases(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT name, holder, epoch,
+                            (EXTRACT(EPOCH FROM (now() - renewed)) * 1e6)::bigint
+                     FROM {s}.leases
+                     WHERE starts_with(name, $1) AND holder IS NOT NULL AND expires > now()
+                     ORDER BY name",
+                    s = self.quoted_schema()
+                ),
+                &[&prefix],
+            )
+            .await
+            .map_err(|e| map(e, self.schema()))?;
+        rows.iter()
+            .map(|row| {
+                let renewed = u64::try_from(column::<i64>(row, 3)?).unwrap_or(0);
+                Ok(LeaseInfo::new(
+                    column::<String>(row, 0)?,
+                    column::<String>(row, 1)?,
+                    u64::try_from(column::<i64>(row, 2)?).unwrap_or(0),
+                    Duration::from_micros(renewed),
+                ))
+            })
+            .collect()
     }
 }
 
-/// What a [`Lease`] of this store holds: the connection with the lock, and the task that
-/// checks it.
+impl PgEventStore {
+    /// Whether the lease `name` is still held in `epoch`, checked on `client` (inside the
+    /// caller's transaction): locks the lease's row until the transaction ends, so no takeover
+    /// can commit between this check and the caller's commit. Work that must never come from
+    /// two holders calls it in every transaction and gives up on `false` (see
+    /// [`Leases`](annals::Leases) for this store).
+    ///
+    /// # Errors
+    ///
+    /// The statement's failure.
+    pub async fn check_fence(
+        &self,
+        client: &impl GenericClient,
+        name: &str,
+        epoch: u64,
+    ) -> Result<bool> {
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {s}.leases
+                     WHERE name = $1 AND epoch = $2 AND holder IS NOT NULL FOR SHARE",
+                    s = self.quoted_schema()
+                ),
+                &[&name, &epoch],
+            )
+            .await
+            .map_err(|e| map(e, self.schema()))?;
+        Ok(row.is_some())
+    }
+
+    fn quoted_schema(&self) -> String {
+        format!("\"{}\"", self.schema())
+    }
+
+    /// Renews `name` in `epoch`: `Ok(false)` when it is no longer ours.
+    async fn renew_once(&self, name: &str, epoch: i64) -> Result<bool> {
+        let client = self.client().await?;
+        let ttl = micros(self.lease_ttl());
+        let renewed = client
+            .execute(
+                &format!(
+                    "UPDATE {s}.leases
+                     SET renewed = now(), expires = now() + make_interval(secs => $4::float8 / 1e6)
+                     WHERE name = $1 AND epoch = $2 AND holder = $3",
+                    s = self.quoted_schema()
+                ),
+                &[&name, &epoch, &self.lease_holder(), &(ttl as f64)],
+            )
+            .await
+            .map_err(|e| map(e, self.schema()))?;
+        Ok(renewed == 1)
+    }
+
+    /// Frees `name` if still ours in `epoch`.
+    async fn free(&self, name: &str, epoch: i64) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE {s}.leases SET holder = NULL, expires = now()
+                     WHERE name = $1 AND epoch = $2 AND holder = $3",
+                    s = self.quoted_schema()
+                ),
+                &[&name, &epoch, &self.lease_holder()],
+            )
+            .await
+            .map_err(|e| map(e, self.schema()))?;
+        Ok(())
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// What a [`Lease`] of this store holds: its row's key, and the task that renews it.
 #[derive(Debug)]
 struct PgLeaseHolder {
-    key: i64,
-    schema: String,
-    client: Arc<ClientWrapper>,
-    checker: Option<JoinHandle<()>>,
+    store: PgEventStore,
+    name: String,
+    epoch: u64,
+    renewer: Option<JoinHandle<()>>,
 }
 
 impl LeaseHolder for PgLeaseHolder {
     fn release(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        if let Some(checker) = self.checker.take() {
-            checker.abort();
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
         }
         Box::pin(async move {
-            let unlocked = self
-                .client
-                .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
-                .await;
-            // Dropping `self` closes the connection (once the aborted checker lets go of it),
-            // which releases the lock even if the unlock failed.
-            unlocked.map(drop).map_err(|e| map(e, &self.schema))
+            let epoch = i64::try_from(self.epoch).unwrap_or(i64::MAX);
+            self.store.free(&self.name, epoch).await
         })
     }
 }
 
 impl Drop for PgLeaseHolder {
     fn drop(&mut self) {
-        if let Some(checker) = self.checker.take() {
-            checker.abort();
+        let Some(renewer) = self.renewer.take() else {
+            return;
+        };
+        // Dropped without `release`: free the row in the background (it expires otherwise).
+        renewer.abort();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, name) = (self.store.clone(), self.name.clone());
+            let epoch = i64::try_from(self.epoch).unwrap_or(i64::MAX);
+            runtime.spawn(async move {
+                let _ = store.free(&name, epoch).await;
+            });
         }
     }
 }
 
-/// Checks the lease's connection every `interval`; signals the loss and ends when a check
-/// fails.
-async fn check(
-    client: Arc<ClientWrapper>,
-    key: i64,
-    interval: Duration,
-    loss: oneshot::Receiver<LeaseLoss>,
-) {
-    let Ok(loss) = loss.await else {
-        return;
-    };
+/// Renews the lease every heartbeat; signals the loss and ends when it was taken, or when no
+/// renewal succeeded for the time to live.
+async fn renew(store: PgEventStore, name: String, epoch: u64, loss: LeaseLoss) {
+    let heartbeat = store.lease_heartbeat();
+    let ttl = store.lease_ttl();
+    let epoch_sql = i64::try_from(epoch).unwrap_or(i64::MAX);
+    let mut held_since = Instant::now();
+    let loss = Arc::new(loss);
     loop {
-        tokio::time::sleep(interval).await;
-        let alive = !client.is_closed()
-            && tokio::time::timeout(
-                interval.max(Duration::from_secs(1)),
-                client.simple_query(""),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !alive {
-            tracing::warn!(key, "annals-postgres: lease lost with its connection");
+        tokio::time::sleep(heartbeat).await;
+        let sent = Instant::now();
+        let renewed = tokio::time::timeout(ttl, store.renew_once(&name, epoch_sql)).await;
+        match renewed {
+            Ok(Ok(true)) => held_since = sent,
+            Ok(Ok(false)) => {
+                tracing::warn!(
+                    name,
+                    epoch,
+                    "annals-postgres: lease taken by another holder"
+                );
+                loss.signal();
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(name, epoch, %error, "annals-postgres: renewing a lease failed");
+            }
+            Err(_) => tracing::warn!(name, epoch, "annals-postgres: renewing a lease timed out"),
+        }
+        if held_since.elapsed() >= ttl {
+            tracing::warn!(
+                name,
+                epoch,
+                "annals-postgres: lease lost: not renewed for its time to live"
+            );
             loss.signal();
             return;
         }
     }
-}
-
-/// The advisory lock key of the lease `name` in `schema`: a stable 64-bit hash (FNV-1a), the
-/// same in every process and version.
-pub fn lease_key(schema: &str, name: &str) -> i64 {
-    let hash = schema
-        .bytes()
-        .chain([0])
-        .chain(name.bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    i64::from_ne_bytes(hash.to_ne_bytes())
 }

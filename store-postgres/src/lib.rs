@@ -181,8 +181,8 @@
 //!
 //! After [`close`](annals::EventStore::close) (of any clone), every operation that needs the
 //! server fails with [`Error::Closed`](annals::Error::Closed); a pool the store made is closed,
-//! one given to [`pool`](PgEventStoreBuilder::pool) is left open; held leases stay held until
-//! released or dropped. Closing twice is harmless.
+//! one given to [`pool`](PgEventStoreBuilder::pool) is left open; held leases can no longer be
+//! renewed and are lost after their time to live. Closing twice is harmless.
 //!
 //! # Verifying
 //!
@@ -216,10 +216,11 @@
 //!
 //! # Leases
 //!
-//! [`PgEventStore`] implements [`Leases`](annals::Leases): a lease is "one owner at a time" on a
-//! session advisory lock (keyed by [`lease_key`]), on a connection of its own, across every
-//! process on the same schema, for projection partitions and relays. Its
-//! [`lost`](annals::Lease::lost) completes when its connection is found lost. See
+//! [`PgEventStore`] implements [`Leases`](annals::Leases): a lease is "one holder at a time"
+//! across every process on the same schema (projection partitions, relays), a row of the table
+//! `leases` renewed by a heartbeat (1 s), taken over by others when it has not been renewed for
+//! its time to live (5 s) — a killed or paused holder — and carrying an epoch that fences former
+//! holders inside their transactions ([`PgEventStore::check_fence`]). See
 //! [the `Leases` impl](PgEventStore#impl-Leases-for-PgEventStore).
 //!
 //! # Supported Rust versions
@@ -236,7 +237,6 @@ mod types;
 mod watcher;
 
 pub use builder::PgEventStoreBuilder;
-pub use lease::lease_key;
 pub use schema::SCHEMA_VERSION;
 pub use store::PgEventStore;
 

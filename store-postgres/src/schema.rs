@@ -14,10 +14,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../migrations/0002_drop_schema_version_check.sql"),
     ),
+    (3, include_str!("../migrations/0003_leases.sql")),
 ];
 
 /// The schema version this crate creates and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The schema versions this build reads (older ones are migrated by `init`), as
 /// [`Error::Format`] reports them.

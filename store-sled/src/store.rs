@@ -479,6 +479,13 @@ impl Leases for SledEventStore {
     async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
         Ok(self.inner.leases.try_lease(name))
     }
+
+    async fn leases(&self, prefix: &str) -> Result<Vec<annals::LeaseInfo>> {
+        Ok(self
+            .inner
+            .leases
+            .list(prefix, &annals::lease::local_holder()))
+    }
 }
 
 impl SnapshotStore for SledEventStore {

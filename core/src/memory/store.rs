@@ -381,6 +381,13 @@ impl Leases for InMemoryStore {
     async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
         Ok(self.inner.leases.try_lease(name))
     }
+
+    async fn leases(&self, prefix: &str) -> Result<Vec<crate::LeaseInfo>> {
+        Ok(self
+            .inner
+            .leases
+            .list(prefix, &crate::lease::local_holder()))
+    }
 }
 
 impl SnapshotStore for InMemoryStore {

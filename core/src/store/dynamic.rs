@@ -8,7 +8,7 @@ use super::{
     CheckpointStore, CommitWatch, EventStore, ReadAll, ReadStream, RestoreResult, RestoredEvent,
     Snapshot, SnapshotStore, StreamInfo, VerifyReport,
 };
-use crate::lease::{Lease, Leases};
+use crate::lease::{Lease, LeaseInfo, Leases};
 use crate::{
     AppendResult, EventData, ExpectedVersion, Limits, Position, RecordedEvent, Result, StreamId,
     Version,
@@ -81,6 +81,8 @@ pub trait DynStore: Send + Sync {
     fn dyn_load_checkpoint<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Position>>>;
     /// [`Leases::try_lease`].
     fn dyn_try_lease<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>>>;
+    /// [`Leases::leases`].
+    fn dyn_leases<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<LeaseInfo>>>;
 }
 
 /// A store chosen at run time.
@@ -169,6 +171,9 @@ where
     fn dyn_try_lease<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>>> {
         self.try_lease(name).boxed()
     }
+    fn dyn_leases<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<LeaseInfo>>> {
+        self.leases(prefix).boxed()
+    }
 }
 
 impl EventStore for AnyStore {
@@ -237,5 +242,8 @@ impl CheckpointStore for AnyStore {
 impl Leases for AnyStore {
     async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
         (**self).dyn_try_lease(name).await
+    }
+    async fn leases(&self, prefix: &str) -> Result<Vec<LeaseInfo>> {
+        (**self).dyn_leases(prefix).await
     }
 }

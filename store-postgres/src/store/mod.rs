@@ -58,7 +58,9 @@ pub(crate) struct Settings {
     pub(crate) poll_interval: Duration,
     pub(crate) fallback_poll_interval: Duration,
     pub(crate) notify_interval: Duration,
-    pub(crate) lease_check_interval: Duration,
+    pub(crate) lease_heartbeat: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) lease_holder: String,
 }
 
 /// An event store on PostgreSQL. Clones share one pool and one background task.
@@ -85,7 +87,9 @@ struct Inner {
     local: Arc<LocalCommits>,
     /// The stream heads this store has seen, which spare exact appends their probe.
     heads: KnownHeads,
-    lease_check_interval: Duration,
+    lease_heartbeat: Duration,
+    lease_ttl: Duration,
+    lease_holder: String,
     /// Set by `close`: every operation that needs the server fails with `Error::Closed`.
     closed: AtomicBool,
     /// The background task; dropped with the last clone (which stops it), taken by `close`.
@@ -125,7 +129,9 @@ impl PgEventStore {
                 notifier,
                 local,
                 heads: KnownHeads::default(),
-                lease_check_interval: settings.lease_check_interval,
+                lease_heartbeat: settings.lease_heartbeat,
+                lease_ttl: settings.lease_ttl,
+                lease_holder: settings.lease_holder,
                 closed: AtomicBool::new(false),
                 background: tokio::sync::Mutex::new(Some(background)),
             }),
@@ -182,9 +188,19 @@ impl PgEventStore {
             .map_err(|e| map_pool(e, self.inner.tried.as_ref()))
     }
 
-    /// How often a held lease checks its connection.
-    pub(crate) fn lease_check_interval(&self) -> Duration {
-        self.inner.lease_check_interval
+    /// How often a held lease is renewed.
+    pub(crate) fn lease_heartbeat(&self) -> Duration {
+        self.inner.lease_heartbeat
+    }
+
+    /// How long after its last renewal a lease may be taken by another holder.
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.inner.lease_ttl
+    }
+
+    /// Who this store's leases say holds them.
+    pub fn lease_holder(&self) -> &str {
+        &self.inner.lease_holder
     }
 }
 

@@ -37,7 +37,7 @@ pub fn builder_with_schema(server: &PgServer, schema: &str) -> PgEventStoreBuild
         .connection_string(server.connection_string())
         .schema(schema)
         .poll_interval(Duration::from_millis(20))
-        .lease_check_interval(Duration::from_millis(100))
+        .lease_heartbeat(Duration::from_millis(100))
 }
 
 /// A store on the shared server, on a fresh schema, initialised.

@@ -5,7 +5,8 @@ use annals::{
 use super::{event, sid, StoreFactory, HANG_GUARD};
 
 /// Leases: one holder per name; others get `None` until it is released or dropped; names are
-/// independent; a released name can be taken again at once.
+/// independent; a released name can be taken again at once, in a higher epoch; `leases` lists
+/// what is held.
 pub async fn leases<F: StoreFactory>(factory: &F) {
     let store = factory.new_store().await;
     // Names unique to this run: a server-backed store's leases are shared by every store value
@@ -33,12 +34,29 @@ pub async fn leases<F: StoreFactory>(factory: &F) {
         .await
         .expect("try_lease")
         .expect("another name is independent");
+    let listed = store.leases(&name).await.expect("leases");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|l| (l.name.clone(), l.epoch))
+            .collect::<Vec<_>>(),
+        vec![
+            (name.clone(), held.epoch()),
+            (other.clone(), other_lease.epoch())
+        ],
+        "the held leases under the prefix, in name order"
+    );
+    let first_epoch = held.epoch();
     held.release().await.expect("release");
     let again = store
         .try_lease(&name)
         .await
         .expect("try_lease")
         .expect("a released lease can be taken again");
+    assert!(
+        again.epoch() > first_epoch,
+        "every grant gets a higher epoch (the fencing token)"
+    );
     drop(again);
     // Dropping frees the lease too; a server may take a moment to see the closed session.
     tokio::time::timeout(HANG_GUARD, async {
