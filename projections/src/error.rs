@@ -57,6 +57,18 @@ pub enum ProjectionError {
         what: String,
     },
 
+    /// Another worker took the partition over: this owner's lease is in an older epoch, so it
+    /// committed nothing and stopped the partition.
+    #[error("projection `{projection}` partition {partition}: another worker owns it now (lease epoch {epoch} is no longer current); nothing of the batch was written")]
+    LostOwnership {
+        /// The projection.
+        projection: ProjectionName,
+        /// The partition.
+        partition: u32,
+        /// The epoch this owner held.
+        epoch: u64,
+    },
+
     /// The projection stopped with this error earlier (as reported to every waiter).
     #[error("{0}")]
     Stopped(#[source] std::sync::Arc<ProjectionError>),

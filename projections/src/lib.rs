@@ -43,10 +43,12 @@ mod policy;
 mod projection;
 mod runner;
 mod status;
+mod workers;
 
 pub use error::{HandlerFailure, ProjectionError, Result};
 pub use model::{
-    Batch, CommitError, DeadLetter, DeadLetterKind, MemoryModel, MemoryTx, PartitionKey, ReadModel,
+    Batch, CommitError, DeadLetter, DeadLetterKind, Fence, MemoryModel, MemoryTx, PartitionKey,
+    ReadModel,
 };
 #[cfg(feature = "postgres")]
 pub use model::{PgModel, PgTx};
@@ -58,6 +60,9 @@ pub use policy::{ErrorPolicy, Retry};
 pub use projection::Projection;
 pub use runner::{ProjectionRunner, RunningProjection};
 pub use status::{PartitionStatus, ProjectionStatus, State};
+pub use workers::{
+    OwnedPartition, ProjectionWorkers, RunningWorkers, WorkersBuilder, WorkersStatus,
+};
 
 /// The message of a caught panic.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

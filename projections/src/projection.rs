@@ -65,3 +65,23 @@ pub trait Projection<M: ReadModel>: Send + Sync + 'static {
         events: &[RecordedEvent],
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
+
+/// A shared projection is a projection: the workers run one runner per partition they own, all
+/// on one projection value.
+impl<M: ReadModel, P: Projection<M>> Projection<M> for std::sync::Arc<P> {
+    fn name(&self) -> &ProjectionName {
+        (**self).name()
+    }
+
+    fn filter(&self) -> Filter {
+        (**self).filter()
+    }
+
+    fn handle(
+        &self,
+        tx: &mut M::Tx,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).handle(tx, events)
+    }
+}

@@ -86,6 +86,8 @@ pub(crate) struct Board {
 #[derive(Debug)]
 struct BoardInner {
     head: Option<Position>,
+    /// The partition of each slot (all of the projection's, or those this process owns).
+    ids: Vec<u32>,
     partitions: Vec<Slot>,
 }
 
@@ -104,12 +106,18 @@ struct Slot {
 }
 
 impl Board {
-    pub(crate) fn new(name: ProjectionName, checkpoints: &[Option<Position>]) -> Arc<Self> {
+    /// A board of the partitions `ids`, with their checkpoints.
+    pub(crate) fn new(
+        name: ProjectionName,
+        ids: &[u32],
+        checkpoints: &[Option<Position>],
+    ) -> Arc<Self> {
         let now = (Instant::now(), Timestamp::now());
         Arc::new(Board {
             name,
             inner: Mutex::new(BoardInner {
                 head: None,
+                ids: ids.to_vec(),
                 partitions: checkpoints
                     .iter()
                     .map(|&checkpoint| Slot {
@@ -134,8 +142,9 @@ impl Board {
 
     fn slot<R>(&self, partition: u32, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
         self.with(|b| {
-            usize::try_from(partition)
-                .ok()
+            b.ids
+                .iter()
+                .position(|&id| id == partition)
                 .and_then(|i| b.partitions.get_mut(i))
                 .map(f)
         })
@@ -245,7 +254,7 @@ impl Board {
     pub(crate) fn find_stalls(&self, limit: Duration) -> Vec<(u32, Duration, Option<String>)> {
         self.with(|b| {
             let mut stalled = Vec::new();
-            for (i, slot) in (0u32..).zip(b.partitions.iter_mut()) {
+            for (i, slot) in b.ids.iter().copied().zip(b.partitions.iter_mut()) {
                 let waited = slot.last_progress.0.elapsed();
                 let working = matches!(slot.state, State::CatchingUp | State::Live);
                 if working && slot.pending > 0 && waited > limit {
@@ -259,7 +268,10 @@ impl Board {
 
     pub(crate) fn snapshot(&self) -> ProjectionStatus {
         self.with(|b| {
-            let partitions: Vec<PartitionStatus> = (0u32..)
+            let partitions: Vec<PartitionStatus> = b
+                .ids
+                .iter()
+                .copied()
                 .zip(&b.partitions)
                 .map(|(partition, s)| PartitionStatus {
                     partition,

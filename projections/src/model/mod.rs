@@ -78,6 +78,20 @@ pub struct Batch<'a> {
     /// The partition's checkpoint after this batch: every event of the partition at or before
     /// it is committed (handled or set aside).
     pub checkpoint: Position,
+    /// The lease the partition is owned under, when workers share it across processes: a
+    /// model that many processes write checks inside its transaction that the lease is still
+    /// in this epoch, and commits nothing otherwise ([`CommitError::Fenced`]).
+    pub fence: Option<&'a Fence>,
+}
+
+/// A partition's ownership: the lease it is held under and the lease's epoch (see
+/// [`annals::Lease::epoch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease's name.
+    pub lease: String,
+    /// The epoch this owner holds it in.
+    pub epoch: u64,
 }
 
 /// Why a [`ReadModel::commit`] wrote nothing.
@@ -87,6 +101,9 @@ pub enum CommitError {
     Handler(annals::BoxError),
     /// The read model's backend failed: retrying later may succeed.
     Backend(annals::Error),
+    /// The batch's [`Fence`] no longer holds: another owner has the partition. Nothing was
+    /// written, and this owner must stop.
+    Fenced,
 }
 
 /// Where projections write: their data, and for each partition its checkpoint and dead

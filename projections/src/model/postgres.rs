@@ -5,7 +5,7 @@ use annals::{Position, RecordedEvent, Timestamp};
 use annals_postgres::PgEventStore;
 use deadpool_postgres::{Object, Pool};
 
-use super::{Batch, CommitError, DeadLetter, DeadLetterKind, PartitionKey, ReadModel};
+use super::{Batch, CommitError, DeadLetter, DeadLetterKind, Fence, PartitionKey, ReadModel};
 use crate::{Projection, ProjectionError, ProjectionName, Result};
 
 /// The format of the rows this build writes; a newer one is refused, never misread.
@@ -21,6 +21,8 @@ const FORMAT: i32 = 1;
 pub struct PgModel {
     pool: Pool,
     schema: String,
+    /// For the fence checks of batches owned under a lease.
+    store: PgEventStore,
 }
 
 /// One batch's connection, inside its open transaction: run the projection's statements on
@@ -28,12 +30,20 @@ pub struct PgModel {
 #[derive(Debug)]
 pub struct PgTx {
     client: Object,
+    fence: Option<Fence>,
 }
 
 impl PgTx {
     /// The connection, inside the batch's transaction.
     pub fn client(&self) -> &tokio_postgres::Client {
         &self.client
+    }
+
+    /// The lease the batch's partition is owned under, when workers run it
+    /// ([`ProjectionWorkers`](crate::ProjectionWorkers)): its epoch identifies this owner's
+    /// tenure, e.g. in an idempotency key.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
     }
 }
 
@@ -61,6 +71,7 @@ impl PgModel {
         PgModel {
             pool: store.pool().clone(),
             schema: store.schema().to_owned(),
+            store: store.clone(),
         }
     }
 
@@ -229,7 +240,10 @@ impl ReadModel for PgModel {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| CommitError::Backend(backend(e)))?;
-        let mut tx = PgTx { client };
+        let mut tx = PgTx {
+            client,
+            fence: batch.fence.cloned(),
+        };
         if !batch.handle.is_empty() {
             let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
                 projection.handle(&mut tx, batch.handle),
@@ -244,6 +258,26 @@ impl ReadModel for PgModel {
                 // A failed statement aborted the transaction; either way nothing is kept.
                 let _ = tx.client.batch_execute("ROLLBACK").await;
                 return Err(CommitError::Handler(error));
+            }
+        }
+        if let Some(fence) = batch.fence {
+            // Last, so the lease's row is locked only while the batch commits: no takeover
+            // can commit between this check and the COMMIT.
+            let client: &tokio_postgres::Client = &tx.client;
+            match self
+                .store
+                .check_fence(client, &fence.lease, fence.epoch)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = tx.client.batch_execute("ROLLBACK").await;
+                    return Err(CommitError::Fenced);
+                }
+                Err(e) => {
+                    let _ = tx.client.batch_execute("ROLLBACK").await;
+                    return Err(CommitError::Backend(e));
+                }
             }
         }
         let written = match self.write_runtime_rows(&tx.client, &batch).await {

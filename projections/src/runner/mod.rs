@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::status::Board;
 use crate::{
-    DeadLetter, ErrorPolicy, PartitionKey, Projection, ProjectionError, ProjectionName,
+    DeadLetter, ErrorPolicy, Fence, PartitionKey, Projection, ProjectionError, ProjectionName,
     ProjectionStatus, ReadModel, Result, Retry,
 };
 
@@ -27,6 +27,8 @@ pub(crate) struct Settings {
     pub(crate) retry: Retry,
     pub(crate) stall_after: Duration,
     pub(crate) idle_checkpoint: Duration,
+    /// Run only this partition (of `partitions`), owned under this fence (workers).
+    pub(crate) only: Option<(u32, Option<Fence>)>,
 }
 
 /// Runs a projection: catches up from its checkpoints, then follows the log live.
@@ -103,6 +105,7 @@ where
                 retry: Retry::default(),
                 stall_after: Duration::from_secs(30),
                 idle_checkpoint: Duration::from_secs(1),
+                only: None,
             },
         }
     }
@@ -155,6 +158,14 @@ where
         self
     }
 
+    /// Runs only `partition` of the projection's partitions, its commits fenced by `fence`
+    /// (the workers across processes run one runner per partition they own).
+    #[must_use]
+    pub(crate) fn only_partition(mut self, partition: u32, fence: Option<Fence>) -> Self {
+        self.settings.only = Some((partition, fence));
+        self
+    }
+
     /// Loads the checkpoints and dead letters, then starts the reader and the partitions.
     ///
     /// # Errors
@@ -175,13 +186,21 @@ where
         if settings.batch_size == 0 {
             return Err(invalid("batch_size", "at least 1"));
         }
+        let ids: Vec<u32> = match &settings.only {
+            Some((partition, _)) if *partition >= settings.partitions => {
+                return Err(invalid("partition", "beyond the partition count"));
+            }
+            Some((partition, _)) => vec![*partition],
+            None => (0..settings.partitions).collect(),
+        };
+        let fence = settings.only.as_ref().and_then(|(_, fence)| fence.clone());
         let mut checkpoints = Vec::new();
-        for partition in 0..settings.partitions {
+        for &partition in &ids {
             let key = PartitionKey::new(name.clone(), partition);
             checkpoints.push(self.model.checkpoint(&key).await?);
         }
         let dead = self.model.dead_letters(&name).await?;
-        let board = Board::new(name.clone(), &checkpoints);
+        let board = Board::new(name.clone(), &ids, &checkpoints);
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let failure = Arc::new(Mutex::new(None));
@@ -189,7 +208,7 @@ where
         let progress_tx = Arc::new(progress_tx);
         let projection = Arc::new(self.projection);
         let mut senders = Vec::new();
-        for (partition, checkpoint) in (0u32..).zip(&checkpoints) {
+        for (&partition, checkpoint) in ids.iter().zip(&checkpoints) {
             // A few pages' shares queue per partition: a slow partition slows the reader
             // instead of filling memory.
             let (tx, rx) = mpsc::channel(4);
@@ -209,12 +228,15 @@ where
                 progress: progress_tx.clone(),
                 cancel: cancel.clone(),
                 failure: failure.clone(),
+                fence: fence.clone(),
             };
             tracker.spawn(task.run(rx));
         }
         let reader = reader::Reader {
             store: self.store,
             filter: projection.filter(),
+            total: settings.partitions,
+            ids: ids.clone(),
             checkpoints,
             senders: senders.clone(),
             board: board.clone(),
@@ -231,6 +253,8 @@ where
         tracing::info!(projection = %name, partitions = settings.partitions, "projection started");
         Ok(RunningProjection {
             name,
+            total: settings.partitions,
+            ids,
             model: self.model,
             board,
             cancel,
@@ -266,6 +290,10 @@ async fn watchdog(board: Arc<Board>, limit: Duration, cancel: CancellationToken)
 #[derive(Debug)]
 pub struct RunningProjection<M> {
     name: ProjectionName,
+    /// The projection's partition count.
+    total: u32,
+    /// The partitions this runner runs (their senders in this order).
+    ids: Vec<u32>,
     model: M,
     board: Arc<Board>,
     cancel: CancellationToken,
@@ -309,6 +337,12 @@ impl<M: ReadModel> RunningProjection<M> {
                 };
             }
         }
+    }
+
+    /// Whether the projection has stopped (by itself, on an error of the stop policy or a lost
+    /// ownership, or asked to).
+    pub fn is_stopped(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Waits until the projection stops by itself and returns why (the stop policy's error).
@@ -357,10 +391,11 @@ impl<M: ReadModel> RunningProjection<M> {
     }
 
     async fn control(&self, stream: &StreamId, what: partition::Control) -> Result<usize> {
-        let count = u32::try_from(self.senders.len()).unwrap_or(u32::MAX);
-        let partition = crate::partition_of(stream, count);
-        let sender = usize::try_from(partition)
-            .ok()
+        let partition = crate::partition_of(stream, self.total);
+        let sender = self
+            .ids
+            .iter()
+            .position(|&id| id == partition)
             .and_then(|i| self.senders.get(i))
             .ok_or(ProjectionError::Store(annals::Error::Closed))?;
         let (reply, answer) = oneshot::channel();

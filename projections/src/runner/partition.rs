@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::Settings;
 use crate::status::Board;
 use crate::{
-    Batch, CommitError, DeadLetter, DeadLetterKind, ErrorPolicy, PartitionKey, Projection,
+    Batch, CommitError, DeadLetter, DeadLetterKind, ErrorPolicy, Fence, PartitionKey, Projection,
     ProjectionError, ReadModel, Result,
 };
 
@@ -49,6 +49,8 @@ pub(super) struct PartitionTask<M, P> {
     pub(super) progress: Arc<watch::Sender<u64>>,
     pub(super) cancel: CancellationToken,
     pub(super) failure: Arc<Mutex<Option<Arc<ProjectionError>>>>,
+    /// The lease the partition is owned under (workers across processes).
+    pub(super) fence: Option<Fence>,
 }
 
 /// How a batch that kept failing ended.
@@ -57,6 +59,8 @@ enum Failed {
     Handler(annals::BoxError),
     /// The projection is shutting down: nothing of the batch was committed.
     Cancelled,
+    /// Another owner has the partition: nothing was committed.
+    Fenced,
 }
 
 impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
@@ -167,6 +171,14 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
         }
     }
 
+    fn lost_ownership(&self) -> ProjectionError {
+        ProjectionError::LostOwnership {
+            projection: self.key.projection.clone(),
+            partition: self.key.partition,
+            epoch: self.fence.as_ref().map_or(0, |f| f.epoch),
+        }
+    }
+
     fn stop(&self, error: ProjectionError) {
         tracing::error!(projection = %self.key.projection, partition = self.key.partition, %error, "projection stopped");
         self.board.stopped(self.key.partition, error.to_string());
@@ -204,6 +216,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 Ok(())
             }
             Err(Failed::Cancelled) => Err(None),
+            Err(Failed::Fenced) => Err(Some(self.lost_ownership())),
             Err(Failed::Handler(_)) => {
                 // Find the poison event: one event at a time, each with its own checkpoint.
                 for event in &events {
@@ -213,6 +226,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                     match self.commit(&[], &[], &[], through).await {
                         Ok(()) => self.committed(through, 0),
                         Err(Failed::Cancelled) => return Err(None),
+                        Err(Failed::Fenced) => return Err(Some(self.lost_ownership())),
                         Err(Failed::Handler(_)) => {}
                     }
                 }
@@ -236,6 +250,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 return Ok(());
             }
             Err(Failed::Cancelled) => return Err(None),
+            Err(Failed::Fenced) => return Err(Some(self.lost_ownership())),
             Err(Failed::Handler(error)) => error,
         };
         let kind = match self.settings.policy {
@@ -278,6 +293,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 Ok(())
             }
             Err(Failed::Cancelled) => Err(None),
+            Err(Failed::Fenced) => Err(Some(self.lost_ownership())),
             // Only the handler can fail a batch, and this one has nothing to handle.
             Err(Failed::Handler(error)) => Err(Some(ProjectionError::Store(
                 annals::Error::backend("projections", error),
@@ -322,6 +338,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 dead_letters: dead,
                 release,
                 checkpoint,
+                fence: self.fence.as_ref(),
             };
             // One span per batch: what the handler and the read model do is nested in it.
             let span = tracing::debug_span!(
@@ -356,6 +373,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                         .error(self.key.partition, format!("handler failed: {error}"));
                     self.settings.retry.backoff(handler_failures)
                 }
+                Err(CommitError::Fenced) => return Err(Failed::Fenced),
                 Err(CommitError::Backend(error)) => {
                     backend_failures += 1;
                     tracing::warn!(projection = %self.key.projection, partition = self.key.partition, %error, "committing a batch failed; retrying");
@@ -411,6 +429,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 Ok(ids.len())
             }
             Err(Failed::Cancelled) => Err(ProjectionError::Store(annals::Error::Closed)),
+            Err(Failed::Fenced) => Err(self.lost_ownership()),
             Err(Failed::Handler(source)) => Err(ProjectionError::handler(
                 &self.key.projection,
                 &events[0],

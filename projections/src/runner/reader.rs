@@ -18,6 +18,10 @@ const PAGE: usize = 1024;
 pub(super) struct Reader<S> {
     pub(super) store: S,
     pub(super) filter: Filter,
+    /// The projection's partition count.
+    pub(super) total: u32,
+    /// The partitions this reader feeds, in the order of `senders` and `checkpoints`.
+    pub(super) ids: Vec<u32>,
     /// Each partition's checkpoint at start: events at or before it are not handed over again.
     pub(super) checkpoints: Vec<Option<Position>>,
     pub(super) senders: Vec<mpsc::Sender<Msg>>,
@@ -35,7 +39,6 @@ impl<S: EventStore + 'static> Reader<S> {
             .map(|c| c.map_or(Position::START, Position::next))
             .min()
             .unwrap_or(Position::START);
-        let count = u32::try_from(self.senders.len()).unwrap_or(u32::MAX);
         let mut watch = self.store.watch_commits();
         let mut failures = 0u32;
         loop {
@@ -66,7 +69,7 @@ impl<S: EventStore + 'static> Reader<S> {
                     // The store is unavailable: never move on past what was not read.
                     failures += 1;
                     tracing::warn!(projection = %self.board.name, %error, "reading the log failed; retrying");
-                    for partition in 0..count {
+                    for &partition in &self.ids {
                         self.board
                             .error(partition, format!("reading the log: {error}"));
                     }
@@ -88,8 +91,9 @@ impl<S: EventStore + 'static> Reader<S> {
             // Each partition's share of the page, handed over at once.
             let mut shares: Vec<Vec<annals::RecordedEvent>> = vec![Vec::new(); self.senders.len()];
             for event in page {
-                let partition = partition_of(&event.stream_id, count);
-                let Some(index) = usize::try_from(partition).ok() else {
+                let partition = partition_of(&event.stream_id, self.total);
+                // Another process's partition (workers): not ours to hand over.
+                let Some(index) = self.ids.iter().position(|&id| id == partition) else {
                     continue;
                 };
                 let done = self.checkpoints.get(index).copied().flatten();
@@ -102,7 +106,7 @@ impl<S: EventStore + 'static> Reader<S> {
             }
             for (index, share) in shares.into_iter().enumerate() {
                 let Some(first) = share.first() else { continue };
-                let partition = u32::try_from(index).unwrap_or(u32::MAX);
+                let partition = self.ids.get(index).copied().unwrap_or(u32::MAX);
                 self.board.received(
                     partition,
                     u64::try_from(share.len()).unwrap_or(u64::MAX),
