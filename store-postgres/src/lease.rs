@@ -34,7 +34,9 @@ use crate::store::PgEventStore;
 ///   A holder that wakes up after a takeover still believes it holds the lease until its next
 ///   heartbeat; work that must never come from two holders checks the epoch inside its own
 ///   transaction with [`PgEventStore::check_fence`], which also locks the row so no takeover
-///   commits in between (the projection runtime's PostgreSQL read model does).
+///   commits in between (the projection runtime's PostgreSQL read model does). Such a
+///   transaction should set `idle_in_transaction_session_timeout` to the lease's time to live,
+///   so that a holder paused inside it is ended by the server and its lock freed.
 /// - **Release**: [`Lease::release`] frees the row at once; dropping the `Lease` frees it in
 ///   the background (or it expires).
 /// - After [`close`](annals::EventStore::close), `try_lease` fails with
@@ -56,9 +58,22 @@ use crate::store::PgEventStore;
 /// ```
 impl Leases for PgEventStore {
     async fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let ttl = micros(self.lease_ttl());
-        let row = client
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| map(e, self.schema()))?;
+        // A holder's transaction may hold the row (its fence check, just before it commits):
+        // wait a heartbeat at most, then report the lease as held. A holder paused there is
+        // ended by the server (its idle-in-transaction timeout), which frees the row.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.lease_heartbeat().as_millis().max(1)
+        ))
+        .await
+        .map_err(|e| map(e, self.schema()))?;
+        let row = tx
             .query_opt(
                 &format!(
                     "INSERT INTO {s}.leases AS l (name, holder, epoch, renewed, expires)
@@ -72,8 +87,15 @@ impl Leases for PgEventStore {
                 ),
                 &[&name, &self.lease_holder(), &(ttl as f64)],
             )
-            .await
-            .map_err(|e| map(e, self.schema()))?;
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(map(e, self.schema())),
+        };
+        tx.commit().await.map_err(|e| map(e, self.schema()))?;
         drop(client);
         let Some(row) = row else {
             return Ok(None);

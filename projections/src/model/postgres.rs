@@ -236,8 +236,18 @@ impl ReadModel for PgModel {
         batch: Batch<'_>,
     ) -> std::result::Result<(), CommitError> {
         let client = self.client().await.map_err(CommitError::Backend)?;
+        // Owned under a lease: a worker paused inside the transaction (holding the lease's row
+        // after its fence check) is ended by the server after the lease's time to live, so
+        // the takeover is never held up for longer.
+        let begin = match batch.fence {
+            Some(_) => format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+                self.store.lease_ttl().as_millis().max(1)
+            ),
+            None => "BEGIN".to_owned(),
+        };
         client
-            .batch_execute("BEGIN")
+            .batch_execute(&begin)
             .await
             .map_err(|e| CommitError::Backend(backend(e)))?;
         let mut tx = PgTx {

@@ -53,6 +53,14 @@ pub(super) struct PartitionTask<M, P> {
     pub(super) fence: Option<Fence>,
 }
 
+/// Sleeps for `wait`, or for ever without one.
+async fn sleep_or_never(wait: Option<std::time::Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a batch that kept failing ended.
 enum Failed {
     /// The handler failed on these events (after retries).
@@ -79,14 +87,26 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
         let mut scanned: Option<Position> = None;
         let mut last_commit = Instant::now();
         loop {
-            // The first message of a batch, or the end.
+            // The first message of a batch, or the end; or, when the log was scanned past the
+            // checkpoint and nothing came for `idle_checkpoint`, a commit of the checkpoint
+            // alone (so an idle partition's saved checkpoint follows the log too).
+            let idle_wait = (pending.is_empty() && scanned > self.checkpoint).then(|| {
+                self.settings
+                    .idle_checkpoint
+                    .saturating_sub(last_commit.elapsed())
+            });
             let first = tokio::select! {
-                msg = rx.recv() => msg,
-                () = self.cancel.cancelled() => None,
+                msg = rx.recv() => match msg {
+                    Some(msg) => Some(msg),
+                    None => break,
+                },
+                () = self.cancel.cancelled() => break,
+                () = sleep_or_never(idle_wait) => None,
             };
-            let Some(first) = first else { break };
             let mut controls = Vec::new();
-            self.take(first, &mut pending, &mut scanned, &mut controls);
+            if let Some(first) = first {
+                self.take(first, &mut pending, &mut scanned, &mut controls);
+            }
             if !self.settings.max_wait.is_zero() {
                 // Wait up to `max_wait` for a batch to fill (zero by default: a live event is
                 // committed as soon as nothing else is queued behind it).

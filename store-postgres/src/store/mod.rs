@@ -193,8 +193,9 @@ impl PgEventStore {
         self.inner.lease_heartbeat
     }
 
-    /// How long after its last renewal a lease may be taken by another holder.
-    pub(crate) fn lease_ttl(&self) -> Duration {
+    /// How long after its last renewal a lease may be taken by another holder (see
+    /// [`lease_ttl`](crate::PgEventStoreBuilder::lease_ttl)).
+    pub fn lease_ttl(&self) -> Duration {
         self.inner.lease_ttl
     }
 
