@@ -8,6 +8,9 @@
 //!   its partitions over and commits; the first is resumed with SIGCONT: every row it wrote
 //!   carries the epoch it held the partition in, and no row of an older epoch follows a row of
 //!   a newer one in a partition (a fenced owner commits nothing), nothing is applied twice.
+//! - Outages: every session is terminated, then the server is stopped for longer than the
+//!   lease time and started again, while a writer appends: ownership recovers, nothing is
+//!   skipped or applied twice.
 //! - Join and leave: 1 worker, then 3 more: each owns 2 of the 8 partitions; two stop cleanly:
 //!   the other two own 4 each.
 //!
@@ -536,4 +539,157 @@ async fn workers_that_join_and_leave_share_the_partitions_evenly() {
     let total: u64 = expected.values().map(|t| t.count).sum();
     check_applied_once(&store, schema, usize::try_from(total).unwrap()).await;
     check_epochs_never_go_back(&store, schema).await;
+}
+
+/// Appends `count` account events like [`write`], retrying each append the server refused
+/// while it was away (an append whose answer was lost may have been written: its retry, with
+/// the same event id, is recognised as the same append).
+async fn write_through_outages(store: &PgEventStore, from: u64, count: u64) {
+    for i in from..from + count {
+        let stream = StreamId::new(format!("account-{}", i % 40)).unwrap();
+        let event = EventData::json("Counted", &serde_json::json!({ "n": i })).unwrap();
+        loop {
+            match store
+                .append(&stream, ExpectedVersion::Any, vec![event.clone()])
+                .await
+            {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_sessions_and_a_server_restart_skip_nothing_and_double_nothing() {
+    // A server of its own: it is stopped and started mid-run.
+    let server = std::sync::Arc::new(
+        tokio::task::spawn_blocking(PgServer::start)
+            .await
+            .unwrap()
+            .expect("a server"),
+    );
+    let connection = server.connection_string();
+    let schema = "workers_outage";
+    let (store, model) = open(&connection, schema, "test").await;
+    write(&store, 0, 1_000).await;
+    let mut children: Vec<Child> = ["a", "b"]
+        .iter()
+        .map(|w| spawn_worker(&connection, schema, w))
+        .collect();
+    wait_owners(&store, "two workers share", |o| {
+        o.len() == 8 && counts(o).values().all(|&n| n == 4)
+    })
+    .await;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { write_through_outages(&store, 1_000, 1_500).await })
+    };
+    // Every session but this one cut, as a network failure or an operator would.
+    let admin = store.pool().get().await.unwrap();
+    let cut: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(admin);
+    eprintln!("terminated {cut} sessions");
+    assert!(cut > 0);
+    wait_owners(&store, "ownership after the cut", |o| o.len() == 8).await;
+    // The server goes away for longer than the lease time, then comes back.
+    tokio::task::spawn_blocking({
+        let server = server.clone();
+        move || {
+            server.stop().expect("stop");
+            std::thread::sleep(Duration::from_secs(2));
+            server.resume().expect("resume");
+        }
+    })
+    .await
+    .unwrap();
+    writer.await.unwrap();
+    wait_owners(&store, "ownership after the restart", |o| {
+        o.len() == 8 && counts(o).values().all(|&n| n == 4)
+    })
+    .await;
+    let head = write(&store, 2_500, 100).await;
+    wait_caught_up(&model, head).await;
+    for mut child in children.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let expected = fold(&store).await;
+    assert_eq!(tallies(&store, schema).await, expected);
+    let total: u64 = expected.values().map(|t| t.count).sum();
+    assert_eq!(total, 2_600);
+    check_applied_once(&store, schema, usize::try_from(total).unwrap()).await;
+    check_epochs_never_go_back(&store, schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_quick_handovers_never_let_an_old_owner_commit_after_a_new_one() {
+    let server = PgServer::shared();
+    let connection = server.connection_string();
+    let schema = "workers_stress";
+    let (store, model) = open(&connection, schema, "test").await;
+    let quick = |id: String| {
+        let connection = connection.clone();
+        async move {
+            let store = builder(&connection, schema, &id)
+                .lease_heartbeat(Duration::from_millis(20))
+                .lease_ttl(Duration::from_millis(200))
+                .open()
+                .await
+                .expect("open");
+            let model = PgModel::new(&store);
+            let projection = Tallies {
+                name: ProjectionName::new(NAME).unwrap(),
+                schema: schema.to_owned(),
+                worker: id.clone(),
+            };
+            ProjectionWorkers::builder(store, model, projection)
+                .partitions(PARTITIONS)
+                .worker_id(id)
+                .rebalance_every(Duration::from_millis(10))
+                .configure(|runner| runner.batch_size(7))
+                .start()
+                .await
+                .expect("start")
+        }
+    };
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { write(&store, 0, 1_500).await })
+    };
+    // Workers join and leave in quick succession: every join and leave moves partitions.
+    let mut seed = seed();
+    let mut running = vec![quick("s0".into()).await];
+    for i in 1..40 {
+        if running.len() < 2 || (running.len() < 5 && next(&mut seed) % 2 == 0) {
+            running.push(quick(format!("s{i}")).await);
+        } else {
+            let index = usize::try_from(next(&mut seed)).unwrap() % running.len();
+            running.swap_remove(index).shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_millis(next(&mut seed) % 60)).await;
+    }
+    writer.await.unwrap();
+    let head = store.last_position().await.unwrap().unwrap();
+    wait_caught_up(&model, head).await;
+    for worker in running {
+        worker.shutdown().await;
+    }
+    let expected = fold(&store).await;
+    assert_eq!(tallies(&store, schema).await, expected);
+    check_applied_once(&store, schema, 1_500).await;
+    let tenures = check_epochs_never_go_back(&store, schema).await;
+    eprintln!("{tenures} tenures of the 8 partitions");
+    assert!(
+        tenures > 16,
+        "partitions changed hands often ({tenures} tenures)"
+    );
 }
