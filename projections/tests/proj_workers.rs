@@ -669,7 +669,7 @@ async fn many_quick_handovers_never_let_an_old_owner_commit_after_a_new_one() {
     let mut seed = seed();
     let mut running = vec![quick("s0".into()).await];
     for i in 1..40 {
-        if running.len() < 2 || (running.len() < 5 && next(&mut seed) % 2 == 0) {
+        if running.len() < 2 || (running.len() < 5 && next(&mut seed).is_multiple_of(2)) {
             running.push(quick(format!("s{i}")).await);
         } else {
             let index = usize::try_from(next(&mut seed)).unwrap() % running.len();
