@@ -17,6 +17,7 @@ pub mod payload;
 pub mod pg_scenarios;
 pub mod proj_lag;
 pub mod proj_scenarios;
+pub mod proj_workers;
 pub mod repo_scenarios;
 pub mod sled_scenarios;
 

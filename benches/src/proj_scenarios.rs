@@ -54,6 +54,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
         Box::new(crate::proj_lag::LiveLagSled),
         Box::new(crate::proj_lag::LiveLagPg),
         Box::new(crate::proj_lag::LiveLagPgProcess),
+        Box::new(crate::proj_workers::Failover),
         Box::new(Memory),
     ]
 }

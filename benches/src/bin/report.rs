@@ -43,6 +43,21 @@ fn main() -> anyhow::Result<()> {
                 println!("VMHWM_KIB {kib}");
                 return Ok(());
             }
+            "--proj-worker-child" => {
+                // Internal: a worker process of `proj.failover`.
+                let mut arg = || args.next().ok_or_else(|| anyhow::anyhow!(USAGE));
+                let (connection, schema, table, id) = (arg()?, arg()?, arg()?, arg()?);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(annals_benches::proj_workers::worker_child(
+                    &connection,
+                    &schema,
+                    &table,
+                    &id,
+                ))?;
+                return Ok(());
+            }
             "--proj-lag-child" => {
                 // Internal: the worker process of `proj.live.lag.pg.process`.
                 let mut arg = || args.next().ok_or_else(|| anyhow::anyhow!(USAGE));
