@@ -55,13 +55,19 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
         Box::new(crate::proj_lag::LiveLagPg),
         Box::new(crate::proj_lag::LiveLagPgProcess),
         Box::new(crate::proj_workers::Failover),
+        Box::new(crate::proj_workers::Partitions4Vs1),
         Box::new(Memory),
     ]
 }
 
 /// Fills `store` with `count` events from 4 tasks: appends of `per_append` events, the
 /// `k`-th append to the stream `proj-<k mod streams>` (`rare-<…>` for 1 % of them).
-async fn fill<S>(store: &S, count: u64, per_append: u64, streams: u64) -> anyhow::Result<()>
+pub(crate) async fn fill<S>(
+    store: &S,
+    count: u64,
+    per_append: u64,
+    streams: u64,
+) -> anyhow::Result<()>
 where
     S: EventStore + Clone + 'static,
 {

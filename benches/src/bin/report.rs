@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
                 // Internal: a worker process of `proj.failover`.
                 let mut arg = || args.next().ok_or_else(|| anyhow::anyhow!(USAGE));
                 let (connection, schema, table, id) = (arg()?, arg()?, arg()?, arg()?);
+                let job = annals_benches::proj_workers::WorkerJob::parse(args.by_ref())?;
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?;
@@ -55,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                     &schema,
                     &table,
                     &id,
+                    job,
                 ))?;
                 return Ok(());
             }
