@@ -108,7 +108,8 @@ impl WorkerJob {
         ]
     }
 
-    /// Reads what [`args`](Self::args) wrote.
+    /// Reads the arguments a worker process is started with (name, blocking I/O in ms, batch
+    /// size, rebalancing round in ms).
     ///
     /// # Errors
     ///
