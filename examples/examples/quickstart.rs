@@ -219,7 +219,10 @@ async fn run(path: &Path) -> anyhow::Result<Summary> {
             None => "caught up from the start of the log".to_owned(),
             Some(p) => format!("resumed after position {p}"),
         },
-        running.status().checkpoint.map_or("-".into(), |p| p.to_string()),
+        running
+            .status()
+            .checkpoint
+            .map_or("-".into(), |p| p.to_string()),
     );
     // Live: a new event reaches the read model on the store's commit signal.
     let done = accounts
@@ -290,7 +293,11 @@ mod tests {
         assert!(first.retries >= 1, "the race was retried");
         assert_eq!(first.snapshot.map(|v| v.get()), Some(6));
         assert_eq!(first.balances.get("ada1"), Some(&100));
-        assert_eq!(first.balances.get("bob1"), Some(&55), "with the live deposit");
+        assert_eq!(
+            first.balances.get("bob1"),
+            Some(&55),
+            "with the live deposit"
+        );
         let second = super::run(dir.path()).await.expect("second run");
         assert_eq!(second.run, 2);
         assert_eq!(
