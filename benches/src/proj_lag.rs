@@ -30,7 +30,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::payload::batch;
 use crate::pg_scenarios::{drop_schema, fresh_store, raw_client, server};
-use crate::proj_scenarios::{sums, upsert_sql, PgCounts, SledCounts};
+use crate::proj_scenarios::{upsert_sql, PgCounts, SledCounts};
 use crate::sled_scenarios::open_store;
 use crate::{median, Line, Scenario, Settings};
 
@@ -260,21 +260,17 @@ fn channel(schema: &str) -> String {
 /// The per-stream counter of the worker process: [`PgCounts`]'s upsert, then a notification
 /// naming the batch's last event, sent inside the batch's transaction.
 struct NotifyingCounts {
-    name: ProjectionName,
-    upsert: String,
+    counts: PgCounts,
     channel: String,
 }
 
 impl Projection<PgModel> for NotifyingCounts {
     fn name(&self) -> &ProjectionName {
-        &self.name
+        &self.counts.name
     }
 
     async fn handle(&self, tx: &mut PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
-        let (streams, ns) = sums(events)?;
-        tx.client()
-            .execute(self.upsert.as_str(), &[&streams, &ns])
-            .await?;
+        self.counts.apply(tx, events).await?;
         if let Some(last) = events.last() {
             let p = last.position;
             let text = format!("{} {}", p.commit(), p.prepare());
@@ -370,8 +366,10 @@ pub async fn lag_child(connection: &str, schema: &str, table: &str) -> anyhow::R
         .open()
         .await?;
     let projection = NotifyingCounts {
-        name: ProjectionName::new("lag")?,
-        upsert: upsert_sql(table),
+        counts: PgCounts {
+            name: ProjectionName::new("lag")?,
+            upsert: upsert_sql(table),
+        },
         channel: channel(schema),
     };
     let running = ProjectionRunner::new(store.clone(), PgModel::new(&store), projection)

@@ -324,7 +324,7 @@ pub(crate) fn upsert_sql(table: &str) -> String {
 }
 
 /// A batch's counts per stream, as the upsert's two arrays.
-pub(crate) fn sums(events: &[RecordedEvent]) -> anyhow::Result<(Vec<&str>, Vec<i64>)> {
+fn sums(events: &[RecordedEvent]) -> anyhow::Result<(Vec<&str>, Vec<i64>)> {
     let mut order: Vec<&str> = Vec::new();
     let mut counts: HashMap<&str, i64> = HashMap::new();
     for e in events {
@@ -342,17 +342,24 @@ pub(crate) fn sums(events: &[RecordedEvent]) -> anyhow::Result<(Vec<&str>, Vec<i
     Ok((order, ns))
 }
 
+impl PgCounts {
+    /// The batch's counts, upserted in its transaction.
+    pub(crate) async fn apply(&self, tx: &PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
+        let (streams, ns) = sums(events)?;
+        tx.client()
+            .execute(self.upsert.as_str(), &[&streams, &ns])
+            .await?;
+        Ok(())
+    }
+}
+
 impl Projection<PgModel> for PgCounts {
     fn name(&self) -> &ProjectionName {
         &self.name
     }
 
     async fn handle(&self, tx: &mut PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
-        let (streams, ns) = sums(events)?;
-        tx.client()
-            .execute(self.upsert.as_str(), &[&streams, &ns])
-            .await?;
-        Ok(())
+        self.apply(tx, events).await
     }
 }
 

@@ -32,7 +32,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::payload::batch;
 use crate::pg_scenarios::{drop_schema, fresh_store, raw_client, server};
-use crate::proj_scenarios::{sums, upsert_sql};
+use crate::proj_scenarios::{upsert_sql, PgCounts};
 use crate::{median, Line, Scenario, Settings};
 
 type Run<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Line>> + Send + 'a>>;
@@ -46,8 +46,7 @@ const BUDGET_SECS: f64 = 10.0;
 /// The per-stream counter, and a notification `<worker> <partition>` per committed batch;
 /// `blocking_io` of blocking work per batch.
 struct Announced {
-    name: ProjectionName,
-    upsert: String,
+    counts: PgCounts,
     channel: String,
     worker: String,
     blocking_io: Duration,
@@ -55,14 +54,11 @@ struct Announced {
 
 impl Projection<PgModel> for Announced {
     fn name(&self) -> &ProjectionName {
-        &self.name
+        &self.counts.name
     }
 
     async fn handle(&self, tx: &mut PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
-        let (streams, ns) = sums(events)?;
-        tx.client()
-            .execute(self.upsert.as_str(), &[&streams, &ns])
-            .await?;
+        self.counts.apply(tx, events).await?;
         let partition = tx
             .fence()
             .and_then(|f| f.lease.rsplit('/').next().map(str::to_owned))
@@ -155,8 +151,10 @@ pub async fn worker_child(
         .open()
         .await?;
     let projection = Announced {
-        name: ProjectionName::new(job.name.as_str())?,
-        upsert: upsert_sql(table),
+        counts: PgCounts {
+            name: ProjectionName::new(job.name.as_str())?,
+            upsert: upsert_sql(table),
+        },
         channel: channel(schema),
         worker: id.to_owned(),
         blocking_io: Duration::from_millis(job.blocking_io_ms),

@@ -28,6 +28,7 @@ use annals_projections::{
 };
 use annals_testkit::postgres::PgServer;
 use futures::TryStreamExt;
+use support::pg::{read_tallies, tallies_ddl, tallies_upsert};
 use support::{fill, n_of, Tally, HANG_GUARD};
 
 const CHILD_ENV: &str = "ANNALS_PROJ_CHILD";
@@ -91,15 +92,7 @@ impl Projection<PgModel> for PgTallies {
 
     async fn handle(&self, tx: &mut PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
         self.effects(events).await?;
-        let upsert = format!(
-            "INSERT INTO {t} (stream, count, last_version, sum) VALUES ($1, 1, $2, $3)
-             ON CONFLICT (stream) DO UPDATE
-             SET count = {t}.count + 1, last_version = EXCLUDED.last_version,
-                 sum = {t}.sum + EXCLUDED.sum
-             WHERE {t}.last_version = EXCLUDED.last_version - 1",
-            t = self.table
-        );
-        let statement = tx.client().prepare(&upsert).await?;
+        let statement = tx.client().prepare(&tallies_upsert(&self.table)).await?;
         for event in events {
             let version = i64::try_from(event.version.get())?;
             let n = i64::try_from(n_of(event))?;
@@ -133,11 +126,10 @@ async fn open(connection: &str, schema: &str) -> (PgEventStore, PgModel) {
         .await
         .expect("client")
         .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS \"{schema}\".tallies (
-                 stream text PRIMARY KEY, count bigint NOT NULL,
-                 last_version bigint NOT NULL, sum bigint NOT NULL);
+            "{};
              CREATE TABLE IF NOT EXISTS \"{schema}\".effects (id text PRIMARY KEY, n bigint NOT NULL);
-             CREATE TABLE IF NOT EXISTS \"{schema}\".deliveries (id text NOT NULL)"
+             CREATE TABLE IF NOT EXISTS \"{schema}\".deliveries (id text NOT NULL)",
+            tallies_ddl(schema)
         ))
         .await
         .expect("tallies table");
@@ -146,28 +138,7 @@ async fn open(connection: &str, schema: &str) -> (PgEventStore, PgModel) {
 
 async fn rows(model: &PgModel, schema: &str) -> HashMap<String, Tally> {
     let client = model.pool().get().await.unwrap();
-    client
-        .query(
-            &format!("SELECT stream, count, last_version, sum FROM \"{schema}\".tallies"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|row| {
-            let count: i64 = row.get(1);
-            let last: i64 = row.get(2);
-            let sum: i64 = row.get(3);
-            (
-                row.get::<_, String>(0),
-                Tally {
-                    count: u64::try_from(count).unwrap(),
-                    last_version: u64::try_from(last).unwrap(),
-                    sum: u64::try_from(sum).unwrap(),
-                },
-            )
-        })
-        .collect()
+    read_tallies(&client, schema).await
 }
 
 /// The fold of the `account` events each partition's checkpoint covers.

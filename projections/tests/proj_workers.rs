@@ -36,6 +36,7 @@ use annals_projections::{
 };
 use annals_testkit::postgres::PgServer;
 use futures::TryStreamExt;
+use support::pg::{read_tallies, tallies_ddl, tallies_upsert};
 use support::{n_of, Tally, HANG_GUARD};
 
 const CHILD_ENV: &str = "ANNALS_WORKER_CHILD";
@@ -64,13 +65,7 @@ impl Projection<PgModel> for Tallies {
         let epoch = i64::try_from(tx.fence().map_or(0, |f| f.epoch))?;
         let upsert = tx
             .client()
-            .prepare(&format!(
-                "INSERT INTO \"{s}\".tallies (stream, count, last_version, sum) VALUES ($1, 1, $2, $3)
-                 ON CONFLICT (stream) DO UPDATE
-                 SET count = tallies.count + 1, last_version = EXCLUDED.last_version,
-                     sum = tallies.sum + EXCLUDED.sum
-                 WHERE tallies.last_version = EXCLUDED.last_version - 1"
-            ))
+            .prepare(&tallies_upsert(&format!("\"{s}\".tallies")))
             .await?;
         let applied = tx
             .client()
@@ -136,12 +131,11 @@ async fn open(connection: &str, schema: &str, holder: &str) -> (PgEventStore, Pg
         .await
         .expect("client")
         .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS \"{schema}\".tallies (
-                 stream text PRIMARY KEY, count bigint NOT NULL,
-                 last_version bigint NOT NULL, sum bigint NOT NULL);
+            "{};
              CREATE TABLE IF NOT EXISTS \"{schema}\".applied (
                  event_id text NOT NULL, partition int NOT NULL, commit_pos bigint NOT NULL,
-                 worker text NOT NULL, epoch bigint NOT NULL)"
+                 worker text NOT NULL, epoch bigint NOT NULL)",
+            tallies_ddl(schema)
         ))
         .await
         .expect("tables");
@@ -311,26 +305,7 @@ async fn fold(store: &PgEventStore) -> HashMap<String, Tally> {
 
 async fn tallies(store: &PgEventStore, schema: &str) -> HashMap<String, Tally> {
     let client = store.pool().get().await.unwrap();
-    client
-        .query(
-            &format!("SELECT stream, count, last_version, sum FROM \"{schema}\".tallies"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|row| {
-            let (c, l, s): (i64, i64, i64) = (row.get(1), row.get(2), row.get(3));
-            (
-                row.get::<_, String>(0),
-                Tally {
-                    count: u64::try_from(c).unwrap(),
-                    last_version: u64::try_from(l).unwrap(),
-                    sum: u64::try_from(s).unwrap(),
-                },
-            )
-        })
-        .collect()
+    read_tallies(&client, schema).await
 }
 
 /// Every event applied once: as many rows as distinct events, as many as the log's.
