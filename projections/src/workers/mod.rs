@@ -42,6 +42,56 @@ type Configure<S, M, P> =
 /// Read models shared by processes must check the fence: [`PgModel`](crate::PgModel) does. The
 /// in-memory and sled models belong to one process, where the worker's own lease checks
 /// suffice.
+///
+/// Run the same code in every worker process:
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use annals::{BoxError, RecordedEvent};
+/// use annals_postgres::PgEventStore;
+/// use annals_projections::{PgModel, PgTx, Projection, ProjectionName, ProjectionWorkers};
+///
+/// struct Balances(ProjectionName);
+///
+/// impl Projection<PgModel> for Balances {
+///     fn name(&self) -> &ProjectionName {
+///         &self.0
+///     }
+///     async fn handle(&self, tx: &mut PgTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
+///         for e in events {
+///             tx.client()
+///                 .execute(
+///                     "INSERT INTO balances (account, n) VALUES ($1, 1)
+///                      ON CONFLICT (account) DO UPDATE SET n = balances.n + 1",
+///                     &[&e.stream_id.as_str()],
+///                 )
+///                 .await?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let worker = std::env::var("WORKER_ID")?; // stable and unique per process
+/// let store = PgEventStore::builder()
+///     .connection_string("host=127.0.0.1 user=app dbname=app")
+///     .lease_holder(worker.as_str())
+///     .open()
+///     .await?;
+/// let model = PgModel::new(&store);
+/// model.init().await?;
+/// let running = ProjectionWorkers::builder(store, model, Balances(ProjectionName::new("balances")?))
+///     .partitions(8)
+///     .worker_id(worker)
+///     .start()
+///     .await?;
+/// // … until the process is asked to stop:
+/// let status = running.status().await?; // owners, epochs, heartbeats, checkpoints
+/// println!("{} partitions unowned", status.unowned().len());
+/// running.shutdown().await; // commits the batches in hand, releases the leases
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ProjectionWorkers;
 
