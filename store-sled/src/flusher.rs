@@ -199,6 +199,7 @@ where
                 &self.parts.overlay,
                 target,
                 Some(generation),
+                asked || closing,
             );
             self.last_took = flushed.took;
             self.last_flush = Instant::now();

@@ -111,6 +111,7 @@ mod durability;
 mod error;
 mod flusher;
 mod format;
+mod log;
 mod lookup;
 mod manifest;
 mod marks;
@@ -120,6 +121,7 @@ mod overlay;
 mod read;
 mod recover;
 mod store;
+mod upgrade;
 mod verify;
 mod writer;
 
@@ -136,20 +138,39 @@ pub const FORMAT_VERSION: u32 = format::FORMAT_VERSION;
 /// of the supported API.
 #[doc(hidden)]
 pub mod testing {
+    use std::path::Path;
+
     use annals::{EventData, RestoredEvent, Result, StreamId, Timestamp};
 
     use crate::error::sled_error;
+    use crate::log::{Log, DEFAULT_SEGMENT_BYTES};
     use crate::num::u64_from;
     use crate::overlay::{index_batch, CommitInfo};
     use crate::{format, recover, writer};
 
+    /// The log of the closed store at `path`, open for appends at its end.
+    fn open_log(path: &Path) -> Result<Log> {
+        let log = Log::open(Some(path), DEFAULT_SEGMENT_BYTES)?;
+        if log.is_empty() {
+            log.start()?;
+        } else {
+            log.scan_tail(0)?;
+        }
+        Ok(log)
+    }
+
+    fn write(log: &Log) -> Result<()> {
+        log.write_out()?;
+        log.sync().map_err(|e| annals::Error::backend("sled", e))
+    }
+
     fn commit(
-        tree: &sled::Tree,
+        log: &Log,
         stream: &StreamId,
         first_version: u64,
         events: &[EventData],
-    ) -> Result<(CommitInfo, Vec<u8>)> {
-        let first = recover::log_end(tree)? + 1;
+    ) -> (CommitInfo, Vec<u8>) {
+        let first = log.end() + 1;
         let bodies: Vec<Vec<u8>> = events.iter().map(format::encode_body).collect();
         let recorded_at = Timestamp::now();
         let key = format::commit_key(first, first + u64_from(events.len()) - 1);
@@ -167,33 +188,38 @@ pub mod testing {
             recorded_at,
             ids: events.iter().map(|e| e.id).collect(),
         };
-        Ok((info, value))
+        (info, value)
     }
 
-    /// Writes a commit record at the end of a closed store's log WITHOUT its index entries, as
-    /// a crash between the log insert and the index write leaves it. Returns its first position.
+    /// Writes a commit record at the end of the log of the closed store at `path` WITHOUT its
+    /// locator and index entries in sled (`tree`, that store's), as a crash between the log
+    /// write and the index write leaves it. Returns its first position.
     pub fn write_unindexed_commit(
-        tree: &sled::Tree,
+        _tree: &sled::Tree,
+        path: &Path,
         stream: &StreamId,
         first_version: u64,
         events: &[EventData],
     ) -> Result<u64> {
-        let (info, value) = commit(tree, stream, first_version, events)?;
-        tree.insert(format::commit_key(info.first, info.last()), value)
-            .map_err(sled_error)?;
+        let log = open_log(path)?;
+        let (info, value) = commit(&log, stream, first_version, events);
+        log.append(info.first, info.last(), &value)?;
+        write(&log)?;
         Ok(info.first)
     }
 
     /// Writes the first `records` commit records of a restore of `events` (new events, each
-    /// following its stream's head) at the end of a closed store's log, without index entries:
-    /// what a crash part-way through the restore leaves behind. Returns the restore's first
-    /// position.
+    /// following its stream's head) at the end of the log of the closed store at `path`,
+    /// without index entries: what a crash part-way through the restore leaves behind. Returns
+    /// the restore's first position.
     pub fn write_partial_restore(
-        tree: &sled::Tree,
+        _tree: &sled::Tree,
+        path: &Path,
         events: Vec<RestoredEvent>,
         records: usize,
     ) -> Result<u64> {
-        let first = recover::log_end(tree)? + 1;
+        let log = open_log(path)?;
+        let first = log.end() + 1;
         let written: Vec<(RestoredEvent, Vec<u8>)> = events
             .into_iter()
             .map(|e| {
@@ -205,21 +231,31 @@ pub mod testing {
             .into_iter()
             .take(records)
         {
-            tree.insert(key, value).map_err(sled_error)?;
+            let (f, l) = format::parse_commit_key(&key)
+                .ok_or_else(|| annals::Error::backend("sled", "malformed commit key"))?;
+            log.append(f, l, &value)?;
         }
+        write(&log)?;
         Ok(first)
     }
 
-    /// Writes the index entries (and the index marker) of a commit past the end of a closed
-    /// store's log, WITHOUT the commit record: an index that survived what it indexes.
+    /// Writes the index entries (the locator and the index marker too) of a commit past the
+    /// end of the log of the closed store at `path`, WITHOUT the commit record: an index that
+    /// survived what it indexes.
     pub fn write_index_without_commit(
         tree: &sled::Tree,
+        path: &Path,
         stream: &StreamId,
         first_version: u64,
         events: &[EventData],
     ) -> Result<u64> {
-        let (info, _) = commit(tree, stream, first_version, events)?;
+        let log = open_log(path)?;
+        let (info, value) = commit(&log, stream, first_version, events);
+        // Framed, never written: the locator names where the record would have been.
+        let loc = log.append(info.first, info.last(), &value)?;
+        let key = format::commit_key(info.first, info.last());
         let mut batch = sled::Batch::default();
+        batch.insert(key.to_vec(), format::locator_value(&key, loc));
         let mut frontier = recover::frontier(tree)?;
         index_batch(
             &mut batch,

@@ -120,6 +120,12 @@ impl Marks {
     }
 
     /// What is durable.
+    /// The log was made durable through `log_end` (sled was not flushed).
+    pub(crate) fn log_flushed(&self, log_end: u64) {
+        let mut durable = lock(&self.durable);
+        durable.log_end = durable.log_end.max(log_end);
+    }
+
     pub(crate) fn durable(&self) -> Tally {
         *lock(&self.durable)
     }

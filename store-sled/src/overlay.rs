@@ -24,6 +24,7 @@ use annals::{Error, EventId, Position, Result, StreamId, Timestamp, Version};
 
 use crate::error::sled_error;
 use crate::format::{self, Head, StreamRun};
+use crate::log::Log;
 use crate::num::{micros, u64_from};
 
 /// Unindexed events at which the background indexer is asked to run.
@@ -90,12 +91,14 @@ pub(crate) struct Overlay {
     /// The indexer thread's wake-up: (asked to index, closing).
     wanted: Mutex<(bool, bool)>,
     wake: Condvar,
+    /// The log's segment files: with `Durability::Buffered` a round makes them durable first.
+    log: Arc<Log>,
 }
 
 impl Overlay {
     /// An empty overlay over indexes complete through `indexed`, whose last id segment ends at
     /// `frontier`.
-    pub(crate) fn new(indexed: u64, frontier: [u8; 16]) -> Overlay {
+    pub(crate) fn new(indexed: u64, frontier: [u8; 16], log: Arc<Log>) -> Overlay {
         Overlay {
             state: RwLock::new(State::default()),
             indexing: Mutex::new(frontier),
@@ -103,10 +106,16 @@ impl Overlay {
             durable: AtomicU64::new(indexed),
             wanted: Mutex::new((false, false)),
             wake: Condvar::new(),
+            log,
         }
     }
 
     /// A flush made every commit up to `position` durable.
+    /// The log's segment files.
+    pub(crate) fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
     pub(crate) fn durable_through(&self, position: u64) {
         self.durable.fetch_max(position, Ordering::AcqRel);
     }
@@ -285,7 +294,9 @@ impl Overlay {
             // Index entries are written only for commits already on disk, so no crash can keep
             // an entry and lose its commit, whatever sled recovers. With `Durability::Flush`
             // they are durable already; with `Buffered` this is one flush per round.
-            tree.flush().map_err(sled_error)?;
+            self.log
+                .sync()
+                .map_err(|e| Error::backend("sled", format!("syncing the log failed: {e}")))?;
             self.durable_through(last);
         }
         let mut failed = None;

@@ -41,6 +41,7 @@ use tokio::sync::oneshot;
 use crate::commit_state::{CommitState, Pending, PendingAppend, Submitted};
 use crate::error::panic_message;
 use crate::format::{self, Head, MixedEvent};
+use crate::log::{Log, LogMark};
 use crate::lookup::{lookup_id, lookup_sorted_ids, read_head};
 use crate::num::{micros, u64_from};
 use crate::overlay::{CommitInfo, Overlay, INDEX_AT, INDEX_HARD};
@@ -61,6 +62,8 @@ const MAX_HEADS: usize = 50_000;
 #[derive(Debug)]
 pub(crate) struct Writer {
     tree: sled::Tree,
+    /// The log's segment files: the commit records go there, their locators to sled.
+    log: Arc<Log>,
     /// The queue, the `leading` flag and what the flusher owes, shared with the flusher.
     state: Arc<CommitState>,
     /// The next position to give; only the leader touches it.
@@ -86,12 +89,14 @@ pub(crate) struct LogEnd {
 impl Writer {
     pub(crate) fn new(
         tree: sled::Tree,
+        log: Arc<Log>,
         end: LogEnd,
         state: Arc<CommitState>,
         overlay: Arc<Overlay>,
     ) -> Self {
         Writer {
             tree,
+            log,
             state,
             next_position: AtomicU64::new(end.position + 1),
             overlay,
@@ -132,7 +137,7 @@ impl Writer {
         tokio::task::block_in_place(|| {
             if let Some(last) = self.commit(vec![pending]) {
                 self.state
-                    .flush_and_publish(&self.tree, &self.overlay, last, None);
+                    .flush_and_publish(&self.tree, &self.overlay, last, None, false);
                 self.state.wake_indexer_if_due(&self.overlay);
             }
         });
@@ -244,7 +249,15 @@ impl Writer {
                 }
             });
         }
-        (answers, plan.next, plan.bytes)
+        let (next, bytes) = (plan.next, plan.bytes);
+        // The group's frames reach the files before any of it is answered or visible.
+        if let Err(error) = self.log.write_out() {
+            tracing::error!(%error, "writing the log failed: the writer stopped");
+            self.state.refuse_appends();
+            let answers = answers.into_iter().map(|a| a.failed(&error)).collect();
+            return (answers, first_position, 0);
+        }
+        (answers, next, bytes)
     }
 
     /// Keeps the overlay from growing: asks the indexer to run, or, when it fell far behind,
@@ -273,6 +286,22 @@ enum Answer {
 }
 
 impl Answer {
+    /// The answer when the group's frames could not be written: whether they reached the
+    /// files is unknown.
+    fn failed(self, error: &Error) -> Answer {
+        let reason = || {
+            Error::backend(
+                "sled",
+                format!("writing the log failed, the outcome is unknown: {error}"),
+            )
+        };
+        match self {
+            Answer::Append(reply, Ok(_)) => Answer::Append(reply, Err(reason())),
+            Answer::Restore(reply, Ok(_)) => Answer::Restore(reply, Err(reason())),
+            refused => refused,
+        }
+    }
+
     fn send(self) {
         // A caller that went away no longer wants its answer; what it wrote stands.
         match self {
@@ -466,18 +495,12 @@ impl Plan<'_> {
     /// (`recover.rs`), so the restore is all or nothing also across a crash. A failed insert
     /// removes what was inserted; should that fail too, the store takes no further appends.
     fn write_records(&mut self, records: &[([u8; 17], Vec<u8>)]) -> Result<()> {
-        let tree = &self.writer.tree;
-        for (done, (key, value)) in records.iter().enumerate() {
-            self.bytes += key.len() + value.len();
-            if let Err(error) = tree.insert(key, value.as_slice()) {
-                let undone = records[..done]
-                    .iter()
-                    .rev()
-                    .try_for_each(|(key, _)| tree.remove(key).map(drop));
-                if let Err(undo) = undone {
-                    tracing::error!(%undo, "removing a failed restore's records failed");
-                    self.writer.state.refuse_appends();
-                }
+        let mark = self.writer.log.mark();
+        let mut inserted: Vec<&[u8; 17]> = Vec::new();
+        for (key, value) in records {
+            self.bytes += value.len();
+            if let Err(error) = self.put_record(key, value) {
+                self.undo(mark, &inserted);
                 return Err(Error::backend(
                     "sled",
                     format!(
@@ -485,8 +508,39 @@ impl Plan<'_> {
                     ),
                 ));
             }
+            inserted.push(key);
         }
         Ok(())
+    }
+
+    /// Frames one commit record in the log and inserts its locator.
+    fn put_record(&self, key: &[u8; 17], value: &[u8]) -> Result<()> {
+        let (first, last) = format::parse_commit_key(key)
+            .ok_or_else(|| Error::backend("sled", "malformed commit key"))?;
+        let loc = self.writer.log.append(first, last, value)?;
+        self.writer
+            .tree
+            .insert(key, format::locator_value(key, loc))
+            .map_err(|e| Error::backend("sled", e))?;
+        Ok(())
+    }
+
+    /// Takes back what was framed since `mark` and the locators inserted; should that fail,
+    /// the store takes no further appends.
+    fn undo(&self, mark: LogMark, inserted: &[&[u8; 17]]) {
+        let tree = &self.writer.tree;
+        let undone = inserted
+            .iter()
+            .rev()
+            .try_for_each(|key| tree.remove(key).map(drop));
+        if let Err(undo) = undone {
+            tracing::error!(%undo, "removing a failed write's locators failed");
+            self.writer.state.refuse_appends();
+        }
+        if !self.writer.log.rollback(mark) {
+            tracing::error!("a failed write's frames cannot be taken back: the writer stopped");
+            self.writer.state.refuse_appends();
+        }
     }
 
     /// Adds a written commit (or piece of one) to the overlay and its stream's head to the
@@ -519,7 +573,7 @@ impl Plan<'_> {
         // The overlay first: an entry leaves it only after it reached sled's index.
         match self.writer.overlay.lookup_id(id) {
             Some(r) => Ok(Some(r)),
-            None => lookup_id(&self.writer.tree, id),
+            None => lookup_id(&self.writer.tree, &self.writer.log, id),
         }
     }
 
@@ -545,7 +599,11 @@ impl Plan<'_> {
         }
         in_sled.sort_unstable_by_key(|id| *id.as_uuid().as_bytes());
         in_sled.dedup();
-        found.extend(lookup_sorted_ids(&self.writer.tree, &in_sled)?);
+        found.extend(lookup_sorted_ids(
+            &self.writer.tree,
+            &self.writer.log,
+            &in_sled,
+        )?);
         Ok(found)
     }
 
@@ -577,8 +635,10 @@ impl Plan<'_> {
             first_version,
             p.events.iter().map(|e| e.body.as_slice()),
         );
-        self.bytes += key.len() + value.len();
-        self.writer.tree.insert(key, value).map_err(|error| {
+        self.bytes += value.len();
+        let mark = self.writer.log.mark();
+        self.put_record(&key, &value).map_err(|error| {
+            self.undo(mark, &[]);
             Error::backend(
                 "sled",
                 format!("writing the commit record failed, nothing written: {error}"),

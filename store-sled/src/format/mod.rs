@@ -27,8 +27,8 @@ mod saved;
 mod segment;
 
 pub(crate) use commit::{
-    commit_at, commit_key, commit_value, event_at, mixed_value, parse_commit, parse_commit_key,
-    Commit, MixedEvent,
+    commit_at, commit_key, commit_value, decode_locator, event_at, locate, locator_value,
+    mixed_value, parse_commit, parse_commit_key, Commit, MixedEvent,
 };
 pub(crate) use event::encode_body;
 pub(crate) use index::{
@@ -47,7 +47,7 @@ pub(crate) use segment::{
 };
 
 /// The format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+pub(crate) const FORMAT_VERSION: u32 = 5;
 /// The formats this build opens: format 2 is format 3 without id segments, format 3 is format 4
 /// without mixed commit records, listed stream-index runs and write counters; both are marked 4
 /// at open.
