@@ -161,13 +161,25 @@ fn frame(kind: u8, payload: &[&[u8]]) -> Vec<u8> {
     for part in payload {
         out.extend_from_slice(part);
     }
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&out[..4]);
-    hasher.update(&out[8..]);
-    let crc = hasher.finalize();
+    let crc = frame_crc(&out);
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     out
 }
+
+/// The frame's checksum: over its length and the first [`FRAME_CHECKED`] bytes of its body
+/// (kind, first and last positions of a commit; all of a seal). A commit record's own bytes
+/// carry checksums of their own — its header one, each event body one — so a damaged event
+/// fails alone, and reads of the record's other events go on.
+fn frame_crc(frame: &[u8]) -> u32 {
+    let end = frame.len().min(8 + FRAME_CHECKED);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&frame[..4]);
+    hasher.update(&frame[8..end]);
+    hasher.finalize()
+}
+
+/// Body bytes the frame checksum covers.
+const FRAME_CHECKED: usize = 17;
 
 fn commit_frame(first: u64, last: u64, value: &[u8]) -> Vec<u8> {
     frame(
@@ -497,10 +509,24 @@ impl Log {
         loop {
             match frames.next_frame() {
                 Ok(Some(Item::Record(record))) => {
-                    scan.end = record.last;
                     if record.last > after {
+                        // Past the index marker the records are checked whole: a torn write
+                        // may leave a frame head and garbage bodies.
+                        let checked = format::parse_commit(&record.key, &record.value)
+                            .and_then(|commit| commit.check());
+                        if let Err(reason) = checked {
+                            scan.bad = Some(Bad {
+                                segment: record.loc.segment,
+                                offset: record.loc.offset,
+                                position: record.first,
+                                reason: format!("commit record: {reason}"),
+                            });
+                            frames.offset = record.loc.offset;
+                            break;
+                        }
                         scan.records.push((record.first, record.last, record.loc));
                     }
+                    scan.end = record.last;
                 }
                 Ok(Some(Item::Sealed { last })) => match self.next_segment(frames.segment, last) {
                     Ok(next) => frames = next,
@@ -509,7 +535,20 @@ impl Log {
                         break;
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => {
+                    let later = self
+                        .files_read()
+                        .range(frames.segment + 1..)
+                        .next()
+                        .map(|(k, _)| *k);
+                    if let Some(later) = later {
+                        // Segment `later` was created, the seal before it never written.
+                        scan.bad = Some(frames.bad(format!(
+                            "the segment ends unsealed, and segment {later} follows it"
+                        )));
+                    }
+                    break;
+                }
                 Err(bad) => {
                     scan.bad = Some(bad);
                     break;
@@ -754,10 +793,7 @@ fn parse_frame(bytes: &[u8]) -> std::result::Result<(usize, Parsed), String> {
             "a frame of {len} bytes runs past the end of the file"
         ));
     };
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&bytes[..4]);
-    hasher.update(body);
-    if hasher.finalize() != crc {
+    if frame_crc(&bytes[..8 + len]) != crc {
         return Err("the frame fails its checksum".into());
     }
     let word = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().unwrap_or([0; 8]));

@@ -490,6 +490,15 @@ impl Commit<'_> {
         Ok(body)
     }
 
+    /// Checks every event body's checksum: the whole record reads back.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for i in 0..self.count() {
+            self.body(i)
+                .map_err(|reason| format!("event {} of the record: {reason}", self.first + i))?;
+        }
+        Ok(())
+    }
+
     /// The id of event `i` (from 0), its checksum verified.
     pub(crate) fn event_id(&self, i: u64) -> Result<EventId, String> {
         body_id(self.body(i)?)
