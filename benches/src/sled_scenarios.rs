@@ -24,6 +24,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
         Box::new(DurableConcurrent { flush_every: 16 }),
         Box::new(DurableConcurrent { flush_every: 100 }),
+        Box::new(DurableRawDisk),
         Box::new(SingleAppends {
             durability: Durability::Flush,
         }),
@@ -163,6 +164,88 @@ impl Scenario for DurableConcurrent {
                 target,
                 s.rounds,
             ))
+        })
+    }
+}
+
+/// Bytes of one event's frame in the log (`annals-sled` FORMAT.md: frame head, positions,
+/// commit header, body) for the benchmark's single-event appends: what the raw disk writes per
+/// event in [`DurableRawDisk`].
+const FRAME_BYTES: usize = 240;
+
+/// The same 16 concurrent durable appenders as `sled.append.durable.concurrent16`, against the
+/// raw disk: the same bytes (one frame per event) written and `fdatasync`ed once per group of
+/// 16, on a file preallocated with zeros (its best case). Information (issue 14): raw sled's
+/// "flush" on Linux is `sync_file_range`, which neither flushes the drive's cache nor waits for
+/// the file system's journal; the store's log makes each group durable with `fdatasync`.
+#[derive(Debug)]
+struct DurableRawDisk;
+
+impl Scenario for DurableRawDisk {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.append.durable.concurrent16.raw_disk (quick)",
+            "sled.append.durable.concurrent16.raw_disk",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            const TASKS: u64 = 16;
+            let per_task: u64 = s.pick(150, 500);
+            let total = TASKS * per_task;
+            let medians = alternate(
+                s.rounds,
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let store = open_store(dir.path(), Durability::Flush).await?;
+                    let elapsed = timed(async {
+                        let mut tasks = Vec::new();
+                        for t in 0..TASKS {
+                            let store = store.clone();
+                            tasks.push(tokio::spawn(async move {
+                                let id = stream(t);
+                                for i in 0..per_task {
+                                    store
+                                        .append(&id, ExpectedVersion::exact(i), vec![event(i)])
+                                        .await?;
+                                }
+                                anyhow::Ok(())
+                            }));
+                        }
+                        for t in tasks {
+                            t.await??;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    store.close().await?;
+                    Ok(rate(total, elapsed))
+                },
+                |_| async move {
+                    use std::io::Write as _;
+                    use std::os::unix::fs::FileExt as _;
+                    let dir = tempfile::tempdir()?;
+                    let mut file = std::fs::File::create(dir.path().join("raw.log"))?;
+                    let size = usize::try_from(total)? * FRAME_BYTES + (1 << 20);
+                    file.write_all(&vec![0; size])?;
+                    file.sync_all()?;
+                    let group = vec![b'x'; 16 * FRAME_BYTES];
+                    tokio::task::block_in_place(|| {
+                        let started = Instant::now();
+                        let mut offset = 0u64;
+                        for _ in 0..total / 16 {
+                            file.write_all_at(&group, offset)?;
+                            file.sync_data()?;
+                            offset += group.len() as u64;
+                        }
+                        Ok(rate(total, started.elapsed()))
+                    })
+                },
+            )
+            .await?;
+            Ok(Line::new(self.name(s), "events/s", medians, 0.0, s.rounds))
         })
     }
 }

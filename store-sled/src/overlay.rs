@@ -13,7 +13,7 @@
 //! durable. At open, the commits after the marker are indexed again (redo, idempotent), and index
 //! entries past the end of the log, if any ever survived, are dropped (see `recover.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -24,7 +24,7 @@ use annals::{Error, EventId, Position, Result, StreamId, Timestamp, Version};
 
 use crate::error::sled_error;
 use crate::format::{self, Head, StreamRun};
-use crate::log::Log;
+use crate::log::{Loc, Log, Record};
 use crate::num::{micros, u64_from};
 
 /// Unindexed events at which the background indexer is asked to run.
@@ -73,6 +73,9 @@ struct State {
     /// Their event ids: the commit and the index in it.
     ids: HashMap<EventId, (Arc<CommitInfo>, u64)>,
     events: usize,
+    /// Where their commit records' frames are: last position → (first position, frame). The
+    /// locators reach sled with the other index entries.
+    records: BTreeMap<u64, (u64, Loc)>,
 }
 
 /// The unindexed tail of the log, in memory.
@@ -185,6 +188,43 @@ impl Overlay {
     }
 
     /// Adds a commit just written to sled (the writer, in position order).
+    /// Adds a written commit record's frame, before any of its events is visible.
+    pub(crate) fn push_record(&self, first: u64, last: u64, loc: Loc) {
+        self.write().records.insert(last, (first, loc));
+    }
+
+    /// The commit record holding `position`: its frame as the overlay knows it (unindexed),
+    /// else through its locator in sled.
+    pub(crate) fn commit_at(&self, tree: &sled::Tree, position: u64) -> Result<Option<Record>> {
+        match self.locate(tree, position)? {
+            Some((first, last, loc)) => self
+                .log
+                .read(loc, first, last)
+                .map(Some)
+                .map_err(|bad| bad.error(self.log.dir())),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the commit record holding `position` is (see [`commit_at`](Self::commit_at)).
+    pub(crate) fn locate(
+        &self,
+        tree: &sled::Tree,
+        position: u64,
+    ) -> Result<Option<(u64, u64, Loc)>> {
+        // The overlay first: a record leaves it only after its locator reached sled.
+        let found = self
+            .read()
+            .records
+            .range(position..)
+            .next()
+            .map(|(&last, &(first, loc))| (first, last, loc));
+        match found {
+            Some((first, last, loc)) if first <= position => Ok(Some((first, last, loc))),
+            _ => format::locate(tree, position),
+        }
+    }
+
     pub(crate) fn push(&self, commit: CommitInfo) {
         let commit = Arc::new(commit);
         let mut state = self.write();
@@ -299,7 +339,19 @@ impl Overlay {
                 .map_err(|e| Error::backend("sled", format!("syncing the log failed: {e}")))?;
             self.durable_through(last);
         }
+        let records: Vec<(u64, u64, Loc)> = self
+            .read()
+            .records
+            .range(..=last)
+            .map(|(&l, &(f, loc))| (f, l, loc))
+            .collect();
         let mut failed = None;
+        for &(first, record_last, loc) in &records {
+            let key = format::commit_key(first, record_last);
+            if failed.is_none() {
+                failed = tree.insert(key, format::locator_value(&key, loc)).err();
+            }
+        }
         // Moved even when an insert fails: some segments may be in, and a later round must not
         // put other ids in their ranges.
         index_entries(commits.iter().map(|c| &**c), frontier, |key, value| {
@@ -314,6 +366,9 @@ impl Overlay {
         span.record("apply_us", micros(started.elapsed()));
         // In sled now: readers find them there from here on.
         let mut state = self.write();
+        for (_, record_last, _) in &records {
+            state.records.remove(record_last);
+        }
         for commit in &commits {
             state.commits.pop_front();
             for id in &commit.ids {

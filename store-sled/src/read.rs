@@ -273,7 +273,7 @@ impl StreamCursor {
             )
         };
         let p = run.position(v - fv);
-        let record = format::commit_at(&self.tree, self.overlay.log(), p)?.ok_or_else(|| {
+        let record = self.overlay.commit_at(&self.tree, p)?.ok_or_else(|| {
             corrupt(
                 v,
                 p,
@@ -343,6 +343,7 @@ pub(crate) fn stream(
 
 struct LogCursor {
     tree: sled::Tree,
+    overlay: Arc<Overlay>,
     log: Arc<Log>,
     options: ReadAll,
     visible: u64,
@@ -372,7 +373,7 @@ impl Pages for LogCursor {
         let mut reader = match self.reader.take() {
             Some(reader) => reader,
             None => {
-                let Some((first, _, loc)) = format::locate(&self.tree, self.next)? else {
+                let Some((first, _, loc)) = self.overlay.locate(&self.tree, self.next)? else {
                     return Err(gap(self.next, hi + 1));
                 };
                 LogReader::at(self.log.clone(), loc, first).map_err(|bad| bad.error(&dir))?
@@ -460,7 +461,7 @@ fn gap(from: u64, to: u64) -> Error {
 /// Reads the global log.
 pub(crate) fn all(
     tree: sled::Tree,
-    log: Arc<Log>,
+    overlay: Arc<Overlay>,
     options: ReadAll,
     visible: u64,
 ) -> BoxStream<'static, Result<RecordedEvent>> {
@@ -474,7 +475,8 @@ pub(crate) fn all(
     .max(1);
     let cursor = LogCursor {
         tree,
-        log,
+        log: overlay.log().clone(),
+        overlay,
         reader: None,
         remaining: options.limit,
         options,

@@ -312,7 +312,7 @@ impl EventStore for SledEventStore {
         let from = options.from;
         let read = self.located(read::all(
             self.inner.tree.clone(),
-            self.inner.overlay.log().clone(),
+            self.inner.overlay.clone(),
             options,
             self.visible(),
         ));

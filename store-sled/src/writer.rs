@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 use crate::commit_state::{CommitState, Pending, PendingAppend, Submitted};
 use crate::error::panic_message;
 use crate::format::{self, Head, MixedEvent};
-use crate::log::{Log, LogMark};
+use crate::log::{Loc, Log, LogMark};
 use crate::lookup::{lookup_id, lookup_sorted_ids, read_head};
 use crate::num::{micros, u64_from};
 use crate::overlay::{CommitInfo, Overlay, INDEX_AT, INDEX_HARD};
@@ -496,47 +496,40 @@ impl Plan<'_> {
     /// removes what was inserted; should that fail too, the store takes no further appends.
     fn write_records(&mut self, records: &[([u8; 17], Vec<u8>)]) -> Result<()> {
         let mark = self.writer.log.mark();
-        let mut inserted: Vec<&[u8; 17]> = Vec::new();
+        let mut framed = Vec::with_capacity(records.len());
         for (key, value) in records {
             self.bytes += value.len();
-            if let Err(error) = self.put_record(key, value) {
-                self.undo(mark, &inserted);
-                return Err(Error::backend(
-                    "sled",
-                    format!(
-                        "writing the restore's commit records failed, nothing written: {error}"
-                    ),
-                ));
+            match self.frame(key, value) {
+                Ok(record) => framed.push(record),
+                Err(error) => {
+                    self.undo(mark);
+                    return Err(Error::backend(
+                        "sled",
+                        format!(
+                            "writing the restore's commit records failed, nothing written: \
+                             {error}"
+                        ),
+                    ));
+                }
             }
-            inserted.push(key);
+        }
+        for (first, last, loc) in framed {
+            self.writer.overlay.push_record(first, last, loc);
         }
         Ok(())
     }
 
-    /// Frames one commit record in the log and inserts its locator.
-    fn put_record(&self, key: &[u8; 17], value: &[u8]) -> Result<()> {
+    /// Frames one commit record in the log (its locator reaches sled with the index entries).
+    fn frame(&self, key: &[u8; 17], value: &[u8]) -> Result<(u64, u64, Loc)> {
         let (first, last) = format::parse_commit_key(key)
             .ok_or_else(|| Error::backend("sled", "malformed commit key"))?;
         let loc = self.writer.log.append(first, last, value)?;
-        self.writer
-            .tree
-            .insert(key, format::locator_value(key, loc))
-            .map_err(|e| Error::backend("sled", e))?;
-        Ok(())
+        Ok((first, last, loc))
     }
 
-    /// Takes back what was framed since `mark` and the locators inserted; should that fail,
-    /// the store takes no further appends.
-    fn undo(&self, mark: LogMark, inserted: &[&[u8; 17]]) {
-        let tree = &self.writer.tree;
-        let undone = inserted
-            .iter()
-            .rev()
-            .try_for_each(|key| tree.remove(key).map(drop));
-        if let Err(undo) = undone {
-            tracing::error!(%undo, "removing a failed write's locators failed");
-            self.writer.state.refuse_appends();
-        }
+    /// Takes back what was framed since `mark`; should that fail, the store takes no further
+    /// appends.
+    fn undo(&self, mark: LogMark) {
         if !self.writer.log.rollback(mark) {
             tracing::error!("a failed write's frames cannot be taken back: the writer stopped");
             self.writer.state.refuse_appends();
@@ -637,13 +630,14 @@ impl Plan<'_> {
         );
         self.bytes += value.len();
         let mark = self.writer.log.mark();
-        self.put_record(&key, &value).map_err(|error| {
-            self.undo(mark, &[]);
+        let (_, _, loc) = self.frame(&key, &value).map_err(|error| {
+            self.undo(mark);
             Error::backend(
                 "sled",
                 format!("writing the commit record failed, nothing written: {error}"),
             )
         })?;
+        self.writer.overlay.push_record(first, last, loc);
         Ok(())
     }
 }
