@@ -79,6 +79,9 @@ fn frame_for(bytes: &[u8], offset: usize, len: usize, position: u64) -> Vec<u8> 
     frame
 }
 
+/// Makes the bytes a torn write leaves, from the segment's bytes.
+type Tail = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_is_cut_off_and_no_acknowledged_event_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,7 +92,7 @@ async fn a_torn_tail_is_cut_off_and_no_acknowledged_event_is_lost() {
     let end = offset + len;
 
     // Each of what a crash in the middle of writing the next frame can leave past the end.
-    let torn: Vec<(&str, Box<dyn Fn(&[u8]) -> Vec<u8>>)> = vec![
+    let torn: Vec<(&str, Tail)> = vec![
         (
             "a whole frame whose record fails its checksums",
             Box::new(move |b: &[u8]| frame_for(b, offset, len, 21)),
