@@ -1,7 +1,8 @@
 //! The derived indexes and their in-memory overlay.
 //!
-//! An append is ONE sled insert: its commit record (`W`, see `format.rs`). The indexes derived
-//! from it — the stream index (`S`), the event-id index (`I`), the stream heads (`H`) — are
+//! An append is ONE commit record, framed in the log's segment files (`log.rs`). The entries
+//! derived from it — its locator (`W`), the stream index (`S`), the event-id index (`I`, `J`),
+//! the stream heads (`H`) — are
 //! written later, in bulk, by an indexer thread with plain inserts (every [`INDEX_AT`] events,
 //! or when a reader or `verify` needs it); the flusher then raises the `Mindexed` marker after a
 //! flush made them durable. Until then the commit sits in
@@ -9,7 +10,7 @@
 //! commit from one still waiting.
 //!
 //! Only commits already on disk are indexed (with `Durability::Buffered` an indexing round starts
-//! with a flush), so an index entry never reaches sled's log before the commit it points to is
+//! with a sync of the log), so an index entry never reaches sled's log before the commit it points to is
 //! durable. At open, the commits after the marker are indexed again (redo, idempotent), and index
 //! entries past the end of the log, if any ever survived, are dropped (see `recover.rs`).
 

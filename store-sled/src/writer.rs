@@ -2,17 +2,17 @@
 //!
 //! Appends queue up and commit as groups: everything queued is taken at once and each append is
 //! checked (expected versions and idempotency against the store, the group's earlier appends
-//! included) and written as ONE sled insert: its commit record, which holds all its events and
-//! is therefore atomic. No sled batch is on this path: with sled 0.34 every `apply_batch` rolls
-//! the I/O buffer (`pin_log`), a write of its own costing ≈ 20 plain inserts. The derived indexes
-//! follow in bulk (`overlay.rs`). Exactly one committer runs at a time, so exactly one writer
+//! included) and framed as ONE commit record in the log (`log.rs`), which holds all its events
+//! and is therefore atomic; the group's frames are written at once before anyone is answered.
+//! Nothing is written to sled on this path: the locators and the derived indexes follow in
+//! bulk (`overlay.rs`). Exactly one committer runs at a time, so exactly one writer
 //! assigns positions. A restore (`EventStore::restore`) queues like an append and is committed in
 //! the same groups: checked with the kit's `plan_restore` against the same heads and ids, and
 //! written as mixed commit records (see [`Plan::restore`]). Who runs it depends on the durability:
 //!
 //! - [`Durability::Flush`]: the flusher thread (`flusher.rs`), which calls [`Writer::commit`]
 //!   through the function the store gave it. Each turn it takes everything that queued while
-//!   the previous flush ran, writes it (n inserts) and flushes once. A lone appender skips the
+//!   the previous flush ran, frames and writes it and syncs the log once. A lone appender skips the
 //!   two thread hand-offs: when it finds the writer idle (nothing queued, no turn running, and
 //!   the last group was not a crowd) on a multi-thread tokio runtime, it commits and flushes its
 //!   own append inline, inside `block_in_place`, holding the same `leading` flag the flusher
@@ -380,7 +380,7 @@ struct Plan<'a> {
 
 impl Plan<'_> {
     /// Checks one append against the store (its earlier appends included) and writes its
-    /// commit record — one sled insert, atomic — if it passes. A refused append writes nothing.
+    /// commit record — one frame in the log, atomic — if it passes. A refused append writes nothing.
     fn add(&mut self, p: &PendingAppend) -> Result<AppendResult> {
         let ids: Vec<EventId> = p.events.iter().map(|e| e.id).collect();
         if let Some(first) = self.find_retry(&p.stream, &ids)? {
@@ -488,12 +488,11 @@ impl Plan<'_> {
         Ok((result, last.max(present_through)))
     }
 
-    /// Inserts a restore's commit records, in position order, with plain inserts (a sled batch
-    /// would switch sled, for the rest of the process, to taking a global lock around every
-    /// read and write). A crash part-way leaves the first records of the restore at the end of
-    /// the log, each naming the restore's last position: the next open removes them
-    /// (`recover.rs`), so the restore is all or nothing also across a crash. A failed insert
-    /// removes what was inserted; should that fail too, the store takes no further appends.
+    /// Frames a restore's commit records in the log, in position order. A crash part-way leaves
+    /// the first records of the restore at the end of the log, each naming the restore's last
+    /// position: the next open cuts them off (`recover.rs`), so the restore is all or nothing
+    /// also across a crash. A failure takes back what was framed; should that fail too, the
+    /// store takes no further appends.
     fn write_records(&mut self, records: &[([u8; 17], Vec<u8>)]) -> Result<()> {
         let mark = self.writer.log.mark();
         let mut framed = Vec::with_capacity(records.len());
