@@ -419,14 +419,14 @@ impl Log {
         Ok(frames)
     }
 
-    /// The reader of the segment after `segment`, which ended (sealed) at `last`.
-    fn next_segment(&self, segment: u64, last: u64) -> std::result::Result<Frames, Bad> {
+    /// The reader of the segment after `segment`, which ended (sealed at offset `at`) at `last`.
+    fn next_segment(&self, segment: u64, last: u64, at: u64) -> std::result::Result<Frames, Bad> {
         match self.files_read().range(segment + 1..).next() {
             Some((&first, _)) if first == last + 1 => {}
             found => {
                 return Err(Bad {
                     segment,
-                    offset: 0,
+                    offset: at,
                     position: last + 1,
                     reason: match found {
                         Some((first, _)) => format!(
@@ -534,13 +534,15 @@ impl Log {
                     }
                     scan.end = record.last;
                 }
-                Ok(Some(Item::Sealed { last })) => match self.next_segment(frames.segment, last) {
-                    Ok(next) => frames = next,
-                    Err(bad) => {
-                        scan.bad = Some(bad);
-                        break;
+                Ok(Some(Item::Sealed { last, at })) => {
+                    match self.next_segment(frames.segment, last, at) {
+                        Ok(next) => frames = next,
+                        Err(bad) => {
+                            scan.bad = Some(bad);
+                            break;
+                        }
                     }
-                },
+                }
                 Ok(None) => {
                     let later = self
                         .files_read()
@@ -625,7 +627,16 @@ impl Log {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(first);
         }
-        let offset = offset.max(HEADER);
+        if offset < HEADER {
+            // The segment's header itself is torn: the segment goes, and starts again.
+            let _ = std::fs::remove_file(self.dir.join(segment_name(segment)));
+            self.files
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&segment);
+            sync_dir(&self.dir).map_err(|e| io_error("syncing the log directory", &e))?;
+            return self.set_tail(segment, HEADER, last);
+        }
         if let Some(file) = self.file(segment) {
             let cut = || -> io::Result<()> {
                 file.set_len(offset)?;
@@ -681,7 +692,6 @@ impl Log {
             // Seal this segment and start the next: a record is never split.
             let seal = seal_frame(tail.last);
             tail.pending.push((tail.file.clone(), tail.end, seal));
-            tail.dirty.push(tail.file.clone());
             let file = self
                 .create_segment(first)
                 .map_err(|e| io_error("creating a segment file", &e))?;
@@ -774,8 +784,23 @@ impl Log {
             Some(tail) => std::mem::take(&mut tail.pending),
             None => return Ok(()),
         };
+        let mut sealed: Vec<Arc<File>> = Vec::new();
         for (file, offset, bytes) in pending {
             write_at(&file, &bytes, offset).map_err(|e| io_error("writing the log", &e))?;
+            if !sealed.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                sealed.push(file);
+            }
+        }
+        // Files other than the last segment (sealed by these writes) are synced by the next
+        // sync, which starts after the writes are done.
+        if let Some(tail) = self.tail().as_mut() {
+            for file in sealed {
+                if !Arc::ptr_eq(&file, &tail.file)
+                    && !tail.dirty.iter().any(|f| Arc::ptr_eq(f, &file))
+                {
+                    tail.dirty.push(file);
+                }
+            }
         }
         Ok(())
     }
@@ -843,6 +868,8 @@ pub(crate) enum Item {
     /// The segment ended with its seal at position `last`.
     Sealed {
         last: u64,
+        /// The seal frame's offset.
+        at: u64,
     },
 }
 
@@ -960,8 +987,9 @@ impl Frames {
                         self.next - 1
                     )));
                 }
+                let at = self.offset;
                 self.offset += total;
-                Ok(Some(Item::Sealed { last }))
+                Ok(Some(Item::Sealed { last, at }))
             }
             Parsed::Commit(first, last) => {
                 if first != self.next {
@@ -1024,8 +1052,8 @@ impl<L: Deref<Target = Log>> LogReader<L> {
             match self.frames.next_frame()? {
                 None => return Ok(None),
                 Some(Item::Record(record)) => return Ok(Some(record)),
-                Some(Item::Sealed { last }) => {
-                    self.frames = self.log.next_segment(self.frames.segment, last)?;
+                Some(Item::Sealed { last, at }) => {
+                    self.frames = self.log.next_segment(self.frames.segment, last, at)?;
                 }
             }
         }
