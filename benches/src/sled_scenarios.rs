@@ -9,7 +9,7 @@ use std::time::Instant;
 use annals::{EventData, EventStore, ExpectedVersion, ReadStream, StreamId};
 use annals_sled::{Durability, SledEventStore};
 use anyhow::Context as _;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::payload::{batch, event, payload};
 use crate::{alternate, rate, timed, Line, Scenario, Settings};
@@ -685,7 +685,8 @@ fn read_payload(n: u64) -> Vec<u8> {
 /// The read memory children's work. `fill`: fills a store in `dir` with `count` events
 /// (200-byte payloads, batches of 100 in turn over 10,000 streams, `Durability::Buffered`) and
 /// closes it. `read`: opens it with the default settings, reads its whole log with
-/// `read_all` (every event must be there) and closes it. Returns the process's peak resident
+/// `read_all` (every event must be there) and closes it. `subscribe`: the same with
+/// `subscribe_all` from the start; `verify`: runs `verify` (both for manual checks, not lines). Returns the process's peak resident
 /// set (VmHWM) in KiB.
 ///
 /// # Errors
@@ -735,6 +736,27 @@ pub async fn read_memory_child(step: &str, count: u64, dir: &Path) -> anyhow::Re
                 .try_fold(0u64, |n, _| async move { Ok(n + 1) })
                 .await?;
             anyhow::ensure!(read == count, "read {read} events of {count}");
+            store.close().await?;
+        }
+        "subscribe" => {
+            // The same read as a subscription from the start (what a projection's catch-up
+            // does), to its `count`-th event.
+            let store = SledEventStore::builder().path(dir).open().await?;
+            let read = annals::subscribe_all(
+                store.clone(),
+                annals::Position::START,
+                annals::Filter::all(),
+            )
+            .take(usize::try_from(count)?)
+            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+            .await?;
+            anyhow::ensure!(read == count, "read {read} events of {count}");
+            store.close().await?;
+        }
+        "verify" => {
+            let store = SledEventStore::builder().path(dir).open().await?;
+            let report = store.verify().await?;
+            anyhow::ensure!(report.is_clean(), "{report}");
             store.close().await?;
         }
         other => anyhow::bail!("unknown read memory child step {other:?}"),
