@@ -492,15 +492,15 @@ impl Log {
             return Ok(scan);
         };
         if start > after + 1 {
-            // The log does not reach back to what the index covers.
-            scan.end = after;
-            scan.bad = Some(Bad {
-                segment: start,
-                offset: 0,
-                position: after + 1,
-                reason: format!("the log's first segment starts at position {start}"),
-            });
-            return Ok(scan);
+            // The index covers positions the log no longer holds: segments are missing.
+            return Err(Error::corrupt(
+                RecordPlace::new().position(Position::sequence(after + 1)),
+                format!(
+                    "the log's first segment file in {} starts at position {start}, the index \
+                     covers the log through position {after}: segment files are missing",
+                    self.dir.display()
+                ),
+            ));
         }
         let mut frames = match self.reader_at_segment(start) {
             Ok(frames) => frames,
