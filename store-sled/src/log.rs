@@ -454,6 +454,13 @@ impl Log {
         let file = self
             .file(loc.segment)
             .ok_or_else(|| bad("the segment file is missing".into()))?;
+        let size = file.metadata().map_or(0, |m| m.len());
+        if loc.offset + u64::from(loc.len) > size || u64::from(loc.len) < FRAME_HEAD + 18 {
+            return Err(bad(format!(
+                "the locator names {} bytes at offset {} of a file of {size}",
+                loc.len, loc.offset
+            )));
+        }
         let mut bytes = vec![0; loc.len as usize];
         read_at(&file, &mut bytes, loc.offset)
             .map_err(|e| bad(format!("the frame does not read back: {e}")))?;
