@@ -29,6 +29,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use annals::{Error, Position, RecordPlace, Result};
@@ -53,6 +54,8 @@ const FRAME_HEAD: u64 = 8;
 /// Frame kinds (the body's first byte).
 const KIND_COMMIT: u8 = 1;
 const KIND_SEAL: u8 = 2;
+/// Framed bytes a `Durability::Buffered` writer keeps before writing them.
+const WRITE_AT: usize = 64 * 1024;
 /// The smallest and largest steps of zeros written ahead of the frames.
 const ZERO_STEP_MIN: u64 = 1024 * 1024;
 const ZERO_STEP_MAX: u64 = 8 * 1024 * 1024;
@@ -267,6 +270,8 @@ struct Tail {
     pending: Vec<(Arc<File>, u64, Vec<u8>)>,
     /// Files written since the last sync, other than the current one (sealed meanwhile).
     dirty: Vec<Arc<File>>,
+    /// Bytes in `pending`.
+    pending_bytes: usize,
 }
 
 /// The writer's end of the log at some moment, to take back what was framed after it.
@@ -289,6 +294,10 @@ pub(crate) struct Log {
     segment_bytes: u64,
     files: RwLock<BTreeMap<u64, Arc<File>>>,
     tail: Mutex<Option<Tail>>,
+    /// Held while framed bytes are written, so whoever finds them written finds them whole.
+    writing: Mutex<()>,
+    /// The last position whose frame is written to its file.
+    written: AtomicU64,
 }
 
 /// What the open found at the end of the log.
@@ -345,6 +354,8 @@ impl Log {
             segment_bytes,
             files: RwLock::new(files),
             tail: Mutex::new(None),
+            writing: Mutex::new(()),
+            written: AtomicU64::new(0),
         })
     }
 
@@ -451,6 +462,8 @@ impl Log {
             position: first,
             reason,
         };
+        self.ensure_written(last)
+            .map_err(|e| bad(format!("writing the log failed: {e}")))?;
         let file = self
             .file(loc.segment)
             .ok_or_else(|| bad("the segment file is missing".into()))?;
@@ -593,7 +606,9 @@ impl Log {
             zeroed,
             pending: Vec::new(),
             dirty: Vec::new(),
+            pending_bytes: 0,
         });
+        self.written.fetch_max(last, Ordering::AcqRel);
         Ok(())
     }
 
@@ -738,6 +753,7 @@ impl Log {
         }
         tail.end += u64::from(len);
         tail.last = last;
+        tail.pending_bytes += len as usize;
         Ok(loc)
     }
 
@@ -778,6 +794,7 @@ impl Log {
         if let Some((_, _, bytes)) = tail.pending.last_mut() {
             bytes.truncate(mark.chunk_len);
         }
+        tail.pending_bytes = tail.pending.iter().map(|(_, _, b)| b.len()).sum();
         tail.end = mark.end;
         tail.last = mark.last;
         tail.zeroed = mark.zeroed;
@@ -787,8 +804,12 @@ impl Log {
     /// Writes what was framed since the last call (to the operating system; durable after the
     /// next [`sync`](Self::sync)).
     pub(crate) fn write_out(&self) -> Result<()> {
-        let pending = match self.tail().as_mut() {
-            Some(tail) => std::mem::take(&mut tail.pending),
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let (pending, last) = match self.tail().as_mut() {
+            Some(tail) => {
+                tail.pending_bytes = 0;
+                (std::mem::take(&mut tail.pending), tail.last)
+            }
             None => return Ok(()),
         };
         let mut sealed: Vec<Arc<File>> = Vec::new();
@@ -809,12 +830,37 @@ impl Log {
                 }
             }
         }
+        self.written.fetch_max(last, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Writes what was framed once it adds up to [`WRITE_AT`] bytes (a `Durability::Buffered`
+    /// writer's groups: one write per many small appends). Readers find the rest written when
+    /// they need it ([`ensure_written`](Self::ensure_written)), and every sync writes it first.
+    pub(crate) fn write_out_some(&self) -> Result<()> {
+        let due = self
+            .tail()
+            .as_ref()
+            .is_some_and(|tail| tail.pending_bytes >= WRITE_AT);
+        if due {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the frames through `position` are written to their files (a reader about to
+    /// read them).
+    pub(crate) fn ensure_written(&self, position: u64) -> Result<()> {
+        if self.written.load(Ordering::Acquire) < position {
+            self.write_out()?;
+        }
         Ok(())
     }
 
     /// Makes everything written so far durable: `fdatasync` of the last segment and of any
     /// sealed since the last call. Runs outside the writer's lock.
     pub(crate) fn sync(&self) -> io::Result<()> {
+        self.write_out().map_err(io::Error::other)?;
         let (current, dirty) = match self.tail().as_mut() {
             Some(tail) => (tail.file.clone(), std::mem::take(&mut tail.dirty)),
             None => return Ok(()),

@@ -370,6 +370,7 @@ impl Pages for LogCursor {
             return Ok(true);
         }
         let dir = self.log.dir().to_path_buf();
+        self.log.ensure_written(hi)?;
         let mut reader = match self.reader.take() {
             Some(reader) => reader,
             None => {

@@ -250,8 +250,15 @@ impl Writer {
             });
         }
         let (next, bytes) = (plan.next, plan.bytes);
-        // The group's frames reach the files before any of it is answered or visible.
-        if let Err(error) = self.log.write_out() {
+        // With `Durability::Flush` the group's frames reach the files before any of it is
+        // answered (a sync follows); with `Buffered`, every 64 KiB, and whenever a reader or a
+        // sync needs them.
+        let written = if self.state.durability() == Durability::Flush {
+            self.log.write_out()
+        } else {
+            self.log.write_out_some()
+        };
+        if let Err(error) = written {
             tracing::error!(%error, "writing the log failed: the writer stopped");
             self.state.refuse_appends();
             let answers = answers.into_iter().map(|a| a.failed(&error)).collect();

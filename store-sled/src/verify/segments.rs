@@ -12,6 +12,10 @@ use crate::log::LogReader;
 impl Walk<'_> {
     pub(super) fn segments(&mut self) {
         let dir = self.log.dir().to_path_buf();
+        if let Err(error) = self.log.ensure_written(self.visible) {
+            self.problem_somewhere(ProblemKind::Corrupt, error.to_string());
+            return;
+        }
         let mut records = 0u64;
         let mut end = 0u64;
         let reader = match LogReader::from_start(self.log) {
