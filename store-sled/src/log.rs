@@ -29,7 +29,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use annals::{Error, Position, RecordPlace, Result};
@@ -298,6 +298,9 @@ pub(crate) struct Log {
     writing: Mutex<()>,
     /// The last position whose frame is written to its file.
     written: AtomicU64,
+    /// Set when framed bytes could not be written: they are lost to this process, so nothing
+    /// more is framed after them (the next open finds the log's end where the writes stopped).
+    failed: AtomicBool,
 }
 
 /// What the open found at the end of the log.
@@ -356,6 +359,7 @@ impl Log {
             tail: Mutex::new(None),
             writing: Mutex::new(()),
             written: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -696,6 +700,12 @@ impl Log {
         let bytes = commit_frame(first, last, value);
         let len = u32::try_from(bytes.len())
             .map_err(|_| Error::backend("sled", "a commit record of 4 GiB or more"))?;
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::backend(
+                "sled",
+                "an earlier write of the log failed: the store takes no further appends",
+            ));
+        }
         let mut guard = self.tail();
         let tail = guard
             .as_mut()
@@ -814,7 +824,10 @@ impl Log {
         };
         let mut sealed: Vec<Arc<File>> = Vec::new();
         for (file, offset, bytes) in pending {
-            write_at(&file, &bytes, offset).map_err(|e| io_error("writing the log", &e))?;
+            if let Err(error) = write_at(&file, &bytes, offset) {
+                self.failed.store(true, Ordering::Release);
+                return Err(io_error("writing the log", &error));
+            }
             if !sealed.iter().any(|f| Arc::ptr_eq(f, &file)) {
                 sealed.push(file);
             }
