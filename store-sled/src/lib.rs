@@ -89,7 +89,9 @@
 //!   [`Error::Format`](annals::Error::Format) (`backend: "sled"`, the version `found` when
 //!   readable, and the `supported` versions: 2 to [`FORMAT_VERSION`], a store of format 2 to 4
 //!   — its log still inside sled — being upgraded at open, its commit records moved into
-//!   segment files, safely across a crash), never misread. Builder mistakes (no path, a zero flush
+//!   segment files, safely across a crash), never misread. The store is its whole directory:
+//!   sled's files, the log's segment files in `annals-log/` and the manifest; copy (back up)
+//!   all of it together, with the store closed. Builder mistakes (no path, a zero flush
 //!   interval) are [`Error::Configuration`](annals::Error::Configuration).
 //! - **Bounded memory**: full-log reads ([`read_all`](annals::EventStore::read_all),
 //!   subscriptions, `verify`'s pass over the log, export, migrate, projection catch-up) read
