@@ -80,7 +80,7 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
     let scan = log.scan_tail(marker)?;
     if let Some(bad) = &scan.bad {
         // Past what was made durable, a frame that does not read back is what a crash
-        // interrupted: cut off. Before it, it is damage: never taken for the end of the log.
+        // interrupted: cut off (below). Before it, it is damage: never taken for the end.
         let recorded = match &settings.path {
             Some(dir) => manifest::read(dir).ok().flatten().map_or(0, |t| t.log_end),
             None => 0,
@@ -89,12 +89,6 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
         if bad.position <= durable && !settings.accept_loss {
             return Err(bad.error(log.dir()));
         }
-        tracing::warn!(
-            position = bad.position,
-            reason = %bad.describe(log.dir()),
-            "cutting off the log's torn tail"
-        );
-        log.cut(bad.segment, bad.offset, scan.end)?;
     }
     // The files against the manifest first, before the open repairs (writes) anything.
     let before = marks::read_tally(&tree, scan.end)?;
@@ -102,6 +96,14 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
         Some(dir) => manifest::check_at_open(dir, &before, settings.accept_loss)?,
         None => manifest::Check::default(),
     };
+    if let Some(bad) = &scan.bad {
+        tracing::warn!(
+            position = bad.position,
+            reason = %bad.describe(log.dir()),
+            "cutting off the log's torn tail"
+        );
+        log.cut(bad.segment, bad.offset, scan.end)?;
+    }
     let last = recover::recover(&db, &tree, &log, scan)?;
     let frontier = recover::frontier(&tree)?;
     let found = marks::read_found(&tree, last)?;
