@@ -345,3 +345,35 @@ async fn an_upgrade_stopped_in_its_second_step_is_finished_at_the_next_open() {
     );
     shut(store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_refused_for_a_damaged_manifest_cuts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let original = store_of(&path, 2, 3).await;
+    let (file, offset, len) = frame_of(&path, 6);
+    let mut bytes = std::fs::read(&file).expect("read the segment");
+    let torn = frame_for(&bytes, offset, len, 7);
+    bytes[offset + len..offset + len + torn.len() / 2].copy_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&file, &bytes).expect("write the segment");
+    let manifest = path.join("annals-manifest");
+    let mut recorded = std::fs::read(&manifest).expect("the manifest");
+    recorded[20] ^= 0x01;
+    std::fs::write(&manifest, &recorded).expect("damage the manifest");
+
+    let refused = SledEventStore::builder().path(&path).open().await;
+    assert!(matches!(refused, Err(Error::Corrupt { .. })), "{refused:?}");
+    assert_eq!(
+        std::fs::read(&file).expect("read the segment"),
+        bytes,
+        "a refused open writes nothing"
+    );
+    let store = SledEventStore::builder()
+        .path(&path)
+        .accept_loss(true)
+        .open()
+        .await
+        .expect("open, accepting the loss");
+    assert_eq!(read_all(&store).await, original);
+    shut(store).await;
+}
