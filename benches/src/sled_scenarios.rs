@@ -9,7 +9,7 @@ use std::time::Instant;
 use annals::{EventData, EventStore, ExpectedVersion, ReadStream, StreamId};
 use annals_sled::{Durability, SledEventStore};
 use anyhow::Context as _;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::payload::{batch, event, payload};
 use crate::{alternate, rate, timed, Line, Scenario, Settings};
@@ -24,6 +24,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
     vec![
         Box::new(DurableConcurrent { flush_every: 16 }),
         Box::new(DurableConcurrent { flush_every: 100 }),
+        Box::new(DurableRawDisk),
         Box::new(SingleAppends {
             durability: Durability::Flush,
         }),
@@ -34,6 +35,7 @@ pub fn scenarios() -> Vec<Box<dyn Scenario>> {
         Box::new(Scale),
         Box::new(ScaleLoad),
         Box::new(Memory),
+        Box::new(ReadAllMemory),
     ]
 }
 
@@ -162,6 +164,88 @@ impl Scenario for DurableConcurrent {
                 target,
                 s.rounds,
             ))
+        })
+    }
+}
+
+/// Bytes of one event's frame in the log (`annals-sled` FORMAT.md: frame head, positions,
+/// commit header, body) for the benchmark's single-event appends: what the raw disk writes per
+/// event in [`DurableRawDisk`].
+const FRAME_BYTES: usize = 240;
+
+/// The same 16 concurrent durable appenders as `sled.append.durable.concurrent16`, against the
+/// raw disk: the same bytes (one frame per event) written and `fdatasync`ed once per group of
+/// 16, on a file preallocated with zeros (its best case). Information (issue 14): raw sled's
+/// "flush" on Linux is `sync_file_range`, which neither flushes the drive's cache nor waits for
+/// the file system's journal; the store's log makes each group durable with `fdatasync`.
+#[derive(Debug)]
+struct DurableRawDisk;
+
+impl Scenario for DurableRawDisk {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.append.durable.concurrent16.raw_disk (quick)",
+            "sled.append.durable.concurrent16.raw_disk",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            const TASKS: u64 = 16;
+            let per_task: u64 = s.pick(150, 500);
+            let total = TASKS * per_task;
+            let medians = alternate(
+                s.rounds,
+                |_| async move {
+                    let dir = tempfile::tempdir()?;
+                    let store = open_store(dir.path(), Durability::Flush).await?;
+                    let elapsed = timed(async {
+                        let mut tasks = Vec::new();
+                        for t in 0..TASKS {
+                            let store = store.clone();
+                            tasks.push(tokio::spawn(async move {
+                                let id = stream(t);
+                                for i in 0..per_task {
+                                    store
+                                        .append(&id, ExpectedVersion::exact(i), vec![event(i)])
+                                        .await?;
+                                }
+                                anyhow::Ok(())
+                            }));
+                        }
+                        for t in tasks {
+                            t.await??;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    store.close().await?;
+                    Ok(rate(total, elapsed))
+                },
+                |_| async move {
+                    use std::io::Write as _;
+                    use std::os::unix::fs::FileExt as _;
+                    let dir = tempfile::tempdir()?;
+                    let mut file = std::fs::File::create(dir.path().join("raw.log"))?;
+                    let size = usize::try_from(total)? * FRAME_BYTES + (1 << 20);
+                    file.write_all(&vec![0; size])?;
+                    file.sync_all()?;
+                    let group = vec![b'x'; 16 * FRAME_BYTES];
+                    tokio::task::block_in_place(|| {
+                        let started = Instant::now();
+                        let mut offset = 0u64;
+                        for _ in 0..total / 16 {
+                            file.write_all_at(&group, offset)?;
+                            file.sync_data()?;
+                            offset += group.len() as u64;
+                        }
+                        Ok(rate(total, started.elapsed()))
+                    })
+                },
+            )
+            .await?;
+            Ok(Line::new(self.name(s), "events/s", medians, 0.0, s.rounds))
         })
     }
 }
@@ -505,6 +589,178 @@ pub async fn memory_child(count: u64, dir: &Path) -> anyhow::Result<u64> {
         .await?;
     fill(&store, 0, count).await?;
     store.close().await?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")
+}
+
+/// The budget of `sled.read_all.memory.*`, in MiB: the peak resident set of a process reading
+/// the whole log of the larger store, minus that of one reading the smaller (issue 14).
+pub const READ_MEMORY_BUDGET_MIB: f64 = 64.0;
+/// Streams of the stores `sled.read_all.memory.*` reads.
+const READ_STREAMS: u64 = 10_000;
+/// Payload bytes of their events.
+const READ_PAYLOAD: usize = 200;
+
+/// Memory of a full-log read against the size of the store: the peak RSS (VmHWM) of a child
+/// process that opens a store of 3,000,000 events (200-byte payloads, 10,000 streams; quick:
+/// 1,000,000) and reads its whole log with `read_all`, minus the same for a store of 300,000
+/// (quick: 100,000). Each store is filled by a child of its own first, so the fill's peak is
+/// not counted. `annals` is the difference, `baseline` the 64 MiB budget, and the ratio
+/// budget / difference (a difference under 1 MiB counts as 1), so that 1.0 or more passes.
+#[derive(Debug)]
+struct ReadAllMemory;
+
+impl Scenario for ReadAllMemory {
+    fn name(&self, s: &Settings) -> String {
+        s.pick(
+            "sled.read_all.memory.1m_vs_100k (quick)",
+            "sled.read_all.memory.3m_vs_300k",
+        )
+        .into()
+    }
+
+    fn run<'a>(&'a self, s: &'a Settings) -> Run<'a> {
+        Box::pin(async move {
+            let (small, large): (u64, u64) = s.pick((100_000, 1_000_000), (300_000, 3_000_000));
+            let dir = tempfile::tempdir()?;
+            let mut peaks = Vec::new();
+            for count in [small, large] {
+                let store = dir.path().join(format!("store-{count}"));
+                read_memory_run("fill", count, &store).await?;
+                peaks.push(read_memory_run("read", count, &store).await?);
+            }
+            let difference = peaks[1] - peaks[0];
+            Ok(Line {
+                scenario: self.name(s),
+                unit: "MiB",
+                annals: difference,
+                baseline: READ_MEMORY_BUDGET_MIB,
+                ratio: READ_MEMORY_BUDGET_MIB / difference.max(1.0),
+                target: 1.0,
+                floor: None,
+                rounds: 1,
+            })
+        })
+    }
+}
+
+/// Runs one step of [`read_memory_child`] in a child process; returns its peak in MiB.
+async fn read_memory_run(step: &str, count: u64, dir: &Path) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    let output = tokio::process::Command::new(exe)
+        .arg("--read-memory-child")
+        .arg(step)
+        .arg(count.to_string())
+        .arg(dir)
+        .output()
+        .await
+        .context("running the read memory child")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "read memory child ({step}) failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let kib: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("VMHWM_KIB "))
+        .context("the child printed no VmHWM")?
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// A JSON payload of exactly [`READ_PAYLOAD`] bytes.
+fn read_payload(n: u64) -> Vec<u8> {
+    let mut out = format!("{{\"amount\":{n},\"note\":\"").into_bytes();
+    out.resize(READ_PAYLOAD - 2, b'x');
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+/// The read memory children's work. `fill`: fills a store in `dir` with `count` events
+/// (200-byte payloads, batches of 100 in turn over 10,000 streams, `Durability::Buffered`) and
+/// closes it. `read`: opens it with the default settings, reads its whole log with
+/// `read_all` (every event must be there) and closes it. `subscribe`: the same with
+/// `subscribe_all` from the start; `verify`: runs `verify` (both for manual checks, not lines). Returns the process's peak resident
+/// set (VmHWM) in KiB.
+///
+/// # Errors
+///
+/// Store failures, a short log, an unknown step, or a `/proc/self/status` without `VmHWM`.
+pub async fn read_memory_child(step: &str, count: u64, dir: &Path) -> anyhow::Result<u64> {
+    match step {
+        "fill" => {
+            let store = SledEventStore::builder()
+                .path(dir)
+                .durability(Durability::Buffered)
+                .open()
+                .await?;
+            const TASKS: u64 = 4;
+            let store = Arc::new(store);
+            let mut tasks = Vec::new();
+            for t in 0..TASKS {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut n = t * 100;
+                    while n < count {
+                        let id = StreamId::new(format!("read-{}", (n / 100) % READ_STREAMS))?;
+                        let events = (n..n + 100)
+                            .map(|i| {
+                                EventData::new(
+                                    "Deposited",
+                                    annals::CONTENT_TYPE_JSON,
+                                    read_payload(i),
+                                )
+                            })
+                            .collect();
+                        store.append(&id, ExpectedVersion::Any, events).await?;
+                        n += TASKS * 100;
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            store.close().await?;
+        }
+        "read" => {
+            let store = SledEventStore::builder().path(dir).open().await?;
+            let read = store
+                .read_all(annals::ReadAll::all())
+                .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+                .await?;
+            anyhow::ensure!(read == count, "read {read} events of {count}");
+            store.close().await?;
+        }
+        "subscribe" => {
+            // The same read as a subscription from the start (what a projection's catch-up
+            // does), to its `count`-th event.
+            let store = SledEventStore::builder().path(dir).open().await?;
+            let read = annals::subscribe_all(
+                store.clone(),
+                annals::Position::START,
+                annals::Filter::all(),
+            )
+            .take(usize::try_from(count)?)
+            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+            .await?;
+            anyhow::ensure!(read == count, "read {read} events of {count}");
+            store.close().await?;
+        }
+        "verify" => {
+            let store = SledEventStore::builder().path(dir).open().await?;
+            let report = store.verify().await?;
+            anyhow::ensure!(report.is_clean(), "{report}");
+            store.close().await?;
+        }
+        other => anyhow::bail!("unknown read memory child step {other:?}"),
+    }
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()

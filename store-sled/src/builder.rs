@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use annals::{Error, Limits, Result};
 
+use crate::log::{DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
 use crate::open::{self, Settings};
 use crate::{Durability, SledEventStore};
 
@@ -33,6 +34,7 @@ pub struct SledEventStoreBuilder {
     durability: Durability,
     limits: Limits,
     cache_bytes: u64,
+    segment_bytes: u64,
     flush_interval: Duration,
     accept_loss: bool,
 }
@@ -68,6 +70,7 @@ impl SledEventStoreBuilder {
             durability: Durability::Flush,
             limits: Limits::new(),
             cache_bytes: 64 * 1024 * 1024,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
             flush_interval: Duration::from_millis(500),
             accept_loss: false,
         }
@@ -107,6 +110,17 @@ impl SledEventStoreBuilder {
     #[must_use]
     pub fn cache_bytes(mut self, bytes: u64) -> Self {
         self.cache_bytes = bytes;
+        self
+    }
+
+    /// The size of the log's segment files (64 MiB by default, at least 4 KiB): each is
+    /// preallocated to it, and a full one is sealed and followed by the next (see `FORMAT.md`).
+    /// A commit record larger than a segment gets a segment of its own, grown to hold it.
+    /// Existing segments keep their size; the setting applies to the segments created from now
+    /// on.
+    #[must_use]
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
         self
     }
 
@@ -159,6 +173,12 @@ impl SledEventStoreBuilder {
                 "no path given: call `path(..)` or `temporary()` on the builder before `open()`",
             ));
         }
+        if self.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(Error::configuration(
+                "segment_bytes",
+                format!("segments must be at least {MIN_SEGMENT_BYTES} bytes"),
+            ));
+        }
         if self.flush_interval.is_zero() {
             return Err(Error::configuration(
                 "flush_interval",
@@ -172,6 +192,7 @@ impl SledEventStoreBuilder {
             cache_bytes: self.cache_bytes,
             flush_interval: self.flush_interval,
             accept_loss: self.accept_loss,
+            segment_bytes: self.segment_bytes,
         })
     }
 }

@@ -25,6 +25,7 @@ use annals::{
 use tokio::sync::{oneshot, watch};
 
 use crate::format;
+use crate::log::Log;
 use crate::marks::Marks;
 use crate::num::{micros, u64_from};
 use crate::overlay::{Overlay, INDEX_AT};
@@ -145,8 +146,10 @@ pub(crate) struct CommitState {
     notifier: CommitNotifier,
     /// The index position last recorded in the `Mindexed` marker.
     marked: AtomicU64,
-    /// The write and save counters: each flush raises the write counter first.
+    /// The write and save counters: each flush of sled raises the write counter first.
     marks: Arc<Marks>,
+    /// The log's segment files, made durable by each flush.
+    log: Arc<Log>,
 }
 
 impl CommitState {
@@ -157,6 +160,7 @@ impl CommitState {
         indexed: u64,
         durability: Durability,
         marks: Arc<Marks>,
+        log: Arc<Log>,
     ) -> Self {
         let (durable, _) = watch::channel(Durable {
             position: last_position,
@@ -183,6 +187,7 @@ impl CommitState {
             notifier,
             marked: AtomicU64::new(indexed),
             marks,
+            log,
         }
     }
 
@@ -372,6 +377,7 @@ impl CommitState {
         overlay: &Overlay,
         target: u64,
         serves: Option<u64>,
+        asked: bool,
     ) -> Flushed {
         let span = tracing::debug_span!(
             "sled.flush",
@@ -382,11 +388,22 @@ impl CommitState {
         );
         let _enter = span.enter();
         let started = Instant::now();
-        // Index entries written before this flush are durable after it, and so is the write
-        // count raised now.
+        // Index entries written before this flush are durable after it (when sled is
+        // flushed), and so is the write count raised now.
         let indexed = overlay.written();
-        let stamp = self.marks.stamp(tree);
-        let outcome = tree.flush();
+        // The commits are durable once the log's files are: one `fdatasync`. Sled holds only
+        // derived entries; it is flushed when asked (snapshots, checkpoints, read models,
+        // close) or when index entries wait for a flush before the index marker may cover
+        // them — about once per indexing round, not once per group.
+        let with_sled = asked || indexed > self.marked.load(Ordering::Acquire);
+        let stamp = with_sled.then(|| self.marks.stamp(tree));
+        let outcome = self.log.sync().map_err(|e| e.to_string()).and_then(|()| {
+            if with_sled {
+                tree.flush().map_err(|e| e.to_string())
+            } else {
+                Ok(0)
+            }
+        });
         let took = started.elapsed();
         span.record("flush_us", micros(took));
         {
@@ -398,12 +415,17 @@ impl CommitState {
             Ok(bytes) => {
                 span.record("bytes", u64_from(bytes));
                 overlay.durable_through(target);
-                self.marks.flushed(stamp, target);
-                self.mark_indexed(tree, indexed);
+                match stamp {
+                    Some(stamp) => {
+                        self.marks.flushed(stamp, target);
+                        self.mark_indexed(tree, indexed);
+                    }
+                    None => self.marks.log_flushed(target),
+                }
                 self.publish_durable(target, serves);
             }
             Err(error) => {
-                tracing::error!(%error, position = target, "sled flush failed");
+                tracing::error!(%error, position = target, "flushing the log or sled failed");
                 let reason: Arc<str> = Arc::from(error.to_string());
                 self.durable.send_modify(|d| {
                     d.failure = Some(FlushFailure {

@@ -1,4 +1,4 @@
-//! The flusher thread: the only place the store calls `fsync`, besides an inline durable commit
+//! The flusher thread: the only place the store syncs the log (and flushes sled), besides an inline durable commit
 //! (see `writer.rs`), which uses the same flush-and-publish step (`commit_state.rs`).
 //!
 //! Appends are applied to sled by the writer and then wait until a flush covers their last
@@ -199,6 +199,7 @@ where
                 &self.parts.overlay,
                 target,
                 Some(generation),
+                asked || closing,
             );
             self.last_took = flushed.took;
             self.last_flush = Instant::now();

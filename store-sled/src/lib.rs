@@ -40,10 +40,14 @@
 //!
 //! # What it promises
 //!
-//! - **Atomic appends**: an append is one sled insert of a commit record holding all its
-//!   events (write-ahead layout, see `FORMAT.md`), atomic also across a crash. The stream,
-//!   head and event-id indexes are derived from the log in bulk and redone from it at open, so a
-//!   crash never leaves part of an append, nor an index pointing nowhere.
+//! - **Atomic appends**: an append is one commit record holding all its events, framed at the
+//!   end of the log — append-only, checksummed segment files the store owns, beside sled's
+//!   (write-ahead layout, see `FORMAT.md`) — and a frame that does not read back whole is not
+//!   part of the log: a torn tail a crash leaves past what was made durable is cut off at open,
+//!   damage before it is [`Error::Corrupt`](annals::Error::Corrupt) naming the position and the
+//!   file. The commit locators, stream, head and event-id indexes in sled are derived from the
+//!   log in bulk and redone from it at open, so a crash never leaves part of an append, nor an
+//!   index pointing nowhere.
 //! - **Bulk restore** ([`restore`](annals::EventStore::restore), what `import` and `migrate`
 //!   use): events of many streams keep their versions and recording times; a batch is checked
 //!   by the writer as appends are, written as *mixed* commit records (at most 16 events each,
@@ -51,8 +55,10 @@
 //!   at the next open: all or nothing, also across a crash) and made durable and visible by the
 //!   same group commit and flush as appends. Batches of 5,000 events of 1,000 interleaved
 //!   streams restore at a few hundred thousand events a second.
-//! - **Durability** ([`Durability`]): by default an append is answered after `fsync`. Appends
-//!   arriving together share one flush (group commit). With
+//! - **Durability** ([`Durability`]): by default an append is answered after the log's
+//!   `fdatasync`. Appends arriving together share one (group commit); sled, holding only
+//!   derived entries, snapshots and checkpoints, is flushed when asked and about once per few
+//!   thousand events. With
 //!   [`Durability::Buffered`] an append is answered after the in-memory write, and the store
 //!   flushes on a timer and on close.
 //! - **Readers never see what could vanish**: with [`Durability::Flush`], reads and
@@ -81,12 +87,22 @@
 //! - **Format**: the layout is versioned (`FORMAT.md`); a store written by a newer build, a
 //!   damaged format marker, or a sled database that is not an Annals store is refused with
 //!   [`Error::Format`](annals::Error::Format) (`backend: "sled"`, the version `found` when
-//!   readable, and the `supported` versions: 2 to [`FORMAT_VERSION`], a format 2 or 3 store
-//!   being upgraded in place at open), never misread. Builder mistakes (no path, a zero flush
+//!   readable, and the `supported` versions: 2 to [`FORMAT_VERSION`], a store of format 2 to 4
+//!   — its log still inside sled — being upgraded at open, its commit records moved into
+//!   segment files, safely across a crash), never misread. The store is its whole directory:
+//!   sled's files, the log's segment files in `annals-log/` and the manifest; copy (back up)
+//!   all of it together, with the store closed. Builder mistakes (no path, a zero flush
 //!   interval) are [`Error::Configuration`](annals::Error::Configuration).
-//! - **Bounded memory**: sled's cache (64 MiB by default) bounds what is held whatever the
-//!   size of the store; besides it, only the not-yet-indexed tail of the log (at most tens of
-//!   thousands of events' ids and places) and a bounded cache of stream heads stay in memory.
+//! - **Bounded memory**: full-log reads ([`read_all`](annals::EventStore::read_all),
+//!   subscriptions, `verify`'s pass over the log, export, migrate, projection catch-up) read
+//!   the segment files in order with a buffer of at most 256 KiB and consult sled once, so
+//!   their memory does not grow with the store (a process reading a 3,000,000-event log peaks
+//!   within a few MiB of one reading 300,000: the report's `sled.read_all.memory` line); the
+//!   operating system's page cache, not the process, caches the files. Sled's cache (64 MiB by
+//!   default, a hint sled 0.34 does not always keep) holds the indexes point reads use; besides
+//!   it, only the not-yet-indexed tail of the log (at most tens of thousands of events' ids and
+//!   places) and a bounded cache of stream heads stay in memory. (`verify` also walks every
+//!   key of sled's indexes once: that walk goes through sled's cache.)
 //! - **Reads off the async workers**: reads fetch their pages of sled records (a few hundred
 //!   records each) inside `block_in_place` on a multi-thread tokio runtime and on the blocking
 //!   pool on a current-thread one, so a long read never holds up the runtime's other tasks.
@@ -111,6 +127,7 @@ mod durability;
 mod error;
 mod flusher;
 mod format;
+mod log;
 mod lookup;
 mod manifest;
 mod marks;
@@ -120,6 +137,7 @@ mod overlay;
 mod read;
 mod recover;
 mod store;
+mod upgrade;
 mod verify;
 mod writer;
 
@@ -128,28 +146,48 @@ pub use durability::Durability;
 pub use store::SledEventStore;
 
 /// The version of the on-disk format this build writes and reads (see `FORMAT.md`). Stores in
-/// formats 2 and 3 are opened too, and marked 4 on the way (format 3 added id segments, format 4
-/// mixed commit records, listed stream-index runs and the write counters).
+/// formats 2 to 4 are opened too, and upgraded to 5 on the way (format 3 added id segments,
+/// format 4 mixed commit records, listed stream-index runs and the write counters, format 5
+/// moved the log out of sled into segment files).
 pub const FORMAT_VERSION: u32 = format::FORMAT_VERSION;
 
 /// Hooks for recovery tests: they write what a crash at a chosen moment leaves behind. Not part
 /// of the supported API.
 #[doc(hidden)]
 pub mod testing {
+    use std::path::Path;
+
     use annals::{EventData, RestoredEvent, Result, StreamId, Timestamp};
 
     use crate::error::sled_error;
+    use crate::log::{Log, DEFAULT_SEGMENT_BYTES};
     use crate::num::u64_from;
     use crate::overlay::{index_batch, CommitInfo};
     use crate::{format, recover, writer};
 
+    /// The log of the closed store at `path`, open for appends at its end.
+    fn open_log(path: &Path) -> Result<Log> {
+        let log = Log::open(Some(path), DEFAULT_SEGMENT_BYTES)?;
+        if log.is_empty() {
+            log.start()?;
+        } else {
+            log.scan_tail(0)?;
+        }
+        Ok(log)
+    }
+
+    fn write(log: &Log) -> Result<()> {
+        log.write_out()?;
+        log.sync().map_err(|e| annals::Error::backend("sled", e))
+    }
+
     fn commit(
-        tree: &sled::Tree,
+        log: &Log,
         stream: &StreamId,
         first_version: u64,
         events: &[EventData],
-    ) -> Result<(CommitInfo, Vec<u8>)> {
-        let first = recover::log_end(tree)? + 1;
+    ) -> (CommitInfo, Vec<u8>) {
+        let first = log.end() + 1;
         let bodies: Vec<Vec<u8>> = events.iter().map(format::encode_body).collect();
         let recorded_at = Timestamp::now();
         let key = format::commit_key(first, first + u64_from(events.len()) - 1);
@@ -167,33 +205,38 @@ pub mod testing {
             recorded_at,
             ids: events.iter().map(|e| e.id).collect(),
         };
-        Ok((info, value))
+        (info, value)
     }
 
-    /// Writes a commit record at the end of a closed store's log WITHOUT its index entries, as
-    /// a crash between the log insert and the index write leaves it. Returns its first position.
+    /// Writes a commit record at the end of the log of the closed store at `path` WITHOUT its
+    /// locator and index entries in sled (`tree`, that store's), as a crash between the log
+    /// write and the index write leaves it. Returns its first position.
     pub fn write_unindexed_commit(
-        tree: &sled::Tree,
+        _tree: &sled::Tree,
+        path: &Path,
         stream: &StreamId,
         first_version: u64,
         events: &[EventData],
     ) -> Result<u64> {
-        let (info, value) = commit(tree, stream, first_version, events)?;
-        tree.insert(format::commit_key(info.first, info.last()), value)
-            .map_err(sled_error)?;
+        let log = open_log(path)?;
+        let (info, value) = commit(&log, stream, first_version, events);
+        log.append(info.first, info.last(), &value)?;
+        write(&log)?;
         Ok(info.first)
     }
 
     /// Writes the first `records` commit records of a restore of `events` (new events, each
-    /// following its stream's head) at the end of a closed store's log, without index entries:
-    /// what a crash part-way through the restore leaves behind. Returns the restore's first
-    /// position.
+    /// following its stream's head) at the end of the log of the closed store at `path`,
+    /// without index entries: what a crash part-way through the restore leaves behind. Returns
+    /// the restore's first position.
     pub fn write_partial_restore(
-        tree: &sled::Tree,
+        _tree: &sled::Tree,
+        path: &Path,
         events: Vec<RestoredEvent>,
         records: usize,
     ) -> Result<u64> {
-        let first = recover::log_end(tree)? + 1;
+        let log = open_log(path)?;
+        let first = log.end() + 1;
         let written: Vec<(RestoredEvent, Vec<u8>)> = events
             .into_iter()
             .map(|e| {
@@ -205,21 +248,31 @@ pub mod testing {
             .into_iter()
             .take(records)
         {
-            tree.insert(key, value).map_err(sled_error)?;
+            let (f, l) = format::parse_commit_key(&key)
+                .ok_or_else(|| annals::Error::backend("sled", "malformed commit key"))?;
+            log.append(f, l, &value)?;
         }
+        write(&log)?;
         Ok(first)
     }
 
-    /// Writes the index entries (and the index marker) of a commit past the end of a closed
-    /// store's log, WITHOUT the commit record: an index that survived what it indexes.
+    /// Writes the index entries (the locator and the index marker too) of a commit past the
+    /// end of the log of the closed store at `path`, WITHOUT the commit record: an index that
+    /// survived what it indexes.
     pub fn write_index_without_commit(
         tree: &sled::Tree,
+        path: &Path,
         stream: &StreamId,
         first_version: u64,
         events: &[EventData],
     ) -> Result<u64> {
-        let (info, _) = commit(tree, stream, first_version, events)?;
+        let log = open_log(path)?;
+        let (info, value) = commit(&log, stream, first_version, events);
+        // Framed, never written: the locator names where the record would have been.
+        let loc = log.append(info.first, info.last(), &value)?;
+        let key = format::commit_key(info.first, info.last());
         let mut batch = sled::Batch::default();
+        batch.insert(key.to_vec(), format::locator_value(&key, loc));
         let mut frontier = recover::frontier(tree)?;
         index_batch(
             &mut batch,

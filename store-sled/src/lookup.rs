@@ -8,9 +8,14 @@ use annals::{Error, EventId, Position, RecordPlace, Result, StreamId, Version};
 
 use crate::error::{corrupt_somewhere, sled_error};
 use crate::format::{self, CheckedSegment, Head};
+use crate::log::Log;
 
 /// Where `id` is stored, if anywhere: its `I` entry, else the id segment whose range holds it.
-pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredEventRef>> {
+pub(crate) fn lookup_id(
+    tree: &sled::Tree,
+    log: &Log,
+    id: EventId,
+) -> Result<Option<StoredEventRef>> {
     let key = format::id_key(id);
     if let Some(value) = tree.get(key).map_err(sled_error)? {
         return id_entry(&key, &value, id).map(Some);
@@ -22,7 +27,7 @@ pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredE
     let found = format::segment_find(&segment_key, &segment, bytes)
         .map_err(|reason| corrupt_somewhere(format!("id segment holding {id}: {reason}")))?;
     match found {
-        Some(position) => segment_entry(tree, id, position).map(Some),
+        Some(position) => segment_entry(tree, log, id, position).map(Some),
         None => Ok(None),
     }
 }
@@ -32,6 +37,7 @@ pub(crate) fn lookup_id(tree: &sled::Tree, id: EventId) -> Result<Option<StoredE
 /// rather than once per id — a restore's ids come in runs.
 pub(crate) fn lookup_sorted_ids(
     tree: &sled::Tree,
+    log: &Log,
     ids: &[EventId],
 ) -> Result<Vec<(EventId, StoredEventRef)>> {
     let singles = single_entries(tree, ids)?;
@@ -71,7 +77,7 @@ pub(crate) fn lookup_sorted_ids(
         }
         // No segment at or above this id: it is not stored.
         if let Some(position) = segment.as_ref().and_then(|s| s.find(bytes)) {
-            found.push((id, segment_entry(tree, id, position)?));
+            found.push((id, segment_entry(tree, log, id, position)?));
         }
     }
     Ok(found)
@@ -143,7 +149,12 @@ fn id_entry(key: &[u8], value: &[u8], id: EventId) -> Result<StoredEventRef> {
 
 /// The place of `id`, which a segment maps to `position`: the commit record there names the
 /// stream and version (and must hold `id`).
-fn segment_entry(tree: &sled::Tree, id: EventId, position: u64) -> Result<StoredEventRef> {
+fn segment_entry(
+    tree: &sled::Tree,
+    log: &Log,
+    id: EventId,
+    position: u64,
+) -> Result<StoredEventRef> {
     let at = Position::sequence(position);
     let dangling = |reason: String| {
         Error::corrupt(
@@ -151,8 +162,7 @@ fn segment_entry(tree: &sled::Tree, id: EventId, position: u64) -> Result<Stored
             format!("id segment entry of {id}: {reason}"),
         )
     };
-    let event = format::event_at(tree, position)
-        .map_err(sled_error)?
+    let event = format::event_at(tree, log, position)?
         .ok_or_else(|| dangling("no commit record holds its position".into()))?
         .map_err(dangling)?;
     if event.id != id {

@@ -3,8 +3,8 @@
 //!
 //! Sled's recovery hands back a *prefix* of its log: a damaged entry ends the log there, and
 //! everything written after it is gone without an error. The counters make such a loss
-//! visible. Every flush the store makes for its writers (a group commit, an explicit flush,
-//! the close) is preceded by a sled insert raising `Mwrites`; every snapshot or checkpoint is
+//! visible. Every flush of sled the store makes for its writers (an explicit flush, an indexing
+//! round's, the close) is preceded by a sled insert raising `Mwrites`; every snapshot or checkpoint is
 //! followed by one raising `Msaves`. A state sled recovers holds a counter value only if it
 //! holds everything written before it, so a state holding less than the manifest recorded lost
 //! writes the store had made durable.
@@ -120,6 +120,12 @@ impl Marks {
     }
 
     /// What is durable.
+    /// The log was made durable through `log_end` (sled was not flushed).
+    pub(crate) fn log_flushed(&self, log_end: u64) {
+        let mut durable = lock(&self.durable);
+        durable.log_end = durable.log_end.max(log_end);
+    }
+
     pub(crate) fn durable(&self) -> Tally {
         *lock(&self.durable)
     }

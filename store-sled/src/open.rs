@@ -5,17 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annals::{Error, Limits, Result};
+use annals::{Error, Limits, RecordPlace, Result};
 
 use crate::commit_state::CommitState;
 use crate::error::{corruption, damaged_files, panic_message, sled_error};
 use crate::flusher::{self, FlusherParts};
 use crate::format::{self, format_error, FORMAT_VERSION, TREE};
+use crate::log::Log;
 use crate::manifest::{self, Keeper};
 use crate::marks::{self, Marks};
 use crate::overlay::Overlay;
 use crate::recover;
 use crate::store::{Parts, SledEventStore};
+use crate::upgrade;
 use crate::writer::{LogEnd, Writer};
 use crate::Durability;
 
@@ -30,6 +32,7 @@ pub(crate) struct Settings {
     pub(crate) flush_interval: Duration,
     /// Open files holding less than the manifest records, reporting the loss in `verify`.
     pub(crate) accept_loss: bool,
+    pub(crate) segment_bytes: u64,
 }
 
 /// Opens (or creates) the store described by `settings`.
@@ -56,14 +59,52 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
         None => config.temporary(true),
     };
     let db = open_db(&config, settings.path.as_deref())?;
-    let tree = check_format(&db)?;
+    let (tree, version) = check_format(&db)?;
+    let log = Arc::new(Log::open(settings.path.as_deref(), settings.segment_bytes)?);
+    if version < FORMAT_VERSION {
+        // Formats 2 to 4 kept the log in sled: move it into segment files.
+        upgrade::run(&db, &tree, &log, version)?;
+    } else if upgrade::interrupted(&tree)? {
+        upgrade::finish(&db, &tree, &log)?;
+    } else if log.is_empty() && tree.scan_prefix([format::COMMIT]).next().is_some() {
+        return Err(Error::corrupt(
+            RecordPlace::new(),
+            format!(
+                "the log's segment files are missing ({} holds none) although the index \
+                 locates commit records in them",
+                log.dir().display()
+            ),
+        ));
+    }
+    let marker = recover::indexed(&tree)?;
+    let scan = log.scan_tail(marker)?;
+    if let Some(bad) = &scan.bad {
+        // Past what was made durable, a frame that does not read back is what a crash
+        // interrupted: cut off (below). Before it, it is damage: never taken for the end.
+        let recorded = match &settings.path {
+            Some(dir) => manifest::read(dir).ok().flatten().map_or(0, |t| t.log_end),
+            None => 0,
+        };
+        let durable = recorded.max(marker);
+        if bad.position <= durable && !settings.accept_loss {
+            return Err(bad.error(log.dir()));
+        }
+    }
     // The files against the manifest first, before the open repairs (writes) anything.
-    let before = marks::read_tally(&tree, recover::log_end(&tree)?)?;
+    let before = marks::read_tally(&tree, scan.end)?;
     let check = match &settings.path {
         Some(dir) => manifest::check_at_open(dir, &before, settings.accept_loss)?,
         None => manifest::Check::default(),
     };
-    let last = recover::recover(&db, &tree)?;
+    if let Some(bad) = &scan.bad {
+        tracing::warn!(
+            position = bad.position,
+            reason = %bad.describe(log.dir()),
+            "cutting off the log's torn tail"
+        );
+        log.cut(bad.segment, bad.offset, scan.end)?;
+    }
+    let last = recover::recover(&db, &tree, &log, scan)?;
     let frontier = recover::frontier(&tree)?;
     let found = marks::read_found(&tree, last)?;
     let tally = found.tally;
@@ -75,12 +116,13 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
         tracing::warn!(%problem, "opened a damaged store, accepting the loss");
     }
     let marks = Arc::new(Marks::new(found));
-    let overlay = Arc::new(Overlay::new(last, frontier));
+    let overlay = Arc::new(Overlay::new(last, frontier, log.clone()));
     let state = Arc::new(CommitState::new(
         last,
         overlay.written(),
         settings.durability,
         marks.clone(),
+        log.clone(),
     ));
     let end = LogEnd {
         position: last,
@@ -88,6 +130,7 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
     };
     let writer = Arc::new(Writer::new(
         tree.clone(),
+        log.clone(),
         end,
         state.clone(),
         overlay.clone(),
@@ -125,7 +168,7 @@ fn open_blocking(settings: Settings) -> Result<SledEventStore> {
 }
 
 /// Checks (or, on a fresh database, writes) the format marker, and returns the store's tree.
-fn check_format(db: &sled::Db) -> Result<sled::Tree> {
+fn check_format(db: &sled::Db) -> Result<(sled::Tree, u32)> {
     let has_tree = db.tree_names().iter().any(|name| name.as_ref() == TREE);
     if !has_tree && (!db.is_empty() || db.tree_names().len() > 1) {
         return Err(foreign());
@@ -136,12 +179,15 @@ fn check_format(db: &sled::Db) -> Result<sled::Tree> {
             let version = format::decode_format(&value).map_err(|reason| {
                 format_error(None, format!("unreadable format marker: {reason}"))
             })?;
-            check_version(db, &tree, version)?;
+            check_version(version)?;
+            Ok((tree, version))
         }
-        None if !tree.is_empty() => return Err(foreign()),
-        None => write_marker(db, &tree)?,
+        None if !tree.is_empty() => Err(foreign()),
+        None => {
+            write_marker(db, &tree)?;
+            Ok((tree, FORMAT_VERSION))
+        }
     }
-    Ok(tree)
 }
 
 /// A sled database that is not an Annals store.
@@ -156,8 +202,9 @@ fn foreign() -> Error {
     )
 }
 
-/// Accepts this build's format, upgrades format 2, refuses the others.
-fn check_version(db: &sled::Db, tree: &sled::Tree, version: u32) -> Result<()> {
+/// Refuses the formats this build cannot read: newer ones, and the unreleased format 1 (formats
+/// 2 to 4 are upgraded by the open, `upgrade.rs`).
+fn check_version(version: u32) -> Result<()> {
     if version > FORMAT_VERSION {
         return Err(format_error(
             Some(version),
@@ -167,13 +214,7 @@ fn check_version(db: &sled::Db, tree: &sled::Tree, version: u32) -> Result<()> {
             ),
         ));
     }
-    if version == 2 || version == 3 {
-        // Format 3 only added id segments, format 4 mixed commit records, listed stream-index
-        // runs and the write counters: a format 2 or 3 store is a format 4 store without them.
-        // Once marked 4, older builds refuse it (they would misread what is new).
-        return write_marker(db, tree);
-    }
-    if version != FORMAT_VERSION {
+    if !format::READABLE.contains(&version) {
         return Err(format_error(
             Some(version),
             format!(
@@ -187,7 +228,7 @@ fn check_version(db: &sled::Db, tree: &sled::Tree, version: u32) -> Result<()> {
 }
 
 /// Marks the store as this build's format, durably.
-fn write_marker(db: &sled::Db, tree: &sled::Tree) -> Result<()> {
+pub(crate) fn write_marker(db: &sled::Db, tree: &sled::Tree) -> Result<()> {
     tree.insert(format::META_FORMAT, format::format_value(FORMAT_VERSION))
         .map_err(sled_error)?;
     db.flush().map_err(sled_error)?;

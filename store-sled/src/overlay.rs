@@ -1,7 +1,8 @@
 //! The derived indexes and their in-memory overlay.
 //!
-//! An append is ONE sled insert: its commit record (`W`, see `format.rs`). The indexes derived
-//! from it — the stream index (`S`), the event-id index (`I`), the stream heads (`H`) — are
+//! An append is ONE commit record, framed in the log's segment files (`log.rs`). The entries
+//! derived from it — its locator (`W`), the stream index (`S`), the event-id index (`I`, `J`),
+//! the stream heads (`H`) — are
 //! written later, in bulk, by an indexer thread with plain inserts (every [`INDEX_AT`] events,
 //! or when a reader or `verify` needs it); the flusher then raises the `Mindexed` marker after a
 //! flush made them durable. Until then the commit sits in
@@ -9,11 +10,11 @@
 //! commit from one still waiting.
 //!
 //! Only commits already on disk are indexed (with `Durability::Buffered` an indexing round starts
-//! with a flush), so an index entry never reaches sled's log before the commit it points to is
+//! with a sync of the log), so an index entry never reaches sled's log before the commit it points to is
 //! durable. At open, the commits after the marker are indexed again (redo, idempotent), and index
 //! entries past the end of the log, if any ever survived, are dropped (see `recover.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -24,6 +25,7 @@ use annals::{Error, EventId, Position, Result, StreamId, Timestamp, Version};
 
 use crate::error::sled_error;
 use crate::format::{self, Head, StreamRun};
+use crate::log::{Loc, Log, Record};
 use crate::num::{micros, u64_from};
 
 /// Unindexed events at which the background indexer is asked to run.
@@ -72,6 +74,9 @@ struct State {
     /// Their event ids: the commit and the index in it.
     ids: HashMap<EventId, (Arc<CommitInfo>, u64)>,
     events: usize,
+    /// Where their commit records' frames are: last position → (first position, frame). The
+    /// locators reach sled with the other index entries.
+    records: BTreeMap<u64, (u64, Loc)>,
 }
 
 /// The unindexed tail of the log, in memory.
@@ -90,12 +95,14 @@ pub(crate) struct Overlay {
     /// The indexer thread's wake-up: (asked to index, closing).
     wanted: Mutex<(bool, bool)>,
     wake: Condvar,
+    /// The log's segment files: with `Durability::Buffered` a round makes them durable first.
+    log: Arc<Log>,
 }
 
 impl Overlay {
     /// An empty overlay over indexes complete through `indexed`, whose last id segment ends at
     /// `frontier`.
-    pub(crate) fn new(indexed: u64, frontier: [u8; 16]) -> Overlay {
+    pub(crate) fn new(indexed: u64, frontier: [u8; 16], log: Arc<Log>) -> Overlay {
         Overlay {
             state: RwLock::new(State::default()),
             indexing: Mutex::new(frontier),
@@ -103,10 +110,16 @@ impl Overlay {
             durable: AtomicU64::new(indexed),
             wanted: Mutex::new((false, false)),
             wake: Condvar::new(),
+            log,
         }
     }
 
     /// A flush made every commit up to `position` durable.
+    /// The log's segment files.
+    pub(crate) fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
     pub(crate) fn durable_through(&self, position: u64) {
         self.durable.fetch_max(position, Ordering::AcqRel);
     }
@@ -176,6 +189,43 @@ impl Overlay {
     }
 
     /// Adds a commit just written to sled (the writer, in position order).
+    /// Adds a written commit record's frame, before any of its events is visible.
+    pub(crate) fn push_record(&self, first: u64, last: u64, loc: Loc) {
+        self.write().records.insert(last, (first, loc));
+    }
+
+    /// The commit record holding `position`: its frame as the overlay knows it (unindexed),
+    /// else through its locator in sled.
+    pub(crate) fn commit_at(&self, tree: &sled::Tree, position: u64) -> Result<Option<Record>> {
+        match self.locate(tree, position)? {
+            Some((first, last, loc)) => self
+                .log
+                .read(loc, first, last)
+                .map(Some)
+                .map_err(|bad| bad.error(self.log.dir())),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the commit record holding `position` is (see [`commit_at`](Self::commit_at)).
+    pub(crate) fn locate(
+        &self,
+        tree: &sled::Tree,
+        position: u64,
+    ) -> Result<Option<(u64, u64, Loc)>> {
+        // The overlay first: a record leaves it only after its locator reached sled.
+        let found = self
+            .read()
+            .records
+            .range(position..)
+            .next()
+            .map(|(&last, &(first, loc))| (first, last, loc));
+        match found {
+            Some((first, last, loc)) if first <= position => Ok(Some((first, last, loc))),
+            _ => format::locate(tree, position),
+        }
+    }
+
     pub(crate) fn push(&self, commit: CommitInfo) {
         let commit = Arc::new(commit);
         let mut state = self.write();
@@ -285,10 +335,24 @@ impl Overlay {
             // Index entries are written only for commits already on disk, so no crash can keep
             // an entry and lose its commit, whatever sled recovers. With `Durability::Flush`
             // they are durable already; with `Buffered` this is one flush per round.
-            tree.flush().map_err(sled_error)?;
+            self.log
+                .sync()
+                .map_err(|e| Error::backend("sled", format!("syncing the log failed: {e}")))?;
             self.durable_through(last);
         }
+        let records: Vec<(u64, u64, Loc)> = self
+            .read()
+            .records
+            .range(..=last)
+            .map(|(&l, &(f, loc))| (f, l, loc))
+            .collect();
         let mut failed = None;
+        for &(first, record_last, loc) in &records {
+            let key = format::commit_key(first, record_last);
+            if failed.is_none() {
+                failed = tree.insert(key, format::locator_value(&key, loc)).err();
+            }
+        }
         // Moved even when an insert fails: some segments may be in, and a later round must not
         // put other ids in their ranges.
         index_entries(commits.iter().map(|c| &**c), frontier, |key, value| {
@@ -303,6 +367,9 @@ impl Overlay {
         span.record("apply_us", micros(started.elapsed()));
         // In sled now: readers find them there from here on.
         let mut state = self.write();
+        for (_, record_last, _) in &records {
+            state.records.remove(record_last);
+        }
         for commit in &commits {
             state.commits.pop_front();
             for id in &commit.ids {

@@ -27,6 +27,7 @@ use futures::stream::BoxStream;
 
 use crate::error::{corrupt_somewhere, damaged_files, guarded, panic_message, sled_error};
 use crate::format::{self, Head, StreamRun, HEAD};
+use crate::log::{Log, LogReader};
 use crate::lookup::read_head;
 use crate::overlay::Overlay;
 use crate::recover;
@@ -120,7 +121,7 @@ pub(crate) fn head_at(
         return Ok(Some(head));
     }
     // Indexed after this reader's mark was taken (a rare, short window): step back.
-    recover::last_indexed_at_or_before(tree, stream.as_str(), visible)
+    recover::last_indexed_at_or_before(tree, overlay.log(), stream.as_str(), visible)
 }
 
 fn missing(stream: &StreamId, version: u64) -> Error {
@@ -272,16 +273,16 @@ impl StreamCursor {
             )
         };
         let p = run.position(v - fv);
-        let (key, value) = format::commit_at(&self.tree, p)
-            .map_err(sled_error)?
-            .ok_or_else(|| {
-                corrupt(
-                    v,
-                    p,
-                    "the stream index points to a commit record that does not exist".into(),
-                )
-            })?;
-        let commit = format::parse_commit(&key, &value).map_err(|reason| corrupt(v, p, reason))?;
+        let record = self.overlay.commit_at(&self.tree, p)?.ok_or_else(|| {
+            corrupt(
+                v,
+                p,
+                "the stream index points to a commit record that does not exist".into(),
+            )
+        })?;
+        let key = record.key;
+        let commit =
+            format::parse_commit(&key, &record.value).map_err(|reason| corrupt(v, p, reason))?;
         // The versions of the run and the page this record holds, from `v` on.
         let (stop_lo, stop_hi) = (lo.max(fv), hi.min(run_last));
         let mut x = v;
@@ -342,11 +343,15 @@ pub(crate) fn stream(
 
 struct LogCursor {
     tree: sled::Tree,
+    overlay: Arc<Overlay>,
+    log: Arc<Log>,
     options: ReadAll,
     visible: u64,
     next: u64,
     remaining: usize,
     last_stream: Option<StreamId>,
+    /// The sequential reader of the log's segment files, from the second page on.
+    reader: Option<LogReader<Arc<Log>>>,
 }
 
 impl Pages for LogCursor {
@@ -357,33 +362,33 @@ impl Pages for LogCursor {
     }
 
     /// Adds the next page's events (those the filter keeps) to `out`; returns whether the read
-    /// is over.
+    /// is over. The log is read from its segment files in order, with a bounded buffer: sled is
+    /// consulted once, for the locator of the record holding the read's first position.
     fn fill(&mut self, out: &mut Vec<Result<RecordedEvent>>) -> Result<bool> {
         let hi = self.visible.min(self.next.saturating_add(PAGE - 1));
         if self.next > hi || self.remaining == 0 {
             return Ok(true);
         }
-        // The commit holding `next` starts at or before it.
-        let from = match self
-            .tree
-            .range(format::commit_key(0, 0)..=format::commit_key(self.next, u64::MAX))
-            .next_back()
-        {
-            Some(item) => item.map_err(sled_error)?.0.to_vec(),
-            None => format::commit_key(self.next, 0).to_vec(),
+        let dir = self.log.dir().to_path_buf();
+        self.log.ensure_written(hi)?;
+        let mut reader = match self.reader.take() {
+            Some(reader) => reader,
+            None => {
+                let Some((first, _, loc)) = self.overlay.locate(&self.tree, self.next)? else {
+                    return Err(gap(self.next, hi + 1));
+                };
+                LogReader::at(self.log.clone(), loc, first).map_err(|bad| bad.error(&dir))?
+            }
         };
-        for item in self
-            .tree
-            .range(from..=format::commit_key(hi, u64::MAX).to_vec())
-        {
-            let (key, value) = item.map_err(sled_error)?;
-            if self.read_commit(&key, &value, out)? {
+        while self.next <= hi {
+            let Some(record) = reader.next_record().map_err(|bad| bad.error(&dir))? else {
+                return Err(gap(self.next, hi + 1));
+            };
+            if self.read_commit(&record.key, &record.value, out)? {
                 return Ok(true);
             }
         }
-        if self.next <= hi {
-            return Err(gap(self.next, hi + 1));
-        }
+        self.reader = Some(reader);
         Ok(self.next > self.visible)
     }
 }
@@ -457,6 +462,7 @@ fn gap(from: u64, to: u64) -> Error {
 /// Reads the global log.
 pub(crate) fn all(
     tree: sled::Tree,
+    overlay: Arc<Overlay>,
     options: ReadAll,
     visible: u64,
 ) -> BoxStream<'static, Result<RecordedEvent>> {
@@ -470,6 +476,9 @@ pub(crate) fn all(
     .max(1);
     let cursor = LogCursor {
         tree,
+        log: overlay.log().clone(),
+        overlay,
+        reader: None,
         remaining: options.limit,
         options,
         visible,

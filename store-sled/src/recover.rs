@@ -20,23 +20,10 @@ use std::collections::{BTreeSet, HashMap};
 use annals::{Error, Position, RecordPlace, Result, StreamId, Version};
 
 use crate::error::{corrupt_somewhere, sled_error};
-use crate::format::{self, Head, COMMIT, HEAD, ID, SEGMENT, STREAM};
+use crate::format::{self, Head, HEAD, ID, SEGMENT, STREAM};
+use crate::log::{Loc, Log, TailScan};
 use crate::overlay::{index_batch, CommitInfo};
 
-/// The last position of the log (0 when empty).
-pub(crate) fn log_end(tree: &sled::Tree) -> Result<u64> {
-    match tree.scan_prefix([COMMIT]).next_back() {
-        None => Ok(0),
-        Some(entry) => {
-            let (key, _) = entry.map_err(sled_error)?;
-            format::parse_commit_key(&key)
-                .map(|(_, last)| last)
-                .ok_or_else(|| corrupt_somewhere("malformed commit key"))
-        }
-    }
-}
-
-/// The key of the last id segment (zeros when there is none): the id frontier.
 pub(crate) fn frontier(tree: &sled::Tree) -> Result<[u8; 16]> {
     last_id_key(tree, SEGMENT)
 }
@@ -69,15 +56,31 @@ pub(crate) fn indexed(tree: &sled::Tree) -> Result<u64> {
 }
 
 /// Runs the repairs the store needs; returns the end of the log. Flushes what it wrote.
-pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<u64> {
-    if let Some(removed) = drop_interrupted_restore(tree)? {
-        db.flush().map_err(sled_error)?;
+pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree, log: &Log, scan: TailScan) -> Result<u64> {
+    let TailScan {
+        mut end,
+        mut records,
+        ..
+    } = scan;
+    if let Some(removed) = drop_interrupted_restore(log, &mut records, &mut end)? {
         tracing::warn!(
             records = removed,
             "removed the records of a restore a crash interrupted"
         );
     }
-    let end = log_end(tree)?;
+    // Locators past the end: written for records a crash lost (they are derived, written
+    // before their records were durable).
+    let stale: Vec<sled::IVec> = tree
+        .range(format::commit_key(end + 1, 0)..=format::commit_key(u64::MAX, u64::MAX))
+        .keys()
+        .collect::<sled::Result<_>>()
+        .map_err(sled_error)?;
+    for key in &stale {
+        tree.remove(key).map_err(sled_error)?;
+    }
+    if !stale.is_empty() {
+        db.flush().map_err(sled_error)?;
+    }
     let marker = indexed(tree)?;
     if marker > end {
         tracing::warn!(
@@ -85,10 +88,10 @@ pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<u64> {
             end,
             "index entries past the end of the log: dropping them"
         );
-        drop_past(tree, end)?;
+        drop_past(tree, log, end)?;
         db.flush().map_err(sled_error)?;
     } else if marker < end {
-        let redone = redo(tree, marker, end)?;
+        let redone = redo(tree, log, marker, end, &records)?;
         db.flush().map_err(sled_error)?;
         tracing::info!(
             from = marker + 1,
@@ -100,21 +103,23 @@ pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<u64> {
     Ok(end)
 }
 
-/// Removes the records of a restore a crash interrupted: the mixed records at the end of the
-/// log whose restore ends past the log's end (each names its restore's last position). Last
-/// first, so a crash meanwhile leaves a shorter such tail for the next open. Returns how many
-/// records went, if any. No index entry can point into them: only visible commits are indexed,
-/// and a restore becomes visible whole.
-fn drop_interrupted_restore(tree: &sled::Tree) -> Result<Option<usize>> {
+/// Removes from the log's end the records of a restore a crash interrupted (they lie past
+/// the index marker: a restore is indexed only once whole and visible): the log is cut at the
+/// first of them, durably.
+fn drop_interrupted_restore(
+    log: &Log,
+    records: &mut Vec<(u64, u64, Loc)>,
+    end: &mut u64,
+) -> Result<Option<usize>> {
     let mut removed = 0;
     let mut restore = None;
-    loop {
-        let Some(entry) = tree.scan_prefix([COMMIT]).next_back() else {
+    let mut cut = None;
+    while let Some(&(first, last, loc)) = records.last() {
+        // A damaged record is left for the redo to report.
+        let Ok(record) = log.read(loc, first, last) else {
             break;
         };
-        let (key, value) = entry.map_err(sled_error)?;
-        // A damaged record is left for the redo to report.
-        let Ok(commit) = format::parse_commit(&key, &value) else {
+        let Ok(commit) = format::parse_commit(&record.key, &record.value) else {
             break;
         };
         let Some(restore_last) = commit.restore_last() else {
@@ -128,10 +133,18 @@ fn drop_interrupted_restore(tree: &sled::Tree) -> Result<Option<usize>> {
             break;
         }
         restore = Some(restore_last);
-        tree.remove(&key).map_err(sled_error)?;
+        records.pop();
+        cut = Some(loc);
+        *end = first - 1;
         removed += 1;
     }
-    Ok((removed > 0).then_some(removed))
+    match cut {
+        Some(loc) => {
+            log.cut(loc.segment, loc.offset, *end)?;
+            Ok(Some(removed))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Reads one commit record into what the indexes need: one [`CommitInfo`] per piece (one for an
@@ -177,12 +190,23 @@ pub(crate) fn commit_infos(key: &[u8], value: &[u8]) -> Result<Vec<CommitInfo>> 
 /// Writes the index entries of the commits after `marker`, through `end`. A damaged commit in
 /// that tail stops the open with [`Error::Corrupt`]: indexing around it would hand its versions
 /// out again.
-fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
+fn redo(
+    tree: &sled::Tree,
+    log: &Log,
+    marker: u64,
+    end: u64,
+    records: &[(u64, u64, Loc)],
+) -> Result<usize> {
     let mut commits = Vec::new();
+    let mut locators = Vec::new();
     let mut expect = marker + 1;
-    for entry in tree.range(format::commit_key(marker + 1, 0)..) {
-        let (key, value) = entry.map_err(sled_error)?;
-        for info in commit_infos(&key, &value)? {
+    for &(first, last, loc) in records {
+        let record = log
+            .read(loc, first, last)
+            .map_err(|bad| bad.error(log.dir()))?;
+        let key = record.key;
+        locators.push((key, format::locator_value(&key, loc)));
+        for info in commit_infos(&key, &record.value)? {
             if info.first != expect {
                 return Err(Error::corrupt(
                     RecordPlace::new().position(Position::sequence(expect)),
@@ -195,6 +219,15 @@ fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
             expect = info.last() + 1;
             commits.push(info);
         }
+    }
+    if expect != end + 1 {
+        return Err(Error::corrupt(
+            RecordPlace::new().position(Position::sequence(expect)),
+            format!(
+                "the log's records after the index marker end at {}, the log at {end}",
+                expect - 1
+            ),
+        ));
     }
     let mut batch = sled::Batch::default();
     // Stream-index entries an interrupted round wrote for these commits may group them into
@@ -216,6 +249,9 @@ fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
     }
     // An interrupted round may have written segments for some of these ids: the redo's ids at
     // or below the frontier get `I` entries (found either way).
+    for (key, value) in locators {
+        batch.insert(key.to_vec(), value);
+    }
     let mut frontier = frontier(tree)?;
     index_batch(&mut batch, commits.iter(), end, &mut frontier);
     tree.apply_batch(batch).map_err(sled_error)?;
@@ -223,7 +259,7 @@ fn redo(tree: &sled::Tree, marker: u64, end: u64) -> Result<usize> {
 }
 
 /// Removes every index entry pointing past `end` and sets the marker to `end`, in one batch.
-fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
+fn drop_past(tree: &sled::Tree, log: &Log, end: u64) -> Result<()> {
     let mut batch = sled::Batch::default();
     let mut streams = BTreeSet::new();
     for entry in tree.scan_prefix([STREAM]) {
@@ -260,7 +296,7 @@ fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
         }
         batch.remove(key);
         for (id, position) in entries.into_iter().filter(|(_, p)| *p <= end) {
-            let Some(Ok(event)) = format::event_at(tree, position).map_err(sled_error)? else {
+            let Some(Ok(event)) = format::event_at(tree, log, position)? else {
                 continue;
             };
             if event.id.as_uuid().as_bytes() != &id {
@@ -281,7 +317,7 @@ fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
     }
     for stream in streams {
         let head_key = format::head_key(&stream);
-        match last_indexed_at_or_before(tree, &stream, end)? {
+        match last_indexed_at_or_before(tree, log, &stream, end)? {
             Some(head) => batch.insert(head_key.clone(), format::head_value(&head_key, head)),
             None => batch.remove(head_key),
         }
@@ -293,6 +329,7 @@ fn drop_past(tree: &sled::Tree, end: u64) -> Result<()> {
 /// The stream's head from its stream-index entries, ignoring commits past `end`.
 pub(crate) fn last_indexed_at_or_before(
     tree: &sled::Tree,
+    log: &Log,
     stream: &str,
     end: u64,
 ) -> Result<Option<Head>> {
@@ -309,10 +346,10 @@ pub(crate) fn last_indexed_at_or_before(
             continue;
         };
         let last = run.last();
-        let Some((commit_key, record)) = format::commit_at(tree, last).map_err(sled_error)? else {
+        let Ok(Some(record)) = format::commit_at(tree, log, last) else {
             continue;
         };
-        let Ok(commit) = format::parse_commit(&commit_key, &record) else {
+        let Ok(commit) = format::parse_commit(&record.key, &record.value) else {
             continue;
         };
         return Ok(Some(Head {

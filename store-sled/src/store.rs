@@ -310,7 +310,12 @@ impl EventStore for SledEventStore {
 
     fn read_all(&self, options: ReadAll) -> BoxStream<'static, Result<RecordedEvent>> {
         let from = options.from;
-        let read = self.located(read::all(self.inner.tree.clone(), options, self.visible()));
+        let read = self.located(read::all(
+            self.inner.tree.clone(),
+            self.inner.overlay.clone(),
+            options,
+            self.visible(),
+        ));
         instrument_read("sled", "read_all", None, from, read)
     }
 

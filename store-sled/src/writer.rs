@@ -2,17 +2,17 @@
 //!
 //! Appends queue up and commit as groups: everything queued is taken at once and each append is
 //! checked (expected versions and idempotency against the store, the group's earlier appends
-//! included) and written as ONE sled insert: its commit record, which holds all its events and
-//! is therefore atomic. No sled batch is on this path: with sled 0.34 every `apply_batch` rolls
-//! the I/O buffer (`pin_log`), a write of its own costing ≈ 20 plain inserts. The derived indexes
-//! follow in bulk (`overlay.rs`). Exactly one committer runs at a time, so exactly one writer
+//! included) and framed as ONE commit record in the log (`log.rs`), which holds all its events
+//! and is therefore atomic; the group's frames are written at once before anyone is answered.
+//! Nothing is written to sled on this path: the locators and the derived indexes follow in
+//! bulk (`overlay.rs`). Exactly one committer runs at a time, so exactly one writer
 //! assigns positions. A restore (`EventStore::restore`) queues like an append and is committed in
 //! the same groups: checked with the kit's `plan_restore` against the same heads and ids, and
 //! written as mixed commit records (see [`Plan::restore`]). Who runs it depends on the durability:
 //!
 //! - [`Durability::Flush`]: the flusher thread (`flusher.rs`), which calls [`Writer::commit`]
 //!   through the function the store gave it. Each turn it takes everything that queued while
-//!   the previous flush ran, writes it (n inserts) and flushes once. A lone appender skips the
+//!   the previous flush ran, frames and writes it and syncs the log once. A lone appender skips the
 //!   two thread hand-offs: when it finds the writer idle (nothing queued, no turn running, and
 //!   the last group was not a crowd) on a multi-thread tokio runtime, it commits and flushes its
 //!   own append inline, inside `block_in_place`, holding the same `leading` flag the flusher
@@ -41,6 +41,7 @@ use tokio::sync::oneshot;
 use crate::commit_state::{CommitState, Pending, PendingAppend, Submitted};
 use crate::error::panic_message;
 use crate::format::{self, Head, MixedEvent};
+use crate::log::{Loc, Log, LogMark};
 use crate::lookup::{lookup_id, lookup_sorted_ids, read_head};
 use crate::num::{micros, u64_from};
 use crate::overlay::{CommitInfo, Overlay, INDEX_AT, INDEX_HARD};
@@ -61,6 +62,8 @@ const MAX_HEADS: usize = 50_000;
 #[derive(Debug)]
 pub(crate) struct Writer {
     tree: sled::Tree,
+    /// The log's segment files: the commit records go there, their locators to sled.
+    log: Arc<Log>,
     /// The queue, the `leading` flag and what the flusher owes, shared with the flusher.
     state: Arc<CommitState>,
     /// The next position to give; only the leader touches it.
@@ -86,12 +89,14 @@ pub(crate) struct LogEnd {
 impl Writer {
     pub(crate) fn new(
         tree: sled::Tree,
+        log: Arc<Log>,
         end: LogEnd,
         state: Arc<CommitState>,
         overlay: Arc<Overlay>,
     ) -> Self {
         Writer {
             tree,
+            log,
             state,
             next_position: AtomicU64::new(end.position + 1),
             overlay,
@@ -132,7 +137,7 @@ impl Writer {
         tokio::task::block_in_place(|| {
             if let Some(last) = self.commit(vec![pending]) {
                 self.state
-                    .flush_and_publish(&self.tree, &self.overlay, last, None);
+                    .flush_and_publish(&self.tree, &self.overlay, last, None, false);
                 self.state.wake_indexer_if_due(&self.overlay);
             }
         });
@@ -244,7 +249,22 @@ impl Writer {
                 }
             });
         }
-        (answers, plan.next, plan.bytes)
+        let (next, bytes) = (plan.next, plan.bytes);
+        // With `Durability::Flush` the group's frames reach the files before any of it is
+        // answered (a sync follows); with `Buffered`, every 64 KiB, and whenever a reader or a
+        // sync needs them.
+        let written = if self.state.durability() == Durability::Flush {
+            self.log.write_out()
+        } else {
+            self.log.write_out_some()
+        };
+        if let Err(error) = written {
+            tracing::error!(%error, "writing the log failed: the writer stopped");
+            self.state.refuse_appends();
+            let answers = answers.into_iter().map(|a| a.failed(&error)).collect();
+            return (answers, first_position, 0);
+        }
+        (answers, next, bytes)
     }
 
     /// Keeps the overlay from growing: asks the indexer to run, or, when it fell far behind,
@@ -273,6 +293,22 @@ enum Answer {
 }
 
 impl Answer {
+    /// The answer when the group's frames could not be written: whether they reached the
+    /// files is unknown.
+    fn failed(self, error: &Error) -> Answer {
+        let reason = || {
+            Error::backend(
+                "sled",
+                format!("writing the log failed, the outcome is unknown: {error}"),
+            )
+        };
+        match self {
+            Answer::Append(reply, Ok(_)) => Answer::Append(reply, Err(reason())),
+            Answer::Restore(reply, Ok(_)) => Answer::Restore(reply, Err(reason())),
+            refused => refused,
+        }
+    }
+
     fn send(self) {
         // A caller that went away no longer wants its answer; what it wrote stands.
         match self {
@@ -351,7 +387,7 @@ struct Plan<'a> {
 
 impl Plan<'_> {
     /// Checks one append against the store (its earlier appends included) and writes its
-    /// commit record — one sled insert, atomic — if it passes. A refused append writes nothing.
+    /// commit record — one frame in the log, atomic — if it passes. A refused append writes nothing.
     fn add(&mut self, p: &PendingAppend) -> Result<AppendResult> {
         let ids: Vec<EventId> = p.events.iter().map(|e| e.id).collect();
         if let Some(first) = self.find_retry(&p.stream, &ids)? {
@@ -459,34 +495,51 @@ impl Plan<'_> {
         Ok((result, last.max(present_through)))
     }
 
-    /// Inserts a restore's commit records, in position order, with plain inserts (a sled batch
-    /// would switch sled, for the rest of the process, to taking a global lock around every
-    /// read and write). A crash part-way leaves the first records of the restore at the end of
-    /// the log, each naming the restore's last position: the next open removes them
-    /// (`recover.rs`), so the restore is all or nothing also across a crash. A failed insert
-    /// removes what was inserted; should that fail too, the store takes no further appends.
+    /// Frames a restore's commit records in the log, in position order. A crash part-way leaves
+    /// the first records of the restore at the end of the log, each naming the restore's last
+    /// position: the next open cuts them off (`recover.rs`), so the restore is all or nothing
+    /// also across a crash. A failure takes back what was framed; should that fail too, the
+    /// store takes no further appends.
     fn write_records(&mut self, records: &[([u8; 17], Vec<u8>)]) -> Result<()> {
-        let tree = &self.writer.tree;
-        for (done, (key, value)) in records.iter().enumerate() {
-            self.bytes += key.len() + value.len();
-            if let Err(error) = tree.insert(key, value.as_slice()) {
-                let undone = records[..done]
-                    .iter()
-                    .rev()
-                    .try_for_each(|(key, _)| tree.remove(key).map(drop));
-                if let Err(undo) = undone {
-                    tracing::error!(%undo, "removing a failed restore's records failed");
-                    self.writer.state.refuse_appends();
+        let mark = self.writer.log.mark();
+        let mut framed = Vec::with_capacity(records.len());
+        for (key, value) in records {
+            self.bytes += value.len();
+            match self.frame(key, value) {
+                Ok(record) => framed.push(record),
+                Err(error) => {
+                    self.undo(mark);
+                    return Err(Error::backend(
+                        "sled",
+                        format!(
+                            "writing the restore's commit records failed, nothing written: \
+                             {error}"
+                        ),
+                    ));
                 }
-                return Err(Error::backend(
-                    "sled",
-                    format!(
-                        "writing the restore's commit records failed, nothing written: {error}"
-                    ),
-                ));
             }
         }
+        for (first, last, loc) in framed {
+            self.writer.overlay.push_record(first, last, loc);
+        }
         Ok(())
+    }
+
+    /// Frames one commit record in the log (its locator reaches sled with the index entries).
+    fn frame(&self, key: &[u8; 17], value: &[u8]) -> Result<(u64, u64, Loc)> {
+        let (first, last) = format::parse_commit_key(key)
+            .ok_or_else(|| Error::backend("sled", "malformed commit key"))?;
+        let loc = self.writer.log.append(first, last, value)?;
+        Ok((first, last, loc))
+    }
+
+    /// Takes back what was framed since `mark`; should that fail, the store takes no further
+    /// appends.
+    fn undo(&self, mark: LogMark) {
+        if !self.writer.log.rollback(mark) {
+            tracing::error!("a failed write's frames cannot be taken back: the writer stopped");
+            self.writer.state.refuse_appends();
+        }
     }
 
     /// Adds a written commit (or piece of one) to the overlay and its stream's head to the
@@ -519,7 +572,7 @@ impl Plan<'_> {
         // The overlay first: an entry leaves it only after it reached sled's index.
         match self.writer.overlay.lookup_id(id) {
             Some(r) => Ok(Some(r)),
-            None => lookup_id(&self.writer.tree, id),
+            None => lookup_id(&self.writer.tree, &self.writer.log, id),
         }
     }
 
@@ -545,7 +598,11 @@ impl Plan<'_> {
         }
         in_sled.sort_unstable_by_key(|id| *id.as_uuid().as_bytes());
         in_sled.dedup();
-        found.extend(lookup_sorted_ids(&self.writer.tree, &in_sled)?);
+        found.extend(lookup_sorted_ids(
+            &self.writer.tree,
+            &self.writer.log,
+            &in_sled,
+        )?);
         Ok(found)
     }
 
@@ -577,13 +634,16 @@ impl Plan<'_> {
             first_version,
             p.events.iter().map(|e| e.body.as_slice()),
         );
-        self.bytes += key.len() + value.len();
-        self.writer.tree.insert(key, value).map_err(|error| {
+        self.bytes += value.len();
+        let mark = self.writer.log.mark();
+        let (_, _, loc) = self.frame(&key, &value).map_err(|error| {
+            self.undo(mark);
             Error::backend(
                 "sled",
                 format!("writing the commit record failed, nothing written: {error}"),
             )
         })?;
+        self.writer.overlay.push_record(first, last, loc);
         Ok(())
     }
 }

@@ -22,6 +22,9 @@ use support::{open, read_stream, shut, sid, to_u64};
 
 const CHILD_ENV: &str = "ANNALS_CRASH_CHILD_DIR";
 const RESTORE_ENV: &str = "ANNALS_CRASH_RESTORE_DIR";
+/// The segment size the appending child opens its store with, when set (small segments: the
+/// kills land around segment rollovers too).
+const SEGMENT_ENV: &str = "ANNALS_CRASH_SEGMENT_BYTES";
 /// Streams a restoring child interleaves, and events per stream in one batch.
 const RESTORED_STREAMS: u64 = 8;
 const PER_STREAM: u64 = 40;
@@ -40,7 +43,16 @@ fn crash_child() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let store = open(std::path::Path::new(&dir)).await;
+        let path = std::path::Path::new(&dir);
+        let store = match std::env::var(SEGMENT_ENV).ok().and_then(|v| v.parse().ok()) {
+            Some(bytes) => annals_sled::SledEventStore::builder()
+                .path(path)
+                .segment_bytes(bytes)
+                .open()
+                .await
+                .expect("open"),
+            None => open(path).await,
+        };
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let store = store.clone();
@@ -91,6 +103,17 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
+    sigkill_rounds(None).await;
+}
+
+/// The same with 16 KiB segments: the log rolls over to a new segment every few dozen
+/// appends, so kills also land between a seal and the next segment's first frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_appends_survive_sigkill_across_segment_rollovers() {
+    sigkill_rounds(Some(16 * 1024)).await;
+}
+
+async fn sigkill_rounds(segment_bytes: Option<u64>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store");
     let seed = SystemTime::now()
@@ -105,7 +128,8 @@ async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
     let mut acked: HashMap<String, u64> = HashMap::new();
     let mut total_acks = 0;
     for round in 0..ROUNDS {
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        let mut command = Command::new(std::env::current_exe().expect("test binary"));
+        command
             .args([
                 "--exact",
                 "crash_child",
@@ -113,7 +137,11 @@ async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
                 "--test-threads",
                 "1",
             ])
-            .env(CHILD_ENV, &path)
+            .env(CHILD_ENV, &path);
+        if let Some(bytes) = segment_bytes {
+            command.env(SEGMENT_ENV, bytes.to_string());
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -189,6 +217,12 @@ async fn acknowledged_appends_survive_sigkill_and_no_batch_is_half_there() {
         total_acks > ROUNDS * 2,
         "the children acknowledged too little to test anything"
     );
+    if segment_bytes.is_some() {
+        let segments = std::fs::read_dir(path.join("annals-log"))
+            .expect("the log")
+            .count();
+        assert!(segments > 3, "the log rolled over only {segments} times");
+    }
 }
 
 /// The restoring child: restores batches forever until killed, each of [`RESTORED_STREAMS`]

@@ -17,8 +17,22 @@ use support::{event, open, read_all, shut, sid};
 
 const MANIFEST: &str = "annals-manifest";
 
-/// Copies sled's own files (not the manifest) from `from` to `to`.
+/// The log's directory of segment files (format 5).
+const LOG: &str = "annals-log";
+
+/// Copies the log's segment files from `from` to `to` (replacing those there).
+fn copy_log(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to.join(LOG));
+    std::fs::create_dir_all(to.join(LOG)).expect("mkdir");
+    for entry in std::fs::read_dir(from.join(LOG)).expect("read_dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(LOG).join(entry.file_name())).expect("copy");
+    }
+}
+
+/// Copies the store's files — sled's and the log's, not the manifest — from `from` to `to`.
 fn copy_sled_files(from: &Path, to: &Path) {
+    copy_log(from, to);
     for entry in std::fs::read_dir(to).expect("read_dir") {
         let entry = entry.expect("entry");
         if entry.file_name() != MANIFEST && entry.file_type().expect("type").is_file() {
@@ -35,6 +49,7 @@ fn copy_sled_files(from: &Path, to: &Path) {
 
 fn copy_all(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
+    copy_log(from, to);
     for entry in std::fs::read_dir(from).expect("read_dir") {
         let entry = entry.expect("entry");
         if entry.file_type().expect("type").is_file() {
@@ -51,8 +66,9 @@ async fn append(store: &SledEventStore, stream: &str, from: u64, count: u64) {
         .expect("append");
 }
 
-/// A store whose sled files were put back to an older state (as damage makes sled recover
-/// one) under a manifest that saw 5 more events and a snapshot.
+/// A store whose files were put back to an older state (as damage makes sled recover one,
+/// and as a log's segment files put back from an older copy are) under a manifest that saw 5
+/// more events and a snapshot.
 async fn rolled_back(path: &Path, older: &Path) {
     let store = open(path).await;
     append(&store, "acct-1", 0, 10).await;

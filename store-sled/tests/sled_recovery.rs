@@ -33,10 +33,11 @@ async fn commits_without_index_entries_are_indexed_again_at_open() {
     let tail_c = vec![event("E", 6)];
     {
         let (db, tree) = raw_tree(&path);
-        let first = testing::write_unindexed_commit(&tree, &sid("a-1"), 3, &tail_a)
+        let first = testing::write_unindexed_commit(&tree, &path, &sid("a-1"), 3, &tail_a)
             .expect("write a commit");
         assert_eq!(first, 4);
-        testing::write_unindexed_commit(&tree, &sid("c-1"), 1, &tail_c).expect("write a commit");
+        testing::write_unindexed_commit(&tree, &path, &sid("c-1"), 1, &tail_c)
+            .expect("write a commit");
         db.flush().expect("flush");
     }
 
@@ -93,8 +94,8 @@ async fn index_entries_past_the_end_of_the_log_are_dropped_at_open() {
     let ghost = vec![event("E", 2), event("E", 3)];
     {
         let (db, tree) = raw_tree(&path);
-        testing::write_index_without_commit(&tree, &sid("a-1"), 2, &ghost).expect("write");
-        testing::write_index_without_commit(&tree, &sid("g-1"), 1, &[event("E", 4)])
+        testing::write_index_without_commit(&tree, &path, &sid("a-1"), 2, &ghost).expect("write");
+        testing::write_index_without_commit(&tree, &path, &sid("g-1"), 1, &[event("E", 4)])
             .expect("write");
         db.flush().expect("flush");
     }

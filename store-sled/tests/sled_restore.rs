@@ -234,7 +234,7 @@ async fn a_restore_a_crash_interrupted_is_removed_whole_at_open() {
     let batch = interleaved("copy", 5, 100, 1_800_000_000_000_000);
     {
         let (db, tree) = raw_tree(&path);
-        let first = annals_sled::testing::write_partial_restore(&tree, batch.clone(), 3)
+        let first = annals_sled::testing::write_partial_restore(&tree, &path, batch.clone(), 3)
             .expect("write part of a restore");
         assert_eq!(first, 2);
         db.flush().expect("flush");
@@ -260,7 +260,7 @@ async fn a_restore_a_crash_interrupted_is_removed_whole_at_open() {
     let more = interleaved("more", 3, 40, 1_900_000_000_000_000);
     {
         let (db, tree) = raw_tree(&path);
-        annals_sled::testing::write_partial_restore(&tree, more.clone(), usize::MAX)
+        annals_sled::testing::write_partial_restore(&tree, &path, more.clone(), usize::MAX)
             .expect("write a whole restore");
         db.flush().expect("flush");
     }

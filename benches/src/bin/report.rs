@@ -74,6 +74,19 @@ fn main() -> anyhow::Result<()> {
                 ))?;
                 return Ok(());
             }
+            "--read-memory-child" => {
+                // Internal: the child processes of the full-log read memory scenario.
+                let step = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?;
+                let count: u64 = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?.parse()?;
+                let dir = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let kib =
+                    runtime.block_on(sled_scenarios::read_memory_child(&step, count, &dir))?;
+                println!("VMHWM_KIB {kib}");
+                return Ok(());
+            }
             "--proj-memory-child" => {
                 // Internal: the child processes of the projection memory scenario.
                 let step = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?;

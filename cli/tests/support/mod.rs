@@ -86,8 +86,8 @@ pub async fn fill_sled(dir: &Path) {
     store.close().await.expect("close");
 }
 
-/// Flips one byte of the stored record holding `marker`, through raw sled, wherever the store's
-/// layout keeps it. The store must be closed.
+/// Flips one byte of the stored record holding `marker`, wherever the store's layout keeps it:
+/// through raw sled, or in the log's segment files (format 5). The store must be closed.
 pub fn corrupt_record_containing(dir: &Path, marker: &[u8]) {
     let db = sled::open(dir).expect("open raw sled");
     let mut hit = false;
@@ -103,6 +103,18 @@ pub fn corrupt_record_containing(dir: &Path, marker: &[u8]) {
             }
         }
     }
-    assert!(hit, "no record holds the marker");
     db.flush().expect("flush");
+    // Since format 5 the commit records are in the log's segment files, beside sled's.
+    if let Ok(entries) = std::fs::read_dir(dir.join("annals-log")) {
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            let mut bytes = std::fs::read(&path).expect("read a segment");
+            if let Some(at) = bytes.windows(marker.len()).position(|w| w == marker) {
+                bytes[at] ^= 0x20;
+                std::fs::write(&path, bytes).expect("write a segment");
+                hit = true;
+            }
+        }
+    }
+    assert!(hit, "no record holds the marker");
 }

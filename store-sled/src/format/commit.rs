@@ -21,6 +21,8 @@ use annals::{Error, EventId, Position, RecordPlace, RecordedEvent, StreamId, Tim
 use super::codec::{be_u64, crc, put_bytes, put_varint, stored_crc, Reader};
 use super::event::{body_id, decode_body};
 use super::{COMMIT, CRC_LEN};
+use crate::error::sled_error;
+use crate::log::{Loc, Log, Record};
 use crate::num::u64_from;
 
 /// What a mixed record holds where a single-stream one has its recording time: `i64::MIN`, a
@@ -41,16 +43,41 @@ pub(crate) fn parse_commit_key(key: &[u8]) -> Option<(u64, u64)> {
         .then(|| (be_u64(&key[1..9]), be_u64(&key[9..])))
 }
 
-/// The commit record holding `position`, if any: its key and value.
+/// The commit record holding `position`, if any, read from the log through its locator.
 pub(crate) fn commit_at(
     tree: &sled::Tree,
+    log: &Log,
     position: u64,
-) -> sled::Result<Option<(sled::IVec, sled::IVec)>> {
+) -> annals::Result<Option<Record>> {
+    let Some((first, last, loc)) = locate(tree, position)? else {
+        return Ok(None);
+    };
+    log.read(loc, first, last)
+        .map(Some)
+        .map_err(|bad| bad.error(log.dir()))
+}
+
+/// The locator of the commit record holding `position`, if any: its first and last positions
+/// and where its frame is.
+pub(crate) fn locate(tree: &sled::Tree, position: u64) -> annals::Result<Option<(u64, u64, Loc)>> {
     let found = tree
         .range(commit_key(0, 0)..=commit_key(position, u64::MAX))
         .next_back()
-        .transpose()?;
-    Ok(found.filter(|(key, _)| parse_commit_key(key).is_some_and(|(_, last)| last >= position)))
+        .transpose()
+        .map_err(sled_error)?;
+    let Some((key, value)) = found else {
+        return Ok(None);
+    };
+    let at = |p: u64| RecordPlace::new().position(Position::sequence(p));
+    let Some((first, last)) = parse_commit_key(&key) else {
+        return Err(Error::corrupt(at(position), "malformed commit locator key"));
+    };
+    if last < position {
+        return Ok(None);
+    }
+    let loc = decode_locator(&key, &value)
+        .map_err(|reason| Error::corrupt(at(first), format!("commit locator: {reason}")))?;
+    Ok(Some((first, last, loc)))
 }
 
 /// What the commit record holding a position says of the event there.
@@ -62,16 +89,20 @@ pub(crate) struct EventAt {
 }
 
 /// The stream, version and id of the event at `position`: `None` when no commit record holds
-/// it, `Some(Err(reason))` when the record is damaged.
+/// it, `Some(Err(reason))` when the record (or its locator) is damaged.
 pub(crate) fn event_at(
     tree: &sled::Tree,
+    log: &Log,
     position: u64,
-) -> sled::Result<Option<Result<EventAt, String>>> {
-    let Some((key, value)) = commit_at(tree, position)? else {
-        return Ok(None);
+) -> annals::Result<Option<Result<EventAt, String>>> {
+    let record = match commit_at(tree, log, position) {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(None),
+        Err(Error::Corrupt { reason, .. }) => return Ok(Some(Err(reason))),
+        Err(error) => return Err(error),
     };
     let read = || {
-        let commit = parse_commit(&key, &value)?;
+        let commit = parse_commit(&record.key, &record.value)?;
         let i = position - commit.first;
         Ok(EventAt {
             stream: commit.stream(i).to_owned(),
@@ -80,6 +111,35 @@ pub(crate) fn event_at(
         })
     };
     Ok(Some(read()))
+}
+
+/// The locator of the commit record under `key` (from [`commit_key`]) whose frame is at `loc`:
+/// crc32 (LE, over key ++ the rest) | segment (u64 BE) | offset (u64 BE) | frame length (u32 BE).
+pub(crate) fn locator_value(key: &[u8], loc: Loc) -> Vec<u8> {
+    let mut value = Vec::with_capacity(CRC_LEN + 20);
+    value.extend_from_slice(&[0; CRC_LEN]);
+    value.extend_from_slice(&loc.segment.to_be_bytes());
+    value.extend_from_slice(&loc.offset.to_be_bytes());
+    value.extend_from_slice(&loc.len.to_be_bytes());
+    let sum = crc(key, &value[CRC_LEN..]);
+    value[..CRC_LEN].copy_from_slice(&sum.to_le_bytes());
+    value
+}
+
+/// The frame place a locator names.
+pub(crate) fn decode_locator(key: &[u8], value: &[u8]) -> Result<Loc, String> {
+    if value.len() != CRC_LEN + 20 {
+        return Err(format!("a locator of {} bytes", value.len()));
+    }
+    if stored_crc(value) != crc(key, &value[CRC_LEN..]) {
+        return Err("checksum mismatch".into());
+    }
+    let len = u32::from_be_bytes(value[20..24].try_into().unwrap_or([0; 4]));
+    Ok(Loc {
+        segment: be_u64(&value[4..12]),
+        offset: be_u64(&value[12..20]),
+        len,
+    })
 }
 
 fn body_crc(key: &[u8], position: u64, body: &[u8]) -> u32 {
@@ -428,6 +488,15 @@ impl Commit<'_> {
             ));
         }
         Ok(body)
+    }
+
+    /// Checks every event body's checksum: the whole record reads back.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for i in 0..self.count() {
+            self.body(i)
+                .map_err(|reason| format!("event {} of the record: {reason}", self.first + i))?;
+        }
+        Ok(())
     }
 
     /// The id of event `i` (from 0), its checksum verified.

@@ -1,15 +1,15 @@
 //! The on-disk format: keys, values, checksums. `FORMAT.md` describes the same layout in prose;
 //! change both together, and bump [`FORMAT_VERSION`] for any change an older build would misread.
 //!
-//! Every kind of record lives in ONE sled tree, told apart by a one-byte key prefix. An append
-//! is one commit record (`W`) — one sled insert, atomic by itself. The stream index, heads and
-//! id index are derived from the commit records and written later in one batch (same tree, so
-//! that batch and its `Mindexed` marker are atomic together); see `overlay.rs` and `recover.rs`.
+//! Every kind of sled record lives in ONE sled tree, told apart by a one-byte key prefix. An
+//! append is one commit record, framed in the log's segment files (`log.rs`); sled holds its
+//! locator (`W`). The locators, stream index, heads and id index are derived from the commit
+//! records and written later, in bulk; see `overlay.rs` and `recover.rs`.
 //!
 //! - [`codec`]: checksums and the strict byte reader and writers every value uses;
 //! - [`keys`]: the keys of stream records, heads, ids, snapshots and checkpoints;
 //! - [`event`]: event bodies;
-//! - [`commit`]: commit records, the global log;
+//! - [`commit`]: commit records, the global log, and their locators;
 //! - [`index`]: the derived entries (stream index, heads, id entries, the index marker);
 //! - [`segment`]: id segments;
 //! - [`saved`]: snapshots, checkpoints and the format marker.
@@ -27,8 +27,8 @@ mod saved;
 mod segment;
 
 pub(crate) use commit::{
-    commit_at, commit_key, commit_value, event_at, mixed_value, parse_commit, parse_commit_key,
-    Commit, MixedEvent,
+    commit_at, commit_key, commit_value, decode_locator, event_at, locate, locator_value,
+    mixed_value, parse_commit, parse_commit_key, Commit, MixedEvent,
 };
 pub(crate) use event::encode_body;
 pub(crate) use index::{
@@ -47,7 +47,7 @@ pub(crate) use segment::{
 };
 
 /// The format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+pub(crate) const FORMAT_VERSION: u32 = 5;
 /// The formats this build opens: format 2 is format 3 without id segments, format 3 is format 4
 /// without mixed commit records, listed stream-index runs and write counters; both are marked 4
 /// at open.

@@ -20,9 +20,8 @@ impl Walk<'_> {
         if position > self.visible {
             return Ok(());
         }
-        let there = format::commit_at(self.tree, position)
-            .map_err(sled_error)?
-            .is_some();
+        // A damaged locator is reported where the walk meets it.
+        let there = !matches!(format::locate(self.tree, position), Ok(None));
         if !there {
             self.problem(
                 ProblemKind::IdIndexMismatch,
@@ -74,8 +73,7 @@ impl Walk<'_> {
                 continue;
             }
             let id = EventId::from_uuid(uuid::Uuid::from_bytes(id));
-            let holds = format::event_at(self.tree, position)
-                .map_err(sled_error)?
+            let holds = format::event_at(self.tree, self.log, position)?
                 .is_some_and(|event| event.is_ok_and(|event| event.id == id));
             if !holds {
                 self.problem(

@@ -25,7 +25,29 @@ impl Walk<'_> {
             self.problem(ProblemKind::LogGap, None, None, Some(first), detail);
         }
         self.last_log = last;
-        let commit = match format::parse_commit(key, value) {
+        self.locators += 1;
+        let loc = match format::decode_locator(key, value) {
+            Ok(loc) => loc,
+            Err(reason) => {
+                self.problem(
+                    ProblemKind::Corrupt,
+                    None,
+                    None,
+                    Some(first),
+                    format!("commit locator: {reason}"),
+                );
+                return Ok(());
+            }
+        };
+        let record = match self.log.read(loc, first, last) {
+            Ok(record) => record,
+            Err(bad) => {
+                let detail = bad.describe(self.log.dir());
+                self.problem(ProblemKind::Corrupt, None, None, Some(first), detail);
+                return Ok(());
+            }
+        };
+        let commit = match format::parse_commit(key, &record.value) {
             Ok(commit) => commit,
             Err(reason) => {
                 self.problem(

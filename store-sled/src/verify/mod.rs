@@ -14,14 +14,15 @@ use std::path::Path;
 
 use annals::{Problem, ProblemKind, RecordPlace, Result, VerifyReport};
 
+use crate::manifest;
 use crate::marks::{self, Marks};
 use crate::overlay::Overlay;
-use crate::{manifest, recover};
 
 mod ids;
 mod log;
 mod report;
 mod saved;
+mod segments;
 mod streams;
 mod walk;
 
@@ -40,7 +41,7 @@ pub(crate) fn run(
     // entry against the log, and none moves under it.
     let mut guard = overlay.lock_indexing();
     overlay.index_locked(&mut guard, tree, visible)?;
-    let mut report = walk::Walk::new(tree, visible).run()?;
+    let mut report = walk::Walk::new(tree, overlay.log(), visible).run()?;
     for problem in lost {
         report.push(problem.clone());
     }
@@ -53,7 +54,7 @@ pub(crate) fn run(
     }
     if let Some(dir) = dir {
         // A damaged counter is reported by the walk.
-        if let Ok(found) = marks::read_tally(tree, recover::log_end(tree)?) {
+        if let Ok(found) = marks::read_tally(tree, overlay.log().end()) {
             for problem in manifest::check_now(dir, &found) {
                 report.push(problem);
             }

@@ -104,7 +104,21 @@ impl Walk<'_> {
         let mut i = 0;
         while i < run.count {
             let p = run.run.position(i);
-            let Some((key, record)) = format::commit_at(self.tree, p).map_err(sled_error)? else {
+            let found = match format::commit_at(self.tree, self.log, p) {
+                Ok(found) => found,
+                Err(_) => {
+                    // A damaged record is reported with the log: skip the positions it holds.
+                    let last = format::locate(self.tree, p)
+                        .ok()
+                        .flatten()
+                        .map_or(p, |(_, last, _)| last);
+                    while i < run.count && run.run.position(i) <= last {
+                        i += 1;
+                    }
+                    continue;
+                }
+            };
+            let Some(record) = found else {
                 // The versions are not all there: the next entry shows the gap.
                 self.problem(
                     ProblemKind::LogMismatch,
@@ -118,9 +132,9 @@ impl Walk<'_> {
                 );
                 return Ok(false);
             };
-            let Ok(commit) = format::parse_commit(&key, &record) else {
+            let Ok(commit) = format::parse_commit(&record.key, &record.value) else {
                 // A damaged record is reported with the log: skip the positions it holds.
-                let last = format::parse_commit_key(&key).map_or(p, |(_, last)| last);
+                let last = record.last;
                 while i < run.count && run.run.position(i) <= last {
                     i += 1;
                 }

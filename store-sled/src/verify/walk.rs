@@ -5,10 +5,14 @@ use annals::{Position, ProblemKind, Result, VerifyReport};
 
 use crate::error::sled_error;
 use crate::format::{CHECKPOINT, COMMIT, HEAD, ID, META, SEGMENT, SNAPSHOT, STREAM};
+use crate::log::Log;
 
 /// The walk's state: the report so far and what the checks carry from key to key.
 pub(super) struct Walk<'a> {
     pub(super) tree: &'a sled::Tree,
+    pub(super) log: &'a Log,
+    /// Commit locators met (each must locate one record of the log, see `segments`).
+    pub(super) locators: u64,
     /// The last position readers may see: records past it were written after the walk began.
     pub(super) visible: u64,
     pub(super) report: VerifyReport,
@@ -23,11 +27,13 @@ pub(super) struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    pub(super) fn new(tree: &'a sled::Tree, visible: u64) -> Self {
+    pub(super) fn new(tree: &'a sled::Tree, log: &'a Log, visible: u64) -> Self {
         let mut report = VerifyReport::new();
         report.last_position = (visible > 0).then(|| Position::sequence(visible));
         Walk {
             tree,
+            log,
+            locators: 0,
             visible,
             report,
             current: None,
@@ -44,6 +50,7 @@ impl<'a> Walk<'a> {
             self.visit(&key, &value)?;
         }
         self.finish()?;
+        self.segments();
         Ok(self.report)
     }
 

@@ -118,6 +118,59 @@ pub fn commit_of(tree: &sled::Tree, stream: &str, version: u64) -> (Vec<u8>, usi
     (commit.to_vec(), to_usize(position - first))
 }
 
+/// Where the commit record under the `W` key `key` is in the log's segment files (FORMAT.md):
+/// the segment file of the store at `path`, and the byte range of the record proper (after its
+/// frame head and positions), read from the record's locator in `tree`.
+pub fn record_place(
+    path: &std::path::Path,
+    tree: &sled::Tree,
+    key: &[u8],
+) -> (std::path::PathBuf, std::ops::Range<usize>) {
+    let value = tree.get(key).expect("get").expect("the locator exists");
+    let be = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    let segment = be(&value[4..12]);
+    let offset = to_usize(be(&value[12..20]));
+    let len = u32::from_be_bytes(value[20..24].try_into().expect("4 bytes")) as usize;
+    let file = path.join("annals-log").join(format!("{segment:020}.seg"));
+    (file, offset + 8 + 17..offset + len)
+}
+
+/// Puts the closed format 5 store at `path` back into the layout formats 2 to 4 share: each
+/// commit record inside sled under its `W` key (instead of its locator), no segment files.
+pub fn log_back_into_sled(path: &std::path::Path) {
+    {
+        let (db, tree) = raw_tree(path);
+        let keys: Vec<sled::IVec> = tree
+            .scan_prefix(b"W")
+            .keys()
+            .collect::<Result<_, _>>()
+            .expect("scan");
+        for key in keys {
+            let (file, range) = record_place(path, &tree, &key);
+            let bytes = std::fs::read(&file).expect("read the segment");
+            tree.insert(key, &bytes[range]).expect("insert");
+        }
+        db.flush().expect("flush");
+    }
+    std::fs::remove_dir_all(path.join("annals-log")).expect("remove the log");
+}
+
+/// Changes the commit record under the `W` key `key` in the log's segment files of the closed
+/// store at `path`; a record made shorter is padded with zeros to its frame's length.
+pub fn damage_record(path: &std::path::Path, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
+    let (file, range) = {
+        let (_db, tree) = raw_tree(path);
+        record_place(path, &tree, key)
+    };
+    let mut bytes = std::fs::read(&file).expect("read the segment");
+    let mut record = bytes[range.clone()].to_vec();
+    change(&mut record);
+    assert!(record.len() <= range.len(), "a record cannot grow in place");
+    record.resize(range.len(), 0);
+    bytes[range].copy_from_slice(&record);
+    std::fs::write(&file, bytes).expect("write the segment");
+}
+
 /// The byte range of event `index`'s body inside a commit record (FORMAT.md).
 pub fn body_range(value: &[u8], index: usize) -> std::ops::Range<usize> {
     fn varint(value: &[u8], at: &mut usize) -> usize {
