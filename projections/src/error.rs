@@ -1,4 +1,4 @@
-use annals::{BoxError, EventId, RecordPlace};
+use annals::{BoxError, EventId, Position, RecordPlace};
 
 use crate::ProjectionName;
 
@@ -55,6 +55,21 @@ pub enum ProjectionError {
         projection: ProjectionName,
         /// What was looked for.
         what: String,
+    },
+
+    /// A partition's checkpoint is beyond the end of the log: the read model outlived events it
+    /// was built from (restored from a newer backup than the events, or a power loss that lost
+    /// buffered events). Nothing is applied; rebuild the projection.
+    #[error("projection `{projection}` partition {partition}: its checkpoint {checkpoint} is beyond the end of the log ({head}): the read model is ahead of the events; rebuild it")]
+    AheadOfLog {
+        /// The projection.
+        projection: ProjectionName,
+        /// The partition.
+        partition: u32,
+        /// Its checkpoint.
+        checkpoint: Position,
+        /// The log's last position (`none` for an empty log).
+        head: String,
     },
 
     /// Another worker took the partition over: this owner's lease is in an older epoch, so it

@@ -453,3 +453,31 @@ async fn a_filtered_projection_moves_its_checkpoints_past_events_it_never_receiv
     assert_eq!(model.to_map(), expected);
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_ahead_of_the_log_is_refused_not_run() {
+    let store = InMemoryStore::new();
+    let head = fill(&store, "account", 3, 4, 2).await;
+    let model = MemoryModel::new();
+    let running = ProjectionRunner::new(store.clone(), model.clone(), Tallies::new("ahead"))
+        .start()
+        .await
+        .unwrap();
+    guard("catching up", running.caught_up_to(head))
+        .await
+        .unwrap();
+    running.shutdown().await.unwrap();
+    // The same read model over a log that lost its last events (here: a shorter one).
+    let shorter = InMemoryStore::new();
+    fill(&shorter, "account", 1, 2, 2).await;
+    let refused = ProjectionRunner::new(shorter, model.clone(), Tallies::new("ahead"))
+        .start()
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ProjectionError::AheadOfLog { checkpoint, .. }) if *checkpoint == head
+        ),
+        "{refused:?}"
+    );
+}

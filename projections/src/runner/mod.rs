@@ -199,6 +199,21 @@ where
             let key = PartitionKey::new(name.clone(), partition);
             checkpoints.push(self.model.checkpoint(&key).await?);
         }
+        // A read model ahead of the log (a backup of it newer than the events', a power loss
+        // that took buffered events) would skip the next appends at those positions: refused.
+        let head = self.store.last_position().await?;
+        for (&partition, checkpoint) in ids.iter().zip(&checkpoints) {
+            if let Some(checkpoint) = *checkpoint {
+                if Some(checkpoint) > head {
+                    return Err(ProjectionError::AheadOfLog {
+                        projection: name.clone(),
+                        partition,
+                        checkpoint,
+                        head: head.map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                    });
+                }
+            }
+        }
         let dead = self.model.dead_letters(&name).await?;
         let board = Board::new(name.clone(), &ids, &checkpoints);
         let cancel = CancellationToken::new();

@@ -53,13 +53,19 @@
 //!
 //! # Durability
 //!
-//! A commit is durable at the next flush of the database: the store's (after every append with
-//! `Durability::Flush`, on its timer while appends wait with `Durability::Buffered`), the
-//! model's own (a task flushing through the store every second when something was committed,
-//! [`SledModelBuilder::flush_every`]), and the one at the runner's shutdown
-//! ([`ReadModel::flush`]). A crash loses at most the commits since the last flush, each with
-//! its checkpoint, and they are redone from the log. Since model and store share one log, a
-//! read model never survives a crash that the events it was built from do not.
+//! A commit is durable at the next flush of the sled database: the model's own (a task flushing
+//! through the store every second when something was committed,
+//! [`SledModelBuilder::flush_every`]), the one at the runner's shutdown ([`ReadModel::flush`]),
+//! and the store's when it flushes sled (asked to, at close, for snapshots and checkpoints, about
+//! once per indexing round). A crash loses at most the commits since the last flush, each with
+//! its checkpoint, and they are redone from the log.
+//!
+//! The store keeps its events in its own log files (format 5) and syncs them before every flush
+//! of sled, and a projection only ever reads events already written to those files, so a read
+//! model is not made durable ahead of the events it was built from. Should it be anyway — a
+//! power loss under `Durability::Buffered`, which may lose acknowledged events by design — the
+//! runner refuses to start a projection whose checkpoint is beyond the log's end
+//! ([`ProjectionError::AheadOfLog`](crate::ProjectionError::AheadOfLog)): rebuild it.
 //!
 //! # Layout (sled trees of the store's database)
 //!
@@ -124,10 +130,10 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// left unapplied. It uses no sled batch or transaction: their first use switches every sled
 /// operation of the process, the store's included, to a process-wide lock, and a transaction
 /// holds it for its whole length (measured: the store's reads 3 to 10 times slower while a
-/// projection commits in transactions). What is committed is durable at the database's next
-/// flush: the store's own flushes, the model's (every second when something was committed, see
-/// [`SledModelBuilder::flush_every`]) and the one at the runner's shutdown; a crash before it
-/// loses commits together with their checkpoints, and they are redone.
+/// projection commits in transactions). What is committed is durable at the next flush of sled:
+/// the model's (every second when something was committed, see
+/// [`SledModelBuilder::flush_every`]), the one at the runner's shutdown and the store's; a crash
+/// before it loses commits together with their checkpoints, and they are redone.
 ///
 /// A reader looking at several keys while a batch is applied may see some of its writes before
 /// the others (as with [`MemoryModel`](crate::MemoryModel)); the checkpoint moves last.
@@ -196,8 +202,8 @@ impl SledModelBuilder {
     /// How often the model flushes what was committed since its last flush, through the
     /// store's flush (1 second by default): the longest a committed batch stays in memory
     /// only. Shorter loses less work to a crash (it is redone from the log, never
-    /// double-counted) at the cost of more `fsync`s; the store's own flushes (every append with
-    /// `Durability::Flush`) make commits durable meanwhile too. At least a millisecond.
+    /// double-counted) at the cost of more `fsync`s; the store's own flushes of sled make
+    /// commits durable meanwhile too. At least a millisecond.
     #[must_use]
     pub fn flush_every(mut self, every: Duration) -> Self {
         self.flush_every = every;
