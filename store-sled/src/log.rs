@@ -1015,6 +1015,21 @@ impl Frames {
     /// The next frame: a record (its positions continuing the log), a seal, or `None` at the
     /// end of the log.
     pub(crate) fn next_frame(&mut self) -> std::result::Result<Option<Item>, Bad> {
+        match self.frame_once() {
+            Ok(Some(item)) => Ok(Some(item)),
+            _ => {
+                // What the buffer holds may have been read ahead before the writer wrote there
+                // (the zeros written ahead of frames read as the end, a frame being written as
+                // damage): read again from the file before concluding either.
+                self.buf.clear();
+                self.buf_at = self.offset;
+                self.refresh()?;
+                self.frame_once()
+            }
+        }
+    }
+
+    fn frame_once(&mut self) -> std::result::Result<Option<Item>, Bad> {
         if self.offset + FRAME_HEAD > self.file_len {
             // The file may have grown since (the writer writes zeros ahead of its frames).
             self.refresh()?;

@@ -377,3 +377,41 @@ async fn an_open_refused_for_a_damaged_manifest_cuts_nothing() {
     assert_eq!(read_all(&store).await, original);
     shut(store).await;
 }
+
+/// A long read of a buffered store whose records are written to the log only as readers ask:
+/// the reader's read-ahead of one page may hold the zeros ahead of records not written yet,
+/// which must never be taken for the end of the log on the next page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_of_buffered_appends_sees_every_record_across_its_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledEventStore::builder()
+        .path(dir.path().join("store"))
+        .durability(annals_sled::Durability::Buffered)
+        .flush_interval(std::time::Duration::from_secs(3600))
+        .open()
+        .await
+        .unwrap();
+    let stream = sid("buffered-1");
+    let mut written = 0u64;
+    for round in 0..6u64 {
+        // Small appends, well under the 64 KiB the writer buffers before writing.
+        for n in 0..1_000u64 {
+            store
+                .append(
+                    &stream,
+                    annals::ExpectedVersion::Any,
+                    vec![event("Counted", round * 1_000 + n)],
+                )
+                .await
+                .unwrap();
+        }
+        written += 1_000;
+        let all: Vec<annals::RecordedEvent> = store
+            .read_all(annals::ReadAll::all())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(u64::try_from(all.len()).unwrap(), written, "round {round}");
+    }
+    store.close().await.unwrap();
+}
