@@ -102,6 +102,35 @@ struct DurableConcurrent {
     flush_every: u64,
 }
 
+/// `tasks` concurrent durable appenders of `per_task` single-event appends each, each to its own
+/// stream, on a fresh store: events/s.
+async fn concurrent_durable(tasks: u64, per_task: u64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = open_store(dir.path(), Durability::Flush).await?;
+    let elapsed = timed(async {
+        let mut running = Vec::new();
+        for t in 0..tasks {
+            let store = store.clone();
+            running.push(tokio::spawn(async move {
+                let id = stream(t);
+                for i in 0..per_task {
+                    store
+                        .append(&id, ExpectedVersion::exact(i), vec![event(i)])
+                        .await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in running {
+            t.await??;
+        }
+        Ok(())
+    })
+    .await?;
+    store.close().await?;
+    Ok(rate(tasks * per_task, elapsed))
+}
+
 impl Scenario for DurableConcurrent {
     fn name(&self, s: &Settings) -> String {
         let base = if self.flush_every == 16 {
@@ -122,32 +151,7 @@ impl Scenario for DurableConcurrent {
             let total = TASKS * per_task;
             let medians = alternate(
                 s.rounds,
-                |_| async move {
-                    let dir = tempfile::tempdir()?;
-                    let store = open_store(dir.path(), Durability::Flush).await?;
-                    let elapsed = timed(async {
-                        let mut tasks = Vec::new();
-                        for t in 0..TASKS {
-                            let store = store.clone();
-                            tasks.push(tokio::spawn(async move {
-                                let id = stream(t);
-                                for i in 0..per_task {
-                                    store
-                                        .append(&id, ExpectedVersion::exact(i), vec![event(i)])
-                                        .await?;
-                                }
-                                anyhow::Ok(())
-                            }));
-                        }
-                        for t in tasks {
-                            t.await??;
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                    store.close().await?;
-                    Ok(rate(total, elapsed))
-                },
+                |_| concurrent_durable(TASKS, per_task),
                 |_| async move {
                     let dir = tempfile::tempdir()?;
                     let db = open_raw(dir.path())?;
@@ -197,32 +201,7 @@ impl Scenario for DurableRawDisk {
             let total = TASKS * per_task;
             let medians = alternate(
                 s.rounds,
-                |_| async move {
-                    let dir = tempfile::tempdir()?;
-                    let store = open_store(dir.path(), Durability::Flush).await?;
-                    let elapsed = timed(async {
-                        let mut tasks = Vec::new();
-                        for t in 0..TASKS {
-                            let store = store.clone();
-                            tasks.push(tokio::spawn(async move {
-                                let id = stream(t);
-                                for i in 0..per_task {
-                                    store
-                                        .append(&id, ExpectedVersion::exact(i), vec![event(i)])
-                                        .await?;
-                                }
-                                anyhow::Ok(())
-                            }));
-                        }
-                        for t in tasks {
-                            t.await??;
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                    store.close().await?;
-                    Ok(rate(total, elapsed))
-                },
+                |_| concurrent_durable(TASKS, per_task),
                 |_| async move {
                     use std::io::Write as _;
                     use std::os::unix::fs::FileExt as _;
