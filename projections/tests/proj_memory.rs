@@ -481,3 +481,61 @@ async fn a_read_model_ahead_of_the_log_is_refused_not_run() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_no_worker_can_start_is_reported_unowned_and_the_others_run() {
+    // A read model whose partition checkpoints are ahead of this log: those partitions cannot
+    // start anywhere; a worker keeps the others running and reports the rest.
+    let bigger = InMemoryStore::new();
+    let far = fill(&bigger, "account", 20, 10, 5).await;
+    let model = MemoryModel::new();
+    let running = ProjectionRunner::new(bigger, model.clone(), Tallies::new("orphans"))
+        .partitions(4)
+        .start()
+        .await
+        .unwrap();
+    guard("catching up", running.caught_up_to(far))
+        .await
+        .unwrap();
+    running.shutdown().await.unwrap();
+    let store = InMemoryStore::new();
+    fill(&store, "account", 2, 2, 2).await;
+    let workers = annals_projections::ProjectionWorkers::builder(
+        store.clone(),
+        model.clone(),
+        Tallies::new("orphans"),
+    )
+    .partitions(4)
+    .worker_id("w1")
+    .rebalance_every(Duration::from_millis(10))
+    .report_unowned_after(Duration::from_millis(50))
+    .start()
+    .await
+    .unwrap();
+    let status = guard("the report of unowned partitions", async {
+        loop {
+            let status = workers.status().await.unwrap();
+            if status
+                .partitions
+                .iter()
+                .filter(|p| p.owner.is_none())
+                .all(|p| p.unowned_for >= Some(Duration::from_millis(50)))
+                && !status.unowned().is_empty()
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let failures = workers.failures();
+    for partition in status.unowned() {
+        assert!(
+            failures
+                .iter()
+                .any(|(p, why)| *p == partition && why.contains("beyond the end of the log")),
+            "partition {partition}: {failures:?}"
+        );
+    }
+    workers.shutdown().await;
+}

@@ -110,6 +110,7 @@ impl ProjectionWorkers {
             partitions: 8,
             worker_id: None,
             rebalance_every: Duration::from_secs(1),
+            report_unowned_after: Duration::from_secs(10),
             configure: Arc::new(|runner| runner),
         }
     }
@@ -123,6 +124,7 @@ pub struct WorkersBuilder<S, M, P> {
     partitions: u32,
     worker_id: Option<String>,
     rebalance_every: Duration,
+    report_unowned_after: Duration,
     configure: Configure<S, M, P>,
 }
 
@@ -165,6 +167,17 @@ where
         self
     }
 
+    /// How long a partition may have no owner before the worker reports it (a `tracing` error
+    /// and [`OwnedPartition::unowned_for`] in the status; default 10 s, two lease periods on
+    /// PostgreSQL's defaults). With live workers a partition goes unowned only while its lease
+    /// expires, or when no worker can start it (its read model refuses: ahead of the log, a
+    /// newer format).
+    #[must_use]
+    pub fn report_unowned_after(mut self, after: Duration) -> Self {
+        self.report_unowned_after = after;
+        self
+    }
+
     /// Settings for each partition's runner (batch size, error policy, retries, stall time).
     #[must_use]
     pub fn configure(
@@ -204,6 +217,7 @@ where
         let shared = Arc::new(Shared {
             owned: Mutex::new(BTreeMap::new()),
             failures: Mutex::new(Vec::new()),
+            unowned: Mutex::new(BTreeMap::new()),
         });
         let cancel = CancellationToken::new();
         let worker = Worker {
@@ -214,6 +228,7 @@ where
             id: id.clone(),
             partitions: self.partitions,
             configure: self.configure,
+            report_unowned_after: self.report_unowned_after,
             shared: shared.clone(),
             membership: None,
         };
@@ -257,6 +272,8 @@ struct Shared<M> {
     /// Partitions that stopped by themselves, with why (the stop policy's errors, lost
     /// ownership), newest last.
     failures: Mutex<Vec<(u32, String)>>,
+    /// Partitions seen with no owner: since when, and whether reported.
+    unowned: Mutex<BTreeMap<u32, (std::time::Instant, bool)>>,
 }
 
 impl<M> Shared<M> {
@@ -300,6 +317,7 @@ struct Worker<S, M, P> {
     id: String,
     partitions: u32,
     configure: Configure<S, M, P>,
+    report_unowned_after: Duration,
     shared: Arc<Shared<M>>,
     membership: Option<Lease>,
 }
@@ -371,6 +389,14 @@ where
             0
         };
         let owned: Vec<u32> = self.shared.lock().keys().copied().collect();
+        let held: Vec<u32> = self
+            .store
+            .leases(&partitions_prefix(&self.name))
+            .await?
+            .into_iter()
+            .filter_map(|l| l.name.rsplit('/').next().and_then(|n| n.parse().ok()))
+            .collect();
+        self.watch_unowned(&held, &owned);
         let count = u32::try_from(owned.len()).unwrap_or(u32::MAX);
         if count > share {
             // The highest-numbered above the share go, cleanly.
@@ -392,13 +418,6 @@ where
             u32::try_from(i).unwrap_or(0) * self.partitions
                 / u32::try_from(ids.len().max(1)).unwrap_or(1)
         });
-        let held: Vec<u32> = self
-            .store
-            .leases(&partitions_prefix(&self.name))
-            .await?
-            .into_iter()
-            .filter_map(|l| l.name.rsplit('/').next().and_then(|n| n.parse().ok()))
-            .collect();
         for step in 0..self.partitions {
             if wanted == 0 {
                 break;
@@ -407,11 +426,51 @@ where
             if held.contains(&partition) || owned.contains(&partition) {
                 continue;
             }
-            if self.take(partition).await? {
-                wanted -= 1;
+            match self.take(partition).await {
+                Ok(true) => wanted -= 1,
+                Ok(false) => {}
+                Err(error) => {
+                    // This partition cannot start here (its read model refuses it): the others
+                    // still can; it is reported once it has had no owner for long.
+                    tracing::warn!(projection = %self.name, worker = %self.id, partition, %error, "a partition could not be started");
+                    self.shared
+                        .failures
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((partition, error.to_string()));
+                }
             }
         }
         Ok(())
+    }
+
+    /// Notes the partitions nobody owns, and reports those unowned for longer than
+    /// `report_unowned_after`.
+    fn watch_unowned(&self, held: &[u32], owned: &[u32]) {
+        let now = std::time::Instant::now();
+        let mut unowned = self
+            .shared
+            .unowned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for partition in 0..self.partitions {
+            if held.contains(&partition) || owned.contains(&partition) {
+                unowned.remove(&partition);
+                continue;
+            }
+            let (since, reported) = unowned.entry(partition).or_insert((now, false));
+            let waited = now.duration_since(*since);
+            if !*reported && waited >= self.report_unowned_after {
+                *reported = true;
+                tracing::error!(
+                    projection = %self.name,
+                    worker = %self.id,
+                    partition,
+                    unowned_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                    "projection partition has no owner: nothing applies its events"
+                );
+            }
+        }
     }
 
     /// Takes `partition` if its lease is free, and starts its runner.

@@ -1,5 +1,6 @@
 //! The status of a projection across its workers.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use annals::Position;
@@ -38,6 +39,8 @@ pub struct OwnedPartition {
     pub checkpoint: Option<Position>,
     /// Its runner's status when this worker owns it (state, lag, pending, parked…).
     pub local: Option<PartitionStatus>,
+    /// How long this worker has seen it without an owner (`None` while owned).
+    pub unowned_for: Option<Duration>,
 }
 
 impl WorkersStatus {
@@ -80,6 +83,14 @@ impl<M: ReadModel> RunningWorkers<M> {
                 .flat_map(|o| o.running.status().partitions)
                 .collect()
         };
+        let unowned: BTreeMap<u32, Duration> = self
+            .shared
+            .unowned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(p, (since, _))| (*p, since.elapsed()))
+            .collect();
         let mut partitions = Vec::new();
         for partition in 0..self.partitions {
             let lease = leases.iter().find(|l| {
@@ -100,6 +111,10 @@ impl<M: ReadModel> RunningWorkers<M> {
                 heartbeat_age: lease.map(|l| l.renewed),
                 checkpoint,
                 local: local.iter().find(|s| s.partition == partition).cloned(),
+                unowned_for: lease
+                    .is_none()
+                    .then(|| unowned.get(&partition).copied())
+                    .flatten(),
             });
         }
         Ok(WorkersStatus {
