@@ -243,3 +243,51 @@ pub async fn timed<F: Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Resu
     f.await?;
     Ok(started.elapsed())
 }
+
+/// This process's peak resident set (`VmHWM` of `/proc/self/status`), in KiB: what a memory
+/// child prints as `VMHWM_KIB <n>`.
+///
+/// # Errors
+///
+/// A `/proc/self/status` that cannot be read or has no `VmHWM`.
+pub fn peak_kib() -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")
+}
+
+/// Runs this binary as a memory child with `args` and returns the peak it printed
+/// (`VMHWM_KIB <n>`), in MiB.
+///
+/// # Errors
+///
+/// The child failing (with its stderr), or printing no peak.
+pub async fn child_peak_mib<I, A>(args: I) -> anyhow::Result<f64>
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    use anyhow::Context as _;
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args(&args)
+        .output()
+        .await
+        .with_context(|| format!("running the memory child {args:?}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "memory child {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let kib: f64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("VMHWM_KIB "))
+        .context("the child printed no VmHWM")?
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
+}

@@ -497,31 +497,17 @@ impl Scenario for Memory {
         Box::pin(async move {
             let count: u64 = s.pick(100_000, 1_000_000);
             let dir = tempfile::tempdir()?;
-            let exe = std::env::current_exe()?;
-            let mut stdout = String::new();
+            let count_text = count.to_string();
+            let mut peak = 0.0;
             for step in ["fill", "catchup"] {
-                let output = tokio::process::Command::new(&exe)
-                    .arg("--proj-memory-child")
-                    .arg(step)
-                    .arg(count.to_string())
-                    .arg(dir.path())
-                    .output()
-                    .await
-                    .context("running the projection memory child")?;
-                anyhow::ensure!(
-                    output.status.success(),
-                    "projection memory child ({step}) failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-                stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                let args = [
+                    "--proj-memory-child".as_ref(),
+                    step.as_ref(),
+                    count_text.as_ref(),
+                    dir.path().as_os_str(),
+                ];
+                peak = crate::child_peak_mib(args).await?;
             }
-            let kib: f64 = stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("VMHWM_KIB "))
-                .context("the child printed no VmHWM")?
-                .trim()
-                .parse()?;
-            let peak = kib / 1024.0;
             Ok(Line {
                 scenario: self.name(s),
                 unit: "MiB",
@@ -567,12 +553,7 @@ pub async fn memory_child(step: &str, count: u64, dir: &Path) -> anyhow::Result<
             catch_up(store.clone(), model.clone(), projection, last, count).await?;
             drop(model);
             store.close().await?;
-            let status = std::fs::read_to_string("/proc/self/status")?;
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .context("no VmHWM in /proc/self/status")
+            crate::peak_kib()
         }
         other => anyhow::bail!("unknown memory child step {other:?}"),
     }

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use annals::{EventData, EventStore, ExpectedVersion, ReadStream, StreamId};
 use annals_sled::{Durability, SledEventStore};
-use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::payload::{batch, event, payload};
@@ -520,27 +519,13 @@ impl Scenario for Memory {
         Box::pin(async move {
             let count: u64 = s.pick(100_000, 1_000_000);
             let dir = tempfile::tempdir()?;
-            let exe = std::env::current_exe()?;
-            let output = tokio::process::Command::new(exe)
-                .arg("--memory-child")
-                .arg(count.to_string())
-                .arg(dir.path())
-                .output()
-                .await
-                .context("running the memory child")?;
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            anyhow::ensure!(
-                output.status.success(),
-                "memory child failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let kib: f64 = stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("VMHWM_KIB "))
-                .context("the child printed no VmHWM")?
-                .trim()
-                .parse()?;
-            let peak = kib / 1024.0;
+            let count_text = count.to_string();
+            let args = [
+                "--memory-child".as_ref(),
+                count_text.as_ref(),
+                dir.path().as_os_str(),
+            ];
+            let peak = crate::child_peak_mib(args).await?;
             Ok(Line {
                 scenario: self.name(s),
                 unit: "MiB",
@@ -568,12 +553,7 @@ pub async fn memory_child(count: u64, dir: &Path) -> anyhow::Result<u64> {
         .await?;
     fill(&store, 0, count).await?;
     store.close().await?;
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")
+    crate::peak_kib()
 }
 
 /// The budget of `sled.read_all.memory.*`, in MiB: the peak resident set of a process reading
@@ -629,28 +609,14 @@ impl Scenario for ReadAllMemory {
 
 /// Runs one step of [`read_memory_child`] in a child process; returns its peak in MiB.
 async fn read_memory_run(step: &str, count: u64, dir: &Path) -> anyhow::Result<f64> {
-    let exe = std::env::current_exe()?;
-    let output = tokio::process::Command::new(exe)
-        .arg("--read-memory-child")
-        .arg(step)
-        .arg(count.to_string())
-        .arg(dir)
-        .output()
-        .await
-        .context("running the read memory child")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "read memory child ({step}) failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let kib: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("VMHWM_KIB "))
-        .context("the child printed no VmHWM")?
-        .trim()
-        .parse()?;
-    Ok(kib / 1024.0)
+    let count_text = count.to_string();
+    let args = [
+        "--read-memory-child".as_ref(),
+        step.as_ref(),
+        count_text.as_ref(),
+        dir.as_os_str(),
+    ];
+    crate::child_peak_mib(args).await
 }
 
 /// A JSON payload of exactly [`READ_PAYLOAD`] bytes.
@@ -740,10 +706,5 @@ pub async fn read_memory_child(step: &str, count: u64, dir: &Path) -> anyhow::Re
         }
         other => anyhow::bail!("unknown read memory child step {other:?}"),
     }
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")
+    crate::peak_kib()
 }
