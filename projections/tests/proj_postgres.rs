@@ -156,6 +156,20 @@ fn fold_until(log: &[RecordedEvent], checkpoints: &[Option<Position>]) -> HashMa
     tallies
 }
 
+/// Every partition's checkpoint.
+async fn checkpoints_of(model: &PgModel, name: &ProjectionName) -> Vec<Option<Position>> {
+    let mut checkpoints = Vec::new();
+    for p in 0..PARTITIONS {
+        checkpoints.push(
+            model
+                .checkpoint(&PartitionKey::new(name.clone(), p))
+                .await
+                .unwrap(),
+        );
+    }
+    checkpoints
+}
+
 /// The child: runs the projection until killed. Does nothing in a normal test run.
 #[test]
 fn projection_child() {
@@ -284,16 +298,15 @@ async fn kill_at_random_moments(schema: &str, handler: &str) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
-        let mut checkpoints = Vec::new();
-        for p in 0..PARTITIONS {
-            checkpoints.push(
-                model
-                    .checkpoint(&PartitionKey::new(name.clone(), p))
-                    .await
-                    .unwrap(),
-            );
-        }
-        let held = rows(&model, schema).await;
+        // The server may still be finishing a COMMIT the child sent just before it died: read
+        // the checkpoints, the rows and the checkpoints again until no commit landed between.
+        let (checkpoints, held) = loop {
+            let before = checkpoints_of(&model, &name).await;
+            let held = rows(&model, schema).await;
+            if checkpoints_of(&model, &name).await == before {
+                break (before, held);
+            }
+        };
         assert_eq!(
             held,
             fold_until(&log, &checkpoints),
