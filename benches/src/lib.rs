@@ -18,6 +18,7 @@ pub mod pg_scenarios;
 pub mod proj_lag;
 pub mod proj_scenarios;
 pub mod proj_workers;
+pub mod rebuild_scenarios;
 pub mod repo_scenarios;
 pub mod sled_scenarios;
 
@@ -186,6 +187,7 @@ pub fn all_scenarios() -> Vec<Box<dyn Scenario>> {
     list.extend(repo_scenarios::scenarios());
     list.extend(copy_scenarios::scenarios());
     list.extend(proj_scenarios::scenarios());
+    list.extend(rebuild_scenarios::scenarios());
     list
 }
 
