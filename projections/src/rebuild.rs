@@ -56,7 +56,7 @@ pub struct RebuildReport {
 
 type Progress = Arc<dyn Fn(&RebuildProgress) + Send + Sync>;
 type Configure<S, M, P> =
-    Box<dyn FnOnce(ProjectionRunner<S, M, P>) -> ProjectionRunner<S, M, P> + Send>;
+    Box<dyn FnOnce(ProjectionRunner<S, M, P>) -> ProjectionRunner<S, M, P> + Send + Sync>;
 
 /// Rebuilds a projection's read model: builds generation `g + 1` beside the active generation
 /// `g` — which keeps serving reads and following the log — from the start of the log, then,
@@ -226,7 +226,10 @@ where
     #[must_use]
     pub fn configure(
         mut self,
-        configure: impl FnOnce(ProjectionRunner<S, M, P>) -> ProjectionRunner<S, M, P> + Send + 'static,
+        configure: impl FnOnce(ProjectionRunner<S, M, P>) -> ProjectionRunner<S, M, P>
+            + Send
+            + Sync
+            + 'static,
     ) -> Self {
         self.configure = Some(Box::new(configure));
         self

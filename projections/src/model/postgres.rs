@@ -265,9 +265,7 @@ impl ReadModel for PgModel {
             ),
             None => "BEGIN".to_owned(),
         };
-        if batch.key.generation >= 2 {
-            begin.push_str(&self.search_path(&batch.key.projection, batch.key.generation));
-        }
+        begin.push_str(&self.search_path(&batch.key.projection, batch.key.generation));
         client
             .batch_execute(&begin)
             .await
@@ -444,13 +442,10 @@ impl ReadModel for PgModel {
 
     async fn prepare<P: Projection<Self>>(&self, projection: &P, generation: u32) -> Result<()> {
         let client = self.client().await?;
-        let mut begin = "BEGIN".to_owned();
-        if generation >= 2 {
-            let schema =
-                super::pg_generations::schema_name(&self.schema, projection.name(), generation);
-            begin = format!("BEGIN; CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-            begin.push_str(&self.search_path(projection.name(), generation));
-        }
+        let schema =
+            super::pg_generations::schema_name(&self.schema, projection.name(), generation);
+        let mut begin = format!("BEGIN; CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+        begin.push_str(&self.search_path(projection.name(), generation));
         client.batch_execute(&begin).await.map_err(backend)?;
         let mut tx = PgTx {
             client,
@@ -499,13 +494,18 @@ impl ReadModel for PgModel {
 }
 
 impl PgModel {
-    /// `; SET LOCAL search_path …` putting generation `generation`'s schema first.
+    /// `; SET LOCAL search_path …` putting generation `generation`'s schema first, then the
+    /// store's, then `public`.
     fn search_path(&self, projection: &ProjectionName, generation: u32) -> String {
         let schema = super::pg_generations::schema_name(&self.schema, projection, generation);
-        format!(
-            "; SET LOCAL search_path TO \"{schema}\", \"{}\"",
-            self.schema
-        )
+        if generation <= 1 {
+            format!("; SET LOCAL search_path TO \"{schema}\", public")
+        } else {
+            format!(
+                "; SET LOCAL search_path TO \"{schema}\", \"{}\", public",
+                self.schema
+            )
+        }
     }
 
     /// The effect mark of `key`'s partition, its row locked until the transaction ends.
