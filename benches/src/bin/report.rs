@@ -99,6 +99,22 @@ fn main() -> anyhow::Result<()> {
                 println!("VMHWM_KIB {kib}");
                 return Ok(());
             }
+            "--rebuild-memory-child" => {
+                // Internal: the child process of `rebuild.pg.memory`.
+                let mut arg = || args.next().ok_or_else(|| anyhow::anyhow!(USAGE));
+                let (connection, schema) = (arg()?, arg()?);
+                let count: u64 = arg()?.parse()?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let kib = runtime.block_on(annals_benches::rebuild_scenarios::memory_child(
+                    &connection,
+                    &schema,
+                    count,
+                ))?;
+                println!("VMHWM_KIB {kib}");
+                return Ok(());
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
