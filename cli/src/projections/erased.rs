@@ -78,6 +78,10 @@ impl<M: CliModel, P: Projection<M>> Registered for Erased<M, P> {
         &self.options
     }
 
+    fn backend(&self) -> &'static str {
+        M::BACKEND
+    }
+
     fn stored<'a>(&'a self, store: &'a OpenedStore) -> BoxFuture<'a, CliResult<Stored>> {
         async move {
             let (_, model, _) = self.open(store).await?;

@@ -136,6 +136,8 @@ pub(crate) trait Registered: Send + Sync {
     fn name(&self) -> &ProjectionName;
     /// Its settings.
     fn options(&self) -> &ProjectionOptions;
+    /// The kind of store its read model lives in (`sled`, `postgres`).
+    fn backend(&self) -> &'static str;
     /// What its read model keeps: generations, checkpoints and dead letters.
     fn stored<'a>(&'a self, store: &'a OpenedStore) -> BoxFuture<'a, CliResult<Stored>>;
     /// Starts it: as a worker among others on a store shared by processes, else as the one
@@ -209,10 +211,25 @@ impl Projections {
             .ok_or_else(|| self.unknown(name))
     }
 
-    /// Those named (all when `names` is empty).
-    pub(crate) fn select(&self, names: &[String]) -> CliResult<Vec<Arc<dyn Registered>>> {
+    /// Every registered projection whose read model lives in `store`'s kind of store (an
+    /// application may register projections of both kinds).
+    pub(crate) fn on(&self, store: &OpenedStore) -> CliResult<Vec<Arc<dyn Registered>>> {
+        Ok(self
+            .all()?
+            .iter()
+            .filter(|p| p.backend() == store.backend.kind())
+            .cloned()
+            .collect())
+    }
+
+    /// Those named, or when `names` is empty all of those on `store`.
+    pub(crate) fn select(
+        &self,
+        store: &OpenedStore,
+        names: &[String],
+    ) -> CliResult<Vec<Arc<dyn Registered>>> {
         if names.is_empty() {
-            return Ok(self.all()?.to_vec());
+            return self.on(store);
         }
         names.iter().map(|n| self.get(n).cloned()).collect()
     }

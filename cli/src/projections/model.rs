@@ -23,6 +23,10 @@ pub trait CliModel: ReadModel + Clone {
     /// process (sled) runs as the one `ProjectionRunner`.
     const SHARED: bool;
 
+    /// The kind of store it lives in, as [`Backend::kind`](crate::Backend::kind) names it:
+    /// commands over every projection skip those of another kind.
+    const BACKEND: &'static str;
+
     /// The model in `store`, with the store it belongs to.
     ///
     /// # Errors
@@ -34,6 +38,7 @@ pub trait CliModel: ReadModel + Clone {
 impl CliModel for SledModel {
     type Store = SledEventStore;
     const SHARED: bool = false;
+    const BACKEND: &'static str = "sled";
 
     fn open(store: &OpenedStore) -> BoxFuture<'_, CliResult<(SledEventStore, SledModel)>> {
         store.sled_model().boxed()
@@ -44,6 +49,7 @@ impl CliModel for SledModel {
 impl CliModel for annals_projections::PgModel {
     type Store = annals_postgres::PgEventStore;
     const SHARED: bool = true;
+    const BACKEND: &'static str = "postgres";
 
     fn open(
         store: &OpenedStore,

@@ -27,7 +27,7 @@ pub(crate) async fn projections(
         ProjectionsCommand::Status { name } => {
             let selected = match name {
                 Some(name) => vec![projections.get(name)?.clone()],
-                None => projections.all()?.to_vec(),
+                None => projections.on(cx.store)?,
             };
             for projection in selected {
                 status(cx, projection.as_ref()).await?;
@@ -62,13 +62,16 @@ fn lease_partition(lease: &LeaseInfo) -> Option<u32> {
 
 /// `annals projections list`: one line per registered projection.
 async fn list(cx: &Context<'_>, projections: &Projections) -> CliResult {
-    let all = projections.all()?;
+    let all = projections.on(cx.store)?;
     if all.is_empty() && !cx.out.is_json() {
-        eprintln!("annals: no projection is registered with this CLI");
+        eprintln!(
+            "annals: no projection for a {} store is registered with this CLI",
+            cx.store.backend.kind()
+        );
     }
     let head = cx.store.any.last_position().await?;
     let mut header = true;
-    for projection in all {
+    for projection in &all {
         let name = projection.name().as_str();
         let partitions = projection.options().partition_count();
         let stored = projection.stored(cx.store).await?;

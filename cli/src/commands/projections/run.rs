@@ -21,11 +21,12 @@ pub(crate) async fn run(
 ) -> CliResult {
     // Listening before anything starts: a stop asked for during the start is not lost.
     let stop = stop_signal()?;
-    let selected = projections.select(names)?;
+    let selected = projections.select(cx.store, names)?;
     if selected.is_empty() {
-        return Err(Failure::usage(
-            "no projection is registered with this CLI: nothing to run",
-        ));
+        return Err(Failure::usage(format!(
+            "no projection for a {} store is registered with this CLI: nothing to run",
+            cx.store.backend.kind()
+        )));
     }
     let mut running: Vec<(Arc<dyn Registered>, Box<dyn Running>)> = Vec::new();
     for projection in selected {
