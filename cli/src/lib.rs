@@ -276,6 +276,7 @@ fn init_logs(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Above the progress bar on screen, if any: a warning is never drawn over.
+        .with_writer(progress::LogWriter::default)
         .try_init();
 }

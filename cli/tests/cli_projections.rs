@@ -211,3 +211,34 @@ async fn a_sled_store_held_by_another_process_is_refused_with_exit_2() {
     );
     held.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_without_yes_says_what_it_would_do_exits_2_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = projected_store(&dir.path().join("store")).await;
+    let (code, _, err) = outcome(&run(
+        &url,
+        &["projections", "reset", "deposits", "--to", "10"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("would move the checkpoints of `deposits`")
+            && err.contains(
+                "partition 0 from 14 back to 10: the 4 events after 10 will be applied again"
+            )
+            && err.contains("--yes"),
+        "{err}"
+    );
+    let (code, _, err) = outcome(&run(
+        &url,
+        &["projections", "reset", "deposits", "--to", "15"],
+    ));
+    assert_eq!(code, 2, "beyond the head: {err}");
+    assert!(err.contains("beyond the end of the log (14)"), "{err}");
+    let list = json_lines(&run(&url, &["--json", "projections", "list"]));
+    assert_eq!(
+        by_projection(&list, "deposits")["checkpoint"],
+        "14",
+        "nothing moved"
+    );
+}

@@ -13,7 +13,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::{
-    lags, CliModel, Lag, ParkedAction, ProjectionOptions, Registered, RunStatus, Running, Stored,
+    lags, CliModel, Lag, ParkedAction, ProjectionOptions, RebuildReport, RebuildSettings,
+    Registered, RunStatus, Running, Stored,
 };
 use crate::failure::{CliResult, Failure};
 use crate::OpenedStore;
@@ -149,6 +150,43 @@ impl<M: CliModel, P: Projection<M>> Registered for Erased<M, P> {
             Ok(done)
         }
         .boxed()
+    }
+
+    fn rebuild<'a>(
+        &'a self,
+        store: &'a OpenedStore,
+        settings: RebuildSettings,
+    ) -> BoxFuture<'a, CliResult<RebuildReport>> {
+        self.rebuild_now(store, settings).boxed()
+    }
+
+    fn reset<'a>(
+        &'a self,
+        store: &'a OpenedStore,
+        to: annals::Position,
+    ) -> BoxFuture<'a, CliResult> {
+        self.reset_now(store, to).boxed()
+    }
+}
+
+impl<M: CliModel, P: Projection<M>> Erased<M, P> {
+    // TEMPORARY until annals_projections::rebuild lands on main.
+    #[allow(clippy::unused_async)]
+    async fn rebuild_now(
+        &self,
+        _store: &OpenedStore,
+        _settings: RebuildSettings,
+    ) -> CliResult<RebuildReport> {
+        Err(Failure::usage(
+            "rebuild: waiting for annals_projections::Rebuild",
+        ))
+    }
+
+    #[allow(clippy::unused_async)]
+    async fn reset_now(&self, _store: &OpenedStore, _to: annals::Position) -> CliResult {
+        Err(Failure::usage(
+            "reset: waiting for annals_projections::reset_checkpoints",
+        ))
     }
 }
 

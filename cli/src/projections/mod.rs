@@ -94,6 +94,41 @@ impl ProjectionOptions {
     }
 }
 
+/// How `projections rebuild` runs a rebuild.
+pub(crate) struct RebuildSettings {
+    /// Go on with an interrupted rebuild.
+    pub(crate) resume: bool,
+    /// Keep the old generation after the swap.
+    pub(crate) keep_old: bool,
+    /// Called with the progress, about four times a second.
+    pub(crate) progress: Arc<dyn Fn(&RebuildProgress) + Send + Sync>,
+    /// Cancels the rebuild (the active generation keeps serving).
+    pub(crate) cancel: tokio_util::sync::CancellationToken,
+}
+
+// TEMPORARY until annals_projections::rebuild lands on main: the contract's types.
+#[allow(dead_code, missing_docs)]
+#[derive(Debug)]
+pub(crate) struct RebuildProgress {
+    pub(crate) projection: ProjectionName,
+    pub(crate) generation: u32,
+    pub(crate) done: u64,
+    pub(crate) total: u64,
+    pub(crate) per_second: f64,
+    pub(crate) eta: Option<std::time::Duration>,
+}
+#[allow(dead_code, missing_docs)]
+#[derive(Debug)]
+pub(crate) struct RebuildReport {
+    pub(crate) projection: ProjectionName,
+    pub(crate) generation: u32,
+    pub(crate) previous: u32,
+    pub(crate) events: u64,
+    pub(crate) swapped_at: Position,
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) kept_old: bool,
+}
+
 /// What to do with a stream's parked events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ParkedAction {
@@ -155,6 +190,15 @@ pub(crate) trait Registered: Send + Sync {
         stream: &'a StreamId,
         action: ParkedAction,
     ) -> BoxFuture<'a, CliResult<usize>>;
+    /// Rebuilds it into a new generation and swaps readers to it.
+    fn rebuild<'a>(
+        &'a self,
+        store: &'a OpenedStore,
+        settings: RebuildSettings,
+    ) -> BoxFuture<'a, CliResult<RebuildReport>>;
+    /// Moves every partition's checkpoint of the active generation to `to`, with the
+    /// projection's partitions held by this process meanwhile.
+    fn reset<'a>(&'a self, store: &'a OpenedStore, to: Position) -> BoxFuture<'a, CliResult>;
 }
 
 /// The registered projections, in registration order.
