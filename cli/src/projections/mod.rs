@@ -3,6 +3,7 @@
 
 mod erased;
 mod model;
+mod running;
 mod stored;
 
 use std::sync::Arc;
@@ -95,6 +96,7 @@ impl ProjectionOptions {
 }
 
 /// How `projections rebuild` runs a rebuild.
+#[allow(dead_code)] // TEMPORARY until the rebuild lands
 pub(crate) struct RebuildSettings {
     /// Go on with an interrupted rebuild.
     pub(crate) resume: bool,
