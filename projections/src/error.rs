@@ -84,6 +84,34 @@ pub enum ProjectionError {
         epoch: u64,
     },
 
+    /// A generation of the projection's read model was swapped out (or its rebuild
+    /// cancelled) while this runner wrote it: nothing of the batch was written.
+    #[error("projection `{projection}`: generation {generation} is no longer current (generation {active} is active): nothing of the batch was written")]
+    Retired {
+        /// The projection.
+        projection: ProjectionName,
+        /// The generation this runner wrote.
+        generation: u32,
+        /// The active generation now.
+        active: u32,
+    },
+
+    /// Another rebuild of the projection is running (it holds the store lease
+    /// `annals-rebuild/<projection>`).
+    #[error("projection `{projection}` is being rebuilt by another job (it holds the lease annals-rebuild/{projection})")]
+    RebuildRunning {
+        /// The projection.
+        projection: ProjectionName,
+    },
+
+    /// The rebuild was cancelled: the generation it built keeps what it committed (resume it),
+    /// the active one is untouched.
+    #[error("the rebuild of projection `{projection}` was cancelled; run it again with resume to continue")]
+    Cancelled {
+        /// The projection.
+        projection: ProjectionName,
+    },
+
     /// The projection stopped with this error earlier (as reported to every waiter).
     #[error("{0}")]
     Stopped(#[source] std::sync::Arc<ProjectionError>),

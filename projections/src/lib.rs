@@ -41,14 +41,15 @@ mod name;
 mod partition;
 mod policy;
 mod projection;
+mod rebuild;
 mod runner;
 mod status;
 mod workers;
 
 pub use error::{HandlerFailure, ProjectionError, Result};
 pub use model::{
-    Batch, CommitError, DeadLetter, DeadLetterKind, Fence, MemoryModel, MemoryTx, PartitionKey,
-    ReadModel,
+    Batch, CommitError, DeadLetter, DeadLetterKind, Fence, Generations, MemoryModel, MemoryTx,
+    PartitionKey, ReadModel, SwapError,
 };
 #[cfg(feature = "postgres")]
 pub use model::{PgModel, PgTx};
@@ -58,6 +59,9 @@ pub use name::ProjectionName;
 pub use partition::partition_of;
 pub use policy::{ErrorPolicy, Retry};
 pub use projection::Projection;
+pub use rebuild::{
+    reset_checkpoints, Rebuild, RebuildProgress, RebuildReport, DEFAULT_CONCURRENT_REBUILDS,
+};
 pub use runner::{ProjectionRunner, RunningProjection};
 pub use status::{PartitionStatus, ProjectionStatus, State};
 pub use workers::{

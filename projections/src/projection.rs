@@ -64,6 +64,38 @@ pub trait Projection<M: ReadModel>: Send + Sync + 'static {
         tx: &mut M::Tx,
         events: &[RecordedEvent],
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Prepares a generation of the read model: creates its tables (on PostgreSQL the batch's
+    /// `search_path` starts with the generation's schema, so unqualified `CREATE TABLE IF NOT
+    /// EXISTS` lands there). Called when a runner starts and when a rebuild begins a
+    /// generation, so it must be idempotent. Nothing by default.
+    fn setup(&self, tx: &mut M::Tx) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = tx;
+        async { Ok(()) }
+    }
+
+    /// Whether the projection has effects outside its read model ([`effects`](Self::effects)).
+    /// `false` by default; when `true`, each batch of a partition also takes that partition's
+    /// effect lock (shared by the projection's generations).
+    fn has_effects(&self) -> bool {
+        false
+    }
+
+    /// Outside effects (mail, HTTP, commands, an outbox row) of `events`, called after
+    /// [`handle`](Self::handle) inside the same batch, with only the events whose effects no
+    /// generation of the projection has done yet: a rebuild never repeats the effects of
+    /// events the live generation handled, and around a swap no event's effect runs twice or
+    /// not at all. Called only when [`has_effects`](Self::has_effects) is `true`. An effect
+    /// that sends something before its batch commits runs again if the batch fails; writing
+    /// an outbox row through `tx` makes it exactly once.
+    fn effects(
+        &self,
+        tx: &mut M::Tx,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = (tx, events);
+        async { Ok(()) }
+    }
 }
 
 /// A shared projection is a projection: the workers run one runner per partition they own, all
@@ -83,5 +115,21 @@ impl<M: ReadModel, P: Projection<M>> Projection<M> for std::sync::Arc<P> {
         events: &[RecordedEvent],
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).handle(tx, events)
+    }
+
+    fn setup(&self, tx: &mut M::Tx) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).setup(tx)
+    }
+
+    fn has_effects(&self) -> bool {
+        (**self).has_effects()
+    }
+
+    fn effects(
+        &self,
+        tx: &mut M::Tx,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).effects(tx, events)
     }
 }

@@ -30,6 +30,8 @@ pub enum State {
 pub struct PartitionStatus {
     /// The partition.
     pub partition: u32,
+    /// The generation of the read model it writes (see [`Generations`](crate::Generations)).
+    pub generation: u32,
     /// Its checkpoint: everything of the partition up to it is committed.
     pub checkpoint: Option<Position>,
     /// Its state.
@@ -56,6 +58,9 @@ pub struct PartitionStatus {
 pub struct ProjectionStatus {
     /// The projection.
     pub name: ProjectionName,
+    /// The generation of the read model its partitions write (the newest, while they move to
+    /// a new one after a swap).
+    pub generation: u32,
     /// The head of the log as last seen by the reader.
     pub head: Option<Position>,
     /// The lowest checkpoint of its partitions.
@@ -93,6 +98,7 @@ struct BoardInner {
 
 #[derive(Debug)]
 struct Slot {
+    generation: u32,
     checkpoint: Option<Position>,
     /// How far the reader has handed this partition the log.
     scanned: Option<Position>,
@@ -109,6 +115,7 @@ impl Board {
     /// A board of the partitions `ids`, with their checkpoints.
     pub(crate) fn new(
         name: ProjectionName,
+        generation: u32,
         ids: &[u32],
         checkpoints: &[Option<Position>],
     ) -> Arc<Self> {
@@ -121,6 +128,7 @@ impl Board {
                 partitions: checkpoints
                     .iter()
                     .map(|&checkpoint| Slot {
+                        generation,
                         checkpoint,
                         scanned: checkpoint,
                         state: State::CatchingUp,
@@ -218,6 +226,23 @@ impl Board {
         })
     }
 
+    /// The partition moved to `generation`, where its checkpoint is `checkpoint` and `parked`
+    /// events are parked.
+    pub(crate) fn moved(
+        &self,
+        partition: u32,
+        generation: u32,
+        checkpoint: Option<Position>,
+        parked: u64,
+    ) {
+        self.slot(partition, |s| {
+            s.generation = generation;
+            s.checkpoint = checkpoint;
+            s.scanned = s.scanned.max(checkpoint);
+            s.parked = parked;
+        });
+    }
+
     pub(crate) fn parked(&self, partition: u32, delta: i64) {
         self.slot(partition, |s| {
             s.parked = s.parked.saturating_add_signed(delta);
@@ -275,6 +300,7 @@ impl Board {
                 .zip(&b.partitions)
                 .map(|(partition, s)| PartitionStatus {
                     partition,
+                    generation: s.generation,
                     checkpoint: s.checkpoint,
                     state: s.state.clone(),
                     pending: s.pending,
@@ -318,6 +344,7 @@ impl Board {
             let state = worst(partitions.iter().map(|p| &p.state));
             ProjectionStatus {
                 name: self.name.clone(),
+                generation: partitions.iter().map(|p| p.generation).max().unwrap_or(1),
                 head: b.head,
                 checkpoint,
                 lag_events,

@@ -242,7 +242,7 @@ async fn parked_events_keep_their_order_across_a_reopen_and_are_retried_in_order
         .await
         .unwrap();
     running.shutdown().await.unwrap();
-    let letters = model.dead_letters(&name).await.unwrap();
+    let letters = model.dead_letters(&name, 1).await.unwrap();
     let versions: Vec<u64> = letters.iter().map(|l| l.event.version.get()).collect();
     assert_eq!(versions, [3, 4, 5, 6]);
     assert!(letters.iter().all(|l| l.kind == DeadLetterKind::Parked));
@@ -258,7 +258,7 @@ async fn parked_events_keep_their_order_across_a_reopen_and_are_retried_in_order
     drop(store);
     let store = open(&path, Durability::Flush).await;
     let model = SledModel::open(&store).await.unwrap();
-    assert_eq!(model.dead_letters(&name).await.unwrap(), letters);
+    assert_eq!(model.dead_letters(&name, 1).await.unwrap(), letters);
 
     healed.store(true, Ordering::Relaxed);
     let running = ProjectionRunner::new(store.clone(), model.clone(), tallies())
@@ -316,7 +316,7 @@ async fn values_of_a_newer_format_are_refused_and_a_store_has_one_open_model() {
         .unwrap()
         .insert(letter.as_slice(), newer.as_slice())
         .unwrap();
-    let found = model.dead_letters(&name).await;
+    let found = model.dead_letters(&name, 1).await;
     assert!(
         matches!(
             &found,

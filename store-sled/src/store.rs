@@ -200,6 +200,40 @@ impl SledEventStore {
         guarded(|| self.inner.db.open_tree(name).map_err(sled_error)).map_err(|e| self.locate(e))
     }
 
+    /// The names of the trees the store lends ([`open_tree`](Self::open_tree)) that start
+    /// with `prefix`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for a prefix of the store's own trees.
+    pub fn tree_names(&self, prefix: &str) -> Result<Vec<String>> {
+        if prefix.starts_with("annals") || prefix.starts_with("__sled__") || prefix.is_empty() {
+            return Err(Error::configuration(
+                "tree",
+                format!("`{prefix}` is not a prefix of the trees the store lends"),
+            ));
+        }
+        Ok(self
+            .inner
+            .db
+            .tree_names()
+            .into_iter()
+            .filter_map(|name| String::from_utf8(name.to_vec()).ok())
+            .filter(|name| name.starts_with(prefix))
+            .collect())
+    }
+
+    /// Drops a tree the store lent ([`open_tree`](Self::open_tree)) with everything in it;
+    /// `false` when there was none of that name.
+    ///
+    /// # Errors
+    ///
+    /// As [`open_tree`](Self::open_tree) for the store's own names; sled's failure.
+    pub fn drop_tree(&self, name: &str) -> Result<bool> {
+        self.open_tree(name)?;
+        guarded(|| self.inner.db.drop_tree(name).map_err(sled_error)).map_err(|e| self.locate(e))
+    }
+
     fn visible(&self) -> u64 {
         self.inner.state.visible()
     }

@@ -1,13 +1,16 @@
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use annals::Position;
+use annals::{Position, Timestamp};
 use dashmap::DashMap;
 use futures::FutureExt;
 
-use super::{Batch, CommitError, DeadLetter, PartitionKey, ReadModel};
-use crate::{Projection, ProjectionName, Result};
+use super::{
+    check_generation, effects_due, Batch, CommitError, DeadLetter, EffectLocks, Generations,
+    PartitionKey, ReadModel, SwapError,
+};
+use crate::{Projection, ProjectionError, ProjectionName, Result};
 
 /// A read model in memory, on [`DashMap`]: for tests, small applications and caches rebuilt at
 /// start. Clones share the same data. Everything is lost with the process, checkpoints too, so
@@ -23,17 +26,32 @@ pub struct MemoryModel<K, V> {
 impl<K: Eq + Hash, V> std::fmt::Debug for MemoryModel<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryModel")
-            .field("keys", &self.inner.data.len())
+            .field("keys", &self.inner.current().len())
             .finish_non_exhaustive()
     }
 }
 
 struct Inner<K, V> {
-    data: DashMap<K, V>,
+    /// The active generation's data, what readers see.
+    current: RwLock<Arc<DashMap<K, V>>>,
+    /// Commits, generations and effect marks, changed one at a time.
+    state: Mutex<State<K, V>>,
     checkpoints: DashMap<PartitionKey, Position>,
-    dead_letters: Mutex<Vec<(ProjectionName, DeadLetter)>>,
-    /// One commit at a time, so a batch's writes land together.
-    commit: Mutex<()>,
+    /// The effect locks of projections with effects.
+    effect_locks: EffectLocks,
+}
+
+struct State<K, V> {
+    /// Each generation's data (generation 1 is there from the start).
+    maps: HashMap<u32, Arc<DashMap<K, V>>>,
+    /// The generations of the projections that have been rebuilt.
+    generations: HashMap<ProjectionName, Generations>,
+    /// The last generation number used.
+    last: u32,
+    /// Dead letters: projection, generation, letter.
+    dead_letters: Vec<(ProjectionName, u32, DeadLetter)>,
+    /// Effect marks, by projection and partition.
+    effects: HashMap<(ProjectionName, u32), Position>,
 }
 
 impl<K, V> Clone for MemoryModel<K, V> {
@@ -46,14 +64,34 @@ impl<K, V> Clone for MemoryModel<K, V> {
 
 impl<K: Eq + Hash, V> Default for MemoryModel<K, V> {
     fn default() -> Self {
+        let first = Arc::new(DashMap::new());
         MemoryModel {
             inner: Arc::new(Inner {
-                data: DashMap::new(),
+                current: RwLock::new(first.clone()),
+                state: Mutex::new(State {
+                    maps: HashMap::from([(1, first)]),
+                    generations: HashMap::new(),
+                    last: 1,
+                    dead_letters: Vec::new(),
+                    effects: HashMap::new(),
+                }),
                 checkpoints: DashMap::new(),
-                dead_letters: Mutex::new(Vec::new()),
-                commit: Mutex::new(()),
+                effect_locks: EffectLocks::default(),
             }),
         }
+    }
+}
+
+impl<K, V> Inner<K, V> {
+    fn current(&self) -> Arc<DashMap<K, V>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State<K, V>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -67,25 +105,26 @@ where
         MemoryModel::default()
     }
 
-    /// The value of `key`, as of the last committed batch.
+    /// The value of `key` in the active generation, as of the last committed batch.
     pub fn get(&self, key: &K) -> Option<V> {
-        self.inner.data.get(key).map(|v| v.value().clone())
+        self.inner.current().get(key).map(|v| v.value().clone())
     }
 
-    /// The number of keys.
+    /// The number of keys of the active generation.
     pub fn len(&self) -> usize {
-        self.inner.data.len()
+        self.inner.current().len()
     }
 
-    /// Whether the model holds nothing.
+    /// Whether the active generation holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.inner.data.is_empty()
+        self.inner.current().is_empty()
     }
 
-    /// A copy of every key and value.
+    /// A copy of every key and value of the active generation (one generation, whole, also
+    /// across a swap).
     pub fn to_map(&self) -> HashMap<K, V> {
         self.inner
-            .data
+            .current()
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()
@@ -94,7 +133,8 @@ where
 
 /// The writes of one batch into a [`MemoryModel`]: reads see the batch's own writes first.
 pub struct MemoryTx<K, V> {
-    inner: Arc<Inner<K, V>>,
+    /// The batch's generation's data.
+    data: Arc<DashMap<K, V>>,
     writes: HashMap<K, Option<V>>,
 }
 
@@ -115,7 +155,7 @@ where
     pub fn get(&self, key: &K) -> Option<V> {
         match self.writes.get(key) {
             Some(written) => written.clone(),
-            None => self.inner.data.get(key).map(|v| v.value().clone()),
+            None => self.data.get(key).map(|v| v.value().clone()),
         }
     }
 
@@ -146,16 +186,44 @@ where
         projection: &P,
         batch: Batch<'_>,
     ) -> Result<(), CommitError> {
+        let effects = projection.has_effects();
+        let _effect_lock = match effects {
+            true => Some(self.inner.effect_locks.lock(batch.key).await),
+            false => None,
+        };
+        let data = {
+            let state = self.inner.state();
+            check_generation(&batch, &state.generations_of(&batch.key.projection))?;
+            state.maps.get(&batch.key.generation).cloned()
+        };
+        let Some(data) = data else {
+            return Err(CommitError::Retired {
+                active: self
+                    .inner
+                    .state()
+                    .generations_of(&batch.key.projection)
+                    .active,
+            });
+        };
         let mut tx = MemoryTx {
-            inner: self.inner.clone(),
+            data,
             writes: HashMap::new(),
+        };
+        let mark = (batch.key.projection.clone(), batch.key.partition);
+        let due = match effects {
+            true => effects_due(&batch, self.inner.state().effects.get(&mark).copied()),
+            false => Vec::new(),
         };
         if !batch.handle.is_empty() {
             // A panicking handler is a failed handler; its writes were only buffered.
-            let handled = std::panic::AssertUnwindSafe(projection.handle(&mut tx, batch.handle))
-                .catch_unwind()
-                .await;
-            match handled {
+            let handled = async {
+                projection.handle(&mut tx, batch.handle).await?;
+                if !due.is_empty() {
+                    projection.effects(&mut tx, &due).await?;
+                }
+                Ok::<(), annals::BoxError>(())
+            };
+            match std::panic::AssertUnwindSafe(handled).catch_unwind().await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(CommitError::Handler(e)),
                 Err(panic) => {
@@ -163,36 +231,32 @@ where
                 }
             }
         }
-        let _one_at_a_time = self
-            .inner
-            .commit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.inner.state();
+        // Checked again under the lock the swap takes: nothing lands in a retired generation.
+        check_generation(&batch, &state.generations_of(&batch.key.projection))?;
         for (key, value) in tx.writes {
             match value {
                 Some(value) => {
-                    self.inner.data.insert(key, value);
+                    tx.data.insert(key, value);
                 }
                 None => {
-                    self.inner.data.remove(&key);
+                    tx.data.remove(&key);
                 }
             }
         }
-        {
-            let mut letters = self
-                .inner
+        let (name, generation) = (&batch.key.projection, batch.key.generation);
+        state.dead_letters.retain(|(n, g, letter)| {
+            !(n == name && *g == generation && batch.release.contains(&letter.event.id))
+        });
+        state.dead_letters.extend(
+            batch
                 .dead_letters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            letters.retain(|(name, letter)| {
-                !(name == &batch.key.projection && batch.release.contains(&letter.event.id))
-            });
-            letters.extend(
-                batch
-                    .dead_letters
-                    .iter()
-                    .map(|l| (batch.key.projection.clone(), l.clone())),
-            );
+                .iter()
+                .map(|l| (name.clone(), generation, l.clone())),
+        );
+        if let Some(last) = due.last() {
+            let slot = state.effects.entry(mark).or_insert(last.position);
+            *slot = (*slot).max(last.position);
         }
         self.inner
             .checkpoints
@@ -200,19 +264,168 @@ where
         Ok(())
     }
 
-    async fn dead_letters(&self, projection: &ProjectionName) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+    ) -> Result<Vec<DeadLetter>> {
         Ok(self
             .inner
+            .state()
             .dead_letters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|(name, _)| name == projection)
-            .map(|(_, l)| l.clone())
+            .filter(|(name, g, _)| name == projection && *g == generation)
+            .map(|(_, _, l)| l.clone())
             .collect())
     }
 
     async fn flush(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn generations(&self, projection: &ProjectionName) -> Result<Generations> {
+        Ok(self.inner.state().generations_of(projection))
+    }
+
+    async fn prepare<P: Projection<Self>>(&self, projection: &P, generation: u32) -> Result<()> {
+        let data = self.inner.state().maps.get(&generation).cloned();
+        let mut tx = MemoryTx {
+            data: data.unwrap_or_default(),
+            writes: HashMap::new(),
+        };
+        projection
+            .setup(&mut tx)
+            .await
+            .map_err(|e| annals::Error::backend("projections", e))?;
+        Ok(())
+    }
+
+    async fn begin_generation(&self, projection: &ProjectionName, resume: bool) -> Result<u32> {
+        let mut state = self.inner.state();
+        // The map is the model's: generations of one projection only.
+        if let Some(other) = self
+            .inner
+            .checkpoints
+            .iter()
+            .map(|e| e.key().projection.clone())
+            .find(|p| p != projection)
+        {
+            return Err(ProjectionError::Configuration {
+                projection: projection.clone(),
+                setting: "rebuild",
+                reason: format!(
+                    "this MemoryModel also holds projection `{other}`: a MemoryModel rebuilt by \
+                     generation holds one projection"
+                ),
+            });
+        }
+        let mut generations = state.generations_of(projection);
+        if let Some(building) = generations.building {
+            if resume {
+                return Ok(building);
+            }
+            state.forget(projection, building, &self.inner.checkpoints);
+        }
+        state.last += 1;
+        let generation = state.last;
+        state.maps.insert(generation, Arc::new(DashMap::new()));
+        generations.building = Some(generation);
+        state.generations.insert(projection.clone(), generations);
+        Ok(generation)
+    }
+
+    async fn swap(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+        at: Position,
+        keep_old: bool,
+    ) -> Result<Generations, SwapError> {
+        let mut state = self.inner.state();
+        let mut generations = state.generations_of(projection);
+        if generations.building != Some(generation) {
+            return Err(SwapError::NotBuilding { generations });
+        }
+        let old = generations.active;
+        for partition in 0..partitions {
+            let of = |g| {
+                self.inner
+                    .checkpoints
+                    .get(&PartitionKey::in_generation(
+                        projection.clone(),
+                        g,
+                        partition,
+                    ))
+                    .map(|p| *p)
+            };
+            let (new, active) = (of(generation), of(old));
+            if new < active {
+                return Err(SwapError::Behind {
+                    partition,
+                    new,
+                    active,
+                });
+            }
+        }
+        let Some(data) = state.maps.get(&generation).cloned() else {
+            return Err(SwapError::NotBuilding { generations });
+        };
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = data;
+        generations.active = generation;
+        generations.building = None;
+        generations.swapped_at = Some(at);
+        generations.swapped_time = Some(Timestamp::now());
+        if keep_old {
+            generations.kept.push(old);
+        } else {
+            state.forget(projection, old, &self.inner.checkpoints);
+        }
+        state
+            .generations
+            .insert(projection.clone(), generations.clone());
+        Ok(generations)
+    }
+
+    async fn drop_generation(&self, projection: &ProjectionName, generation: u32) -> Result<()> {
+        let mut state = self.inner.state();
+        let mut generations = state.generations_of(projection);
+        if generation == generations.active || Some(generation) == generations.building {
+            return Err(ProjectionError::Configuration {
+                projection: projection.clone(),
+                setting: "drop_generation",
+                reason: format!("generation {generation} is active or being built"),
+            });
+        }
+        state.forget(projection, generation, &self.inner.checkpoints);
+        generations.kept.retain(|g| *g != generation);
+        state.generations.insert(projection.clone(), generations);
+        Ok(())
+    }
+}
+
+impl<K, V> State<K, V> {
+    fn generations_of(&self, projection: &ProjectionName) -> Generations {
+        self.generations
+            .get(projection)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Drops a generation's data, checkpoints and dead letters.
+    fn forget(
+        &mut self,
+        projection: &ProjectionName,
+        generation: u32,
+        checkpoints: &DashMap<PartitionKey, Position>,
+    ) {
+        self.maps.remove(&generation);
+        checkpoints.retain(|k, _| !(&k.projection == projection && k.generation == generation));
+        self.dead_letters
+            .retain(|(n, g, _)| !(n == projection && *g == generation));
     }
 }

@@ -3,6 +3,8 @@
 
 mod memory;
 #[cfg(feature = "postgres")]
+mod pg_generations;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sled")]
 mod sled_model;
@@ -19,23 +21,106 @@ pub use postgres::{PgModel, PgTx};
 #[cfg(feature = "sled")]
 pub use sled_model::{SledModel, SledModelBuilder, SledTx};
 
-/// Which partition of which projection a checkpoint, a batch or a dead letter belongs to.
+/// Which partition of which generation of which projection a checkpoint, a batch or a dead
+/// letter belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartitionKey {
     /// The projection.
     pub projection: ProjectionName,
+    /// The generation of its read model (1 until it is first rebuilt; see [`Generations`]).
+    pub generation: u32,
     /// The partition (see [`partition_of`](crate::partition_of)).
     pub partition: u32,
 }
 
 impl PartitionKey {
-    /// The partition `partition` of `projection`.
+    /// The partition `partition` of `projection`'s first generation.
     pub fn new(projection: ProjectionName, partition: u32) -> Self {
+        PartitionKey::in_generation(projection, 1, partition)
+    }
+
+    /// The partition `partition` of generation `generation` of `projection`.
+    pub fn in_generation(projection: ProjectionName, generation: u32, partition: u32) -> Self {
         PartitionKey {
             projection,
+            generation,
             partition,
         }
     }
+
+    /// The name a model stores the generation's checkpoints and dead letters under: the
+    /// projection's name for generation 1 (as before generations existed), the name, a unit
+    /// separator (a control character, which no projection name holds) and the generation for
+    /// the others.
+    pub fn stored_name(&self) -> std::borrow::Cow<'_, str> {
+        stored_name(&self.projection, self.generation)
+    }
+}
+
+/// See [`PartitionKey::stored_name`].
+pub(crate) fn stored_name(
+    projection: &ProjectionName,
+    generation: u32,
+) -> std::borrow::Cow<'_, str> {
+    if generation <= 1 {
+        std::borrow::Cow::Borrowed(projection.as_str())
+    } else {
+        std::borrow::Cow::Owned(format!("{projection}\u{1f}{generation}"))
+    }
+}
+
+/// The generations of a projection's read model: the one readers see, and the one a rebuild
+/// is building beside it.
+///
+/// A rebuild ([`Rebuild`](crate::Rebuild)) builds generation `active + 1` in its own space
+/// (sled trees, a PostgreSQL schema, a map) while the active one keeps serving reads and
+/// following the log; once it has caught up, one atomic step makes it the active one
+/// ([`ReadModel::swap`]), and runners of the old one move to it at their next batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generations {
+    /// The generation readers see and live runners write (1 for a projection never rebuilt).
+    pub active: u32,
+    /// The generation a rebuild is building (an interrupted rebuild leaves it, to resume).
+    pub building: Option<u32>,
+    /// Where in the log the last swap happened: the new generation had everything up to here.
+    pub swapped_at: Option<Position>,
+    /// When the last swap happened.
+    pub swapped_time: Option<Timestamp>,
+    /// Old generations kept after a swap (see [`Rebuild::keep_old`](crate::Rebuild::keep_old)).
+    pub kept: Vec<u32>,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations {
+            active: 1,
+            building: None,
+            swapped_at: None,
+            swapped_time: None,
+            kept: Vec::new(),
+        }
+    }
+}
+
+/// Why [`ReadModel::swap`] did not swap.
+#[derive(Debug)]
+pub enum SwapError {
+    /// The generation is not the one being built (the rebuild was cancelled or replaced).
+    NotBuilding {
+        /// What the model holds now.
+        generations: Generations,
+    },
+    /// A partition of the new generation is behind the active one's: it must catch up first.
+    Behind {
+        /// The partition.
+        partition: u32,
+        /// The new generation's checkpoint there.
+        new: Option<Position>,
+        /// The active generation's checkpoint there.
+        active: Option<Position>,
+    },
+    /// The backend failed.
+    Backend(annals::Error),
 }
 
 /// Why an event is on the dead-letter list.
@@ -82,6 +167,9 @@ pub struct Batch<'a> {
     /// model that many processes write checks inside its transaction that the lease is still
     /// in this epoch, and commits nothing otherwise ([`CommitError::Fenced`]).
     pub fence: Option<&'a Fence>,
+    /// The batch belongs to a rebuild: its generation must be the one being built (not the
+    /// active one), and it commits nothing otherwise ([`CommitError::Retired`]).
+    pub rebuilding: bool,
 }
 
 /// A partition's ownership: the lease it is held under and the lease's epoch (see
@@ -104,6 +192,13 @@ pub enum CommitError {
     /// The batch's [`Fence`] no longer holds: another owner has the partition. Nothing was
     /// written, and this owner must stop.
     Fenced,
+    /// The batch's generation is no longer the one it was written for: a swap made another
+    /// generation active (or a rebuild was cancelled). Nothing was written; the runner moves
+    /// to `active`.
+    Retired {
+        /// The active generation now.
+        active: u32,
+    },
 }
 
 /// Where projections write: their data, and for each partition its checkpoint and dead
@@ -131,12 +226,109 @@ pub trait ReadModel: Send + Sync + Sized + 'static {
         batch: Batch<'_>,
     ) -> impl Future<Output = Result<(), CommitError>> + Send;
 
-    /// The dead letters of `projection`, in the order they were set aside.
+    /// The dead letters of `generation` of `projection`, in the order they were set aside.
     fn dead_letters(
         &self,
         projection: &ProjectionName,
+        generation: u32,
     ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
 
     /// Makes what was committed durable (a buffered backend flushes); called at shutdown.
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// The generations of `projection` (generation 1 active and nothing building for one never
+    /// rebuilt).
+    fn generations(
+        &self,
+        projection: &ProjectionName,
+    ) -> impl Future<Output = Result<Generations>> + Send;
+
+    /// Runs `projection`'s [`setup`](Projection::setup) in `generation`'s space (creating its
+    /// tables), in one transaction.
+    fn prepare<P: Projection<Self>>(
+        &self,
+        projection: &P,
+        generation: u32,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Starts building a new generation of `projection` beside the active one, and returns it:
+    /// with `resume`, the one an interrupted rebuild left is kept (with its checkpoints) and
+    /// returned; otherwise it is dropped and a new one begun (numbered after every generation
+    /// used so far). The new generation's space is empty.
+    fn begin_generation(
+        &self,
+        projection: &ProjectionName,
+        resume: bool,
+    ) -> impl Future<Output = Result<u32>> + Send;
+
+    /// Makes `generation` (the one being built) the active one, in one atomic step recorded
+    /// with `at`, once each of its `partitions` checkpoints is at or past the active
+    /// generation's; the old generation is dropped, or kept with `keep_old`.
+    fn swap(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+        at: Position,
+        keep_old: bool,
+    ) -> impl Future<Output = Result<Generations, SwapError>> + Send;
+
+    /// Drops generation `generation` of `projection` (neither active nor building): its data,
+    /// checkpoints and dead letters. A building one is dropped by cancelling its rebuild.
+    fn drop_generation(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The events of a batch whose effects are due: those past the partition's effect mark (no
+/// generation did them yet), and those retried from the dead letters (never handled).
+pub(crate) fn effects_due(batch: &Batch<'_>, mark: Option<Position>) -> Vec<RecordedEvent> {
+    batch
+        .handle
+        .iter()
+        .filter(|e| Some(e.position) > mark || batch.release.contains(&e.id))
+        .cloned()
+        .collect()
+}
+
+/// Whether `batch` may commit into its generation given `generations`: a live batch into the
+/// active one, a rebuild's into the one being built.
+pub(crate) fn check_generation(
+    batch: &Batch<'_>,
+    generations: &Generations,
+) -> Result<(), CommitError> {
+    let allowed = if batch.rebuilding {
+        generations.building == Some(batch.key.generation)
+    } else {
+        generations.active == batch.key.generation
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(CommitError::Retired {
+            active: generations.active,
+        })
+    }
+}
+
+/// The in-process locks that keep two generations of a projection from doing one event's
+/// effects twice: a batch of a projection with effects holds its partition's lock from reading
+/// the effect mark to committing the new one.
+#[derive(Debug, Default)]
+pub(crate) struct EffectLocks(
+    dashmap::DashMap<(ProjectionName, u32), std::sync::Arc<tokio::sync::Mutex<()>>>,
+);
+
+impl EffectLocks {
+    /// Takes the lock of `key`'s projection and partition (any generation).
+    pub(crate) async fn lock(&self, key: &PartitionKey) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .0
+            .entry((key.projection.clone(), key.partition))
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
 }

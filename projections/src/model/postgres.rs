@@ -5,7 +5,10 @@ use annals::{Position, RecordedEvent, Timestamp};
 use annals_postgres::PgEventStore;
 use deadpool_postgres::{Object, Pool};
 
-use super::{Batch, CommitError, DeadLetter, DeadLetterKind, Fence, PartitionKey, ReadModel};
+use super::{
+    Batch, CommitError, DeadLetter, DeadLetterKind, Fence, Generations, PartitionKey, ReadModel,
+    SwapError,
+};
 use crate::{Projection, ProjectionError, ProjectionName, Result};
 
 /// The format of the rows this build writes; a newer one is refused, never misread.
@@ -20,7 +23,7 @@ const FORMAT: i32 = 1;
 #[derive(Clone, Debug)]
 pub struct PgModel {
     pool: Pool,
-    schema: String,
+    pub(super) schema: String,
     /// For the fence checks of batches owned under a lease.
     store: PgEventStore,
 }
@@ -47,16 +50,16 @@ impl PgTx {
     }
 }
 
-fn backend(e: tokio_postgres::Error) -> annals::Error {
+pub(super) fn backend(e: tokio_postgres::Error) -> annals::Error {
     annals::Error::backend("postgres", e)
 }
 
-fn to_i64(n: u64, what: &str) -> std::result::Result<i64, annals::Error> {
+pub(super) fn to_i64(n: u64, what: &str) -> std::result::Result<i64, annals::Error> {
     i64::try_from(n)
         .map_err(|_| annals::Error::backend("postgres", format!("{what} {n} is beyond bigint")))
 }
 
-fn to_u64(n: i64, what: &str) -> std::result::Result<u64, annals::Error> {
+pub(super) fn to_u64(n: i64, what: &str) -> std::result::Result<u64, annals::Error> {
     u64::try_from(n).map_err(|_| {
         annals::Error::corrupt(
             annals::RecordPlace::new(),
@@ -103,7 +106,22 @@ impl PgModel {
                      at_micros bigint NOT NULL,
                      event jsonb NOT NULL,
                      format integer NOT NULL,
-                     PRIMARY KEY (projection, event_id));"
+                     PRIMARY KEY (projection, event_id));
+                 CREATE TABLE IF NOT EXISTS \"{s}\".projection_generations (
+                     projection text PRIMARY KEY,
+                     active integer NOT NULL,
+                     building integer,
+                     last_generation integer NOT NULL,
+                     swapped_commit bigint,
+                     swapped_prepare bigint,
+                     swapped_micros bigint,
+                     kept integer[] NOT NULL);
+                 CREATE TABLE IF NOT EXISTS \"{s}\".projection_effects (
+                     projection text NOT NULL,
+                     partition integer NOT NULL,
+                     commit_part bigint NOT NULL,
+                     prepare_part bigint NOT NULL,
+                     PRIMARY KEY (projection, partition));"
             ))
             .await
             .map_err(backend)?;
@@ -115,7 +133,7 @@ impl PgModel {
         &self.pool
     }
 
-    async fn client(&self) -> std::result::Result<Object, annals::Error> {
+    pub(super) async fn client(&self) -> std::result::Result<Object, annals::Error> {
         self.pool
             .get()
             .await
@@ -131,7 +149,8 @@ impl PgModel {
         batch: &Batch<'_>,
     ) -> std::result::Result<(), annals::Error> {
         let s = &self.schema;
-        let name = batch.key.projection.as_str();
+        let stored = batch.key.stored_name();
+        let name: &str = &stored;
         let partition = i32::try_from(batch.key.partition)
             .map_err(|_| annals::Error::backend("postgres", "partition beyond integer"))?;
         if !batch.release.is_empty() {
@@ -208,7 +227,7 @@ impl ReadModel for PgModel {
                      WHERE projection = $1 AND partition = $2",
                     self.schema
                 ),
-                &[&key.projection.as_str(), &partition],
+                &[&key.stored_name().as_ref(), &partition],
             )
             .await
             .map_err(backend)?;
@@ -239,25 +258,61 @@ impl ReadModel for PgModel {
         // Owned under a lease: a worker paused inside the transaction (holding the lease's row
         // after its fence check) is ended by the server after the lease's time to live, so
         // the takeover is never held up for longer.
-        let begin = match batch.fence {
+        let mut begin = match batch.fence {
             Some(_) => format!(
                 "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
                 self.store.lease_ttl().as_millis().max(1)
             ),
             None => "BEGIN".to_owned(),
         };
+        if batch.key.generation >= 2 {
+            begin.push_str(&self.search_path(&batch.key.projection, batch.key.generation));
+        }
         client
             .batch_execute(&begin)
             .await
             .map_err(|e| CommitError::Backend(backend(e)))?;
+        // A retired generation's schema may be gone: its handler is not run (checked again
+        // before the commit, after the checkpoint's row is locked).
+        match self
+            .generation_allows(&client, batch.key, batch.rebuilding)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(active)) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(CommitError::Retired { active });
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(CommitError::Backend(e));
+            }
+        }
         let mut tx = PgTx {
             client,
             fence: batch.fence.cloned(),
         };
+        // A projection with effects: its partition's effect mark, locked until the commit, so
+        // two generations never do one event's effects twice.
+        let due = if projection.has_effects() {
+            match self.effect_mark(&tx.client, batch.key).await {
+                Ok(mark) => super::effects_due(&batch, mark),
+                Err(e) => {
+                    let _ = tx.client.batch_execute("ROLLBACK").await;
+                    return Err(CommitError::Backend(e));
+                }
+            }
+        } else {
+            Vec::new()
+        };
         if !batch.handle.is_empty() {
-            let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                projection.handle(&mut tx, batch.handle),
-            ))
+            let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+                projection.handle(&mut tx, batch.handle).await?;
+                if !due.is_empty() {
+                    projection.effects(&mut tx, &due).await?;
+                }
+                Ok::<(), annals::BoxError>(())
+            }))
             .await;
             let failed = match handled {
                 Ok(Ok(())) => None,
@@ -290,19 +345,49 @@ impl ReadModel for PgModel {
                 }
             }
         }
-        let written = match self.write_runtime_rows(&tx.client, &batch).await {
-            Ok(()) => tx.client.batch_execute("COMMIT").await.map_err(backend),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
+        if let Err(e) = self.write_runtime_rows(&tx.client, &batch).await {
             let _ = tx.client.batch_execute("ROLLBACK").await;
             return Err(CommitError::Backend(e));
+        }
+        if let Some(last) = due.last() {
+            if let Err(e) = self
+                .set_effect_mark(&tx.client, batch.key, last.position)
+                .await
+            {
+                let _ = tx.client.batch_execute("ROLLBACK").await;
+                return Err(CommitError::Backend(e));
+            }
+        }
+        // After the checkpoint's row is locked: a swap that locked it first has committed, and
+        // a retired generation commits nothing.
+        match self
+            .generation_allows(&tx.client, batch.key, batch.rebuilding)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(active)) => {
+                let _ = tx.client.batch_execute("ROLLBACK").await;
+                return Err(CommitError::Retired { active });
+            }
+            Err(e) => {
+                let _ = tx.client.batch_execute("ROLLBACK").await;
+                return Err(CommitError::Backend(e));
+            }
+        }
+        if let Err(e) = tx.client.batch_execute("COMMIT").await {
+            let _ = tx.client.batch_execute("ROLLBACK").await;
+            return Err(CommitError::Backend(backend(e)));
         }
         Ok(())
     }
 
-    async fn dead_letters(&self, projection: &ProjectionName) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+    ) -> Result<Vec<DeadLetter>> {
         let client = self.client().await?;
+        let stored = super::stored_name(projection, generation);
         let rows = client
             .query(
                 &format!(
@@ -310,7 +395,7 @@ impl ReadModel for PgModel {
                      FROM \"{}\".projection_dead_letters WHERE projection = $1 ORDER BY seq",
                     self.schema
                 ),
-                &[&projection.as_str()],
+                &[&stored.as_ref()],
             )
             .await
             .map_err(backend)?;
@@ -350,6 +435,142 @@ impl ReadModel for PgModel {
     }
 
     async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn generations(&self, projection: &ProjectionName) -> Result<Generations> {
+        self.generations_of(projection).await
+    }
+
+    async fn prepare<P: Projection<Self>>(&self, projection: &P, generation: u32) -> Result<()> {
+        let client = self.client().await?;
+        let mut begin = "BEGIN".to_owned();
+        if generation >= 2 {
+            let schema =
+                super::pg_generations::schema_name(&self.schema, projection.name(), generation);
+            begin = format!("BEGIN; CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+            begin.push_str(&self.search_path(projection.name(), generation));
+        }
+        client.batch_execute(&begin).await.map_err(backend)?;
+        let mut tx = PgTx {
+            client,
+            fence: None,
+        };
+        let set_up = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            projection.setup(&mut tx),
+        ))
+        .await;
+        let failed = match set_up {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => Some(crate::panic_message(&*panic)),
+        };
+        if let Some(reason) = failed {
+            let _ = tx.client.batch_execute("ROLLBACK").await;
+            return Err(ProjectionError::Configuration {
+                projection: projection.name().clone(),
+                setting: "setup",
+                reason,
+            });
+        }
+        tx.client.batch_execute("COMMIT").await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn begin_generation(&self, projection: &ProjectionName, resume: bool) -> Result<u32> {
+        self.begin(projection, resume).await
+    }
+
+    async fn swap(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+        at: Position,
+        keep_old: bool,
+    ) -> Result<Generations, SwapError> {
+        self.swap_in(projection, generation, partitions, at, keep_old)
+            .await
+    }
+
+    async fn drop_generation(&self, projection: &ProjectionName, generation: u32) -> Result<()> {
+        self.drop_old(projection, generation).await
+    }
+}
+
+impl PgModel {
+    /// `; SET LOCAL search_path …` putting generation `generation`'s schema first.
+    fn search_path(&self, projection: &ProjectionName, generation: u32) -> String {
+        let schema = super::pg_generations::schema_name(&self.schema, projection, generation);
+        format!(
+            "; SET LOCAL search_path TO \"{schema}\", \"{}\"",
+            self.schema
+        )
+    }
+
+    /// The effect mark of `key`'s partition, its row locked until the transaction ends.
+    async fn effect_mark(
+        &self,
+        client: &tokio_postgres::Client,
+        key: &PartitionKey,
+    ) -> std::result::Result<Option<Position>, annals::Error> {
+        let s = &self.schema;
+        let partition = i32::try_from(key.partition).unwrap_or(i32::MAX);
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{s}\".projection_effects (projection, partition, commit_part, prepare_part)
+                     VALUES ($1, $2, -1, -1) ON CONFLICT DO NOTHING"
+                ),
+                &[&key.projection.as_str(), &partition],
+            )
+            .await
+            .map_err(backend)?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT commit_part, prepare_part FROM \"{s}\".projection_effects
+                     WHERE projection = $1 AND partition = $2 FOR UPDATE"
+                ),
+                &[&key.projection.as_str(), &partition],
+            )
+            .await
+            .map_err(backend)?;
+        let commit: i64 = row.try_get(0).map_err(backend)?;
+        let prepare: i64 = row.try_get(1).map_err(backend)?;
+        if commit < 0 {
+            return Ok(None);
+        }
+        Ok(Some(Position::new(
+            to_u64(commit, "effect mark")?,
+            to_u64(prepare, "effect mark")?,
+        )))
+    }
+
+    async fn set_effect_mark(
+        &self,
+        client: &tokio_postgres::Client,
+        key: &PartitionKey,
+        mark: Position,
+    ) -> std::result::Result<(), annals::Error> {
+        let partition = i32::try_from(key.partition).unwrap_or(i32::MAX);
+        client
+            .execute(
+                &format!(
+                    "UPDATE \"{}\".projection_effects SET commit_part = GREATEST(commit_part, $3),
+                         prepare_part = CASE WHEN commit_part < $3 THEN $4 ELSE prepare_part END
+                     WHERE projection = $1 AND partition = $2",
+                    self.schema
+                ),
+                &[
+                    &key.projection.as_str(),
+                    &partition,
+                    &to_i64(mark.commit(), "a position")?,
+                    &to_i64(mark.prepare(), "a position")?,
+                ],
+            )
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 }

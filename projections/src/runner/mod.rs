@@ -29,6 +29,10 @@ pub(crate) struct Settings {
     pub(crate) idle_checkpoint: Duration,
     /// Run only this partition (of `partitions`), owned under this fence (workers).
     pub(crate) only: Option<(u32, Option<Fence>)>,
+    /// Write this generation (a rebuild's) instead of the active one.
+    pub(crate) generation: Option<u32>,
+    /// The runner is a rebuild's: its batches are fenced by the generation being built.
+    pub(crate) rebuilding: bool,
 }
 
 /// Runs a projection: catches up from its checkpoints, then follows the log live.
@@ -106,6 +110,8 @@ where
                 stall_after: Duration::from_secs(30),
                 idle_checkpoint: Duration::from_secs(1),
                 only: None,
+                generation: None,
+                rebuilding: false,
             },
         }
     }
@@ -158,6 +164,16 @@ where
         self
     }
 
+    /// Makes the runner a rebuild's: it writes `generation` (the one being built), its batches
+    /// fenced by it, and commits idle partitions' checkpoints quickly (the swap waits for them).
+    #[must_use]
+    pub(crate) fn rebuilding(mut self, generation: u32) -> Self {
+        self.settings.generation = Some(generation);
+        self.settings.rebuilding = true;
+        self.settings.idle_checkpoint = Duration::from_millis(20);
+        self
+    }
+
     /// Runs only `partition` of the projection's partitions, its commits fenced by `fence`
     /// (the workers across processes run one runner per partition they own).
     #[must_use]
@@ -194,9 +210,14 @@ where
             None => (0..settings.partitions).collect(),
         };
         let fence = settings.only.as_ref().and_then(|(_, fence)| fence.clone());
+        let generation = match settings.generation {
+            Some(generation) => generation,
+            None => self.model.generations(&name).await?.active,
+        };
+        self.model.prepare(&self.projection, generation).await?;
         let mut checkpoints = Vec::new();
         for &partition in &ids {
-            let key = PartitionKey::new(name.clone(), partition);
+            let key = PartitionKey::in_generation(name.clone(), generation, partition);
             checkpoints.push(self.model.checkpoint(&key).await?);
         }
         // A read model ahead of the log (a backup of it newer than the events', a power loss
@@ -214,8 +235,8 @@ where
                 }
             }
         }
-        let dead = self.model.dead_letters(&name).await?;
-        let board = Board::new(name.clone(), &ids, &checkpoints);
+        let dead = self.model.dead_letters(&name, generation).await?;
+        let board = Board::new(name.clone(), generation, &ids, &checkpoints);
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let failure = Arc::new(Mutex::new(None));
@@ -229,7 +250,7 @@ where
             let (tx, rx) = mpsc::channel(4);
             senders.push(tx);
             let task = partition::PartitionTask {
-                key: PartitionKey::new(name.clone(), partition),
+                key: PartitionKey::in_generation(name.clone(), generation, partition),
                 model: self.model.clone(),
                 projection: projection.clone(),
                 settings: settings.clone(),
@@ -375,13 +396,15 @@ impl<M: ReadModel> RunningProjection<M> {
             .map(ProjectionError::Stopped)
     }
 
-    /// The projection's dead letters: parked and skipped events, in the order set aside.
+    /// The projection's dead letters (of the generation it writes): parked and skipped
+    /// events, in the order set aside.
     ///
     /// # Errors
     ///
     /// The read model's failure.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        self.model.dead_letters(&self.name).await
+        let generation = self.board.snapshot().generation;
+        self.model.dead_letters(&self.name, generation).await
     }
 
     /// Applies the parked events of `stream` again, in order, in one transaction; on success

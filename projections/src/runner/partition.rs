@@ -69,6 +69,9 @@ enum Failed {
     Cancelled,
     /// Another owner has the partition: nothing was committed.
     Fenced,
+    /// The batch's generation was swapped out (or its rebuild cancelled): nothing was
+    /// committed; this generation is active now.
+    Retired(u32),
 }
 
 impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
@@ -213,46 +216,132 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
     /// ends the partition: `Some` error for the stop policy, `None` on shutdown.
     async fn commit_events(
         &mut self,
-        events: Vec<RecordedEvent>,
-        scanned: Option<Position>,
+        mut events: Vec<RecordedEvent>,
+        mut scanned: Option<Position>,
         parked: &mut HashMap<StreamId, EventId>,
     ) -> std::result::Result<(), Option<ProjectionError>> {
-        let through = events.last().map(|e| e.position).max(scanned);
-        let Some(through) = through else {
-            return Ok(());
-        };
-        // Without parked streams every event is handled: no copy of the batch.
-        let split_events;
-        let (handle, dead): (&[RecordedEvent], &[DeadLetter]) = if parked.is_empty() {
-            (&events, &[])
-        } else {
-            split_events = split(&events, parked, self.key.partition);
-            (&split_events.0, &split_events.1)
-        };
-        match self.commit(handle, dead, &[], through).await {
-            Ok(()) => {
-                self.mark_parked(dead, parked);
-                self.committed(through, events.len());
-                Ok(())
-            }
-            Err(Failed::Cancelled) => Err(None),
-            Err(Failed::Fenced) => Err(Some(self.lost_ownership())),
-            Err(Failed::Handler(_)) => {
-                // Find the poison event: one event at a time, each with its own checkpoint.
-                for event in &events {
-                    self.one(event, parked).await?;
+        loop {
+            let through = events.last().map(|e| e.position).max(scanned);
+            let Some(through) = through else {
+                return Ok(());
+            };
+            // Without parked streams every event is handled: no copy of the batch.
+            let split_events;
+            let (handle, dead): (&[RecordedEvent], &[DeadLetter]) = if parked.is_empty() {
+                (&events, &[])
+            } else {
+                split_events = split(&events, parked, self.key.partition);
+                (&split_events.0, &split_events.1)
+            };
+            match self.commit(handle, dead, &[], through).await {
+                Ok(()) => {
+                    self.mark_parked(dead, parked);
+                    self.committed(through, events.len());
+                    return Ok(());
                 }
-                if through > events.last().map_or(Position::START, |e| e.position) {
-                    match self.commit(&[], &[], &[], through).await {
-                        Ok(()) => self.committed(through, 0),
-                        Err(Failed::Cancelled) => return Err(None),
-                        Err(Failed::Fenced) => return Err(Some(self.lost_ownership())),
-                        Err(Failed::Handler(_)) => {}
+                Err(Failed::Cancelled) => return Err(None),
+                Err(Failed::Fenced) => return Err(Some(self.lost_ownership())),
+                Err(Failed::Retired(active)) => {
+                    // Swapped: go on in the new generation with what it does not have yet.
+                    self.switch(active, parked).await?;
+                    events.retain(|e| Some(e.position) > self.checkpoint);
+                    scanned = scanned.filter(|s| Some(*s) > self.checkpoint);
+                }
+                Err(Failed::Handler(_)) => {
+                    // Find the poison event: one event at a time, each with its own checkpoint.
+                    for event in &events {
+                        if Some(event.position) > self.checkpoint {
+                            self.one(event, parked).await?;
+                        }
                     }
+                    if Some(through) > self.checkpoint {
+                        events.clear();
+                        scanned = Some(through);
+                        match self.commit(&[], &[], &[], through).await {
+                            Ok(()) => self.committed(through, 0),
+                            Err(Failed::Cancelled) => return Err(None),
+                            Err(Failed::Fenced) => return Err(Some(self.lost_ownership())),
+                            Err(Failed::Retired(active)) => {
+                                self.switch(active, parked).await?;
+                                continue;
+                            }
+                            Err(Failed::Handler(_)) => {}
+                        }
+                    }
+                    return Ok(());
                 }
-                Ok(())
             }
         }
+    }
+
+    /// Moves the partition to generation `active` after a swap: its checkpoint and parked
+    /// events there. A rebuild's partition stops instead.
+    async fn switch(
+        &mut self,
+        active: u32,
+        parked: &mut HashMap<StreamId, EventId>,
+    ) -> std::result::Result<(), Option<ProjectionError>> {
+        let retired = || ProjectionError::Retired {
+            projection: self.key.projection.clone(),
+            generation: self.key.generation,
+            active,
+        };
+        if self.settings.rebuilding || active == self.key.generation {
+            return Err(Some(retired()));
+        }
+        let key =
+            PartitionKey::in_generation(self.key.projection.clone(), active, self.key.partition);
+        let mut failures = 0;
+        let (checkpoint, letters) = loop {
+            let loaded = async {
+                let checkpoint = self.model.checkpoint(&key).await?;
+                let letters = self.model.dead_letters(&key.projection, active).await?;
+                Ok::<_, ProjectionError>((checkpoint, letters))
+            }
+            .await;
+            match loaded {
+                Ok(loaded) => break loaded,
+                Err(error) => {
+                    failures += 1;
+                    self.board.error(
+                        key.partition,
+                        format!("moving to generation {active}: {error}"),
+                    );
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Err(None),
+                        () = tokio::time::sleep(self.settings.retry.backoff(failures)) => {}
+                    }
+                }
+            }
+        };
+        // A swap waits until the new generation is at or past the old one everywhere, and
+        // the old one commits nothing after it: never behind what this partition committed.
+        if checkpoint < self.checkpoint {
+            return Err(Some(retired()));
+        }
+        parked.clear();
+        let mut count = 0;
+        for letter in letters.iter().filter(|l| l.partition == key.partition) {
+            if letter.kind == DeadLetterKind::Parked {
+                parked
+                    .entry(letter.event.stream_id.clone())
+                    .or_insert(letter.event.id);
+                count += 1;
+            }
+        }
+        tracing::info!(
+            projection = %key.projection,
+            partition = key.partition,
+            from = self.key.generation,
+            to = active,
+            checkpoint = ?checkpoint,
+            "projection partition moved to the swapped-in generation"
+        );
+        self.board.moved(key.partition, active, checkpoint, count);
+        self.key = key;
+        self.checkpoint = checkpoint;
+        self.progress.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Commits one event alone; when its handler keeps failing, applies the policy.
@@ -262,16 +351,22 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
         parked: &mut HashMap<StreamId, EventId>,
     ) -> std::result::Result<(), Option<ProjectionError>> {
         let single = std::slice::from_ref(event);
-        let (handle, dead) = split(single, parked, self.key.partition);
-        let error = match self.commit(&handle, &dead, &[], event.position).await {
-            Ok(()) => {
-                self.mark_parked(&dead, parked);
-                self.committed(event.position, 1);
+        let error = loop {
+            if Some(event.position) <= self.checkpoint {
                 return Ok(());
             }
-            Err(Failed::Cancelled) => return Err(None),
-            Err(Failed::Fenced) => return Err(Some(self.lost_ownership())),
-            Err(Failed::Handler(error)) => error,
+            let (handle, dead) = split(single, parked, self.key.partition);
+            match self.commit(&handle, &dead, &[], event.position).await {
+                Ok(()) => {
+                    self.mark_parked(&dead, parked);
+                    self.committed(event.position, 1);
+                    return Ok(());
+                }
+                Err(Failed::Cancelled) => return Err(None),
+                Err(Failed::Fenced) => return Err(Some(self.lost_ownership())),
+                Err(Failed::Retired(active)) => self.switch(active, parked).await?,
+                Err(Failed::Handler(error)) => break error,
+            }
         };
         let kind = match self.settings.policy {
             ErrorPolicy::Stop => {
@@ -314,6 +409,11 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
             }
             Err(Failed::Cancelled) => Err(None),
             Err(Failed::Fenced) => Err(Some(self.lost_ownership())),
+            // Swapped meanwhile: the new generation handles the event itself.
+            Err(Failed::Retired(active)) => {
+                self.switch(active, parked).await?;
+                Box::pin(self.one(event, parked)).await
+            }
             // Only the handler can fail a batch, and this one has nothing to handle.
             Err(Failed::Handler(error)) => Err(Some(ProjectionError::Store(
                 annals::Error::backend("projections", error),
@@ -359,6 +459,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 release,
                 checkpoint,
                 fence: self.fence.as_ref(),
+                rebuilding: self.settings.rebuilding,
             };
             // One span per batch: what the handler and the read model do is nested in it.
             let span = tracing::debug_span!(
@@ -394,6 +495,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                     self.settings.retry.backoff(handler_failures)
                 }
                 Err(CommitError::Fenced) => return Err(Failed::Fenced),
+                Err(CommitError::Retired { active }) => return Err(Failed::Retired(active)),
                 Err(CommitError::Backend(error)) => {
                     backend_failures += 1;
                     tracing::warn!(projection = %self.key.projection, partition = self.key.partition, %error, "committing a batch failed; retrying");
@@ -418,7 +520,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
     ) -> Result<usize> {
         let letters: Vec<DeadLetter> = self
             .model
-            .dead_letters(&self.key.projection)
+            .dead_letters(&self.key.projection, self.key.generation)
             .await?
             .into_iter()
             .filter(|l| {
@@ -450,6 +552,18 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
             }
             Err(Failed::Cancelled) => Err(ProjectionError::Store(annals::Error::Closed)),
             Err(Failed::Fenced) => Err(self.lost_ownership()),
+            Err(Failed::Retired(active)) => {
+                // The parked events are the old generation's: ask again in the new one.
+                match self.switch(active, parked).await {
+                    Ok(()) => Err(ProjectionError::Retired {
+                        projection: self.key.projection.clone(),
+                        generation: self.key.generation,
+                        active,
+                    }),
+                    Err(Some(error)) => Err(error),
+                    Err(None) => Err(ProjectionError::Store(annals::Error::Closed)),
+                }
+            }
             Err(Failed::Handler(source)) => Err(ProjectionError::handler(
                 &self.key.projection,
                 &events[0],

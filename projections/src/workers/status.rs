@@ -92,6 +92,7 @@ impl<M: ReadModel> RunningWorkers<M> {
             .map(|(p, (since, _))| (*p, since.elapsed()))
             .collect();
         let mut partitions = Vec::new();
+        let generation = self.model.generations(&self.name).await?.active;
         for partition in 0..self.partitions {
             let lease = leases.iter().find(|l| {
                 l.name
@@ -102,7 +103,11 @@ impl<M: ReadModel> RunningWorkers<M> {
             });
             let checkpoint = self
                 .model
-                .checkpoint(&PartitionKey::new(self.name.clone(), partition))
+                .checkpoint(&PartitionKey::in_generation(
+                    self.name.clone(),
+                    generation,
+                    partition,
+                ))
                 .await?;
             partitions.push(OwnedPartition {
                 partition,

@@ -66,7 +66,8 @@ pub(super) fn open<'a>(key: &[u8], value: &'a [u8]) -> Result<Opened<'a>, String
 
 /// The key of a partition's batch record and checkpoint.
 pub(super) fn partition_key(key: &PartitionKey) -> Vec<u8> {
-    let name = key.projection.as_str().as_bytes();
+    let stored = key.stored_name();
+    let name = stored.as_bytes();
     let mut bytes = Vec::with_capacity(name.len() + 5);
     bytes.extend_from_slice(name);
     bytes.push(0);
@@ -268,6 +269,54 @@ pub(super) fn decode_letter(body: &[u8]) -> Result<(u64, DeadLetter), String> {
             at,
         },
     ))
+}
+
+/// The key of the effect mark of `projection`'s partition (shared by its generations).
+pub(super) fn effect_key(projection: &str, partition: u32) -> Vec<u8> {
+    let mut bytes = projection_prefix(&format!("{projection}\u{1f}effects"));
+    bytes.extend_from_slice(&partition.to_be_bytes());
+    bytes
+}
+
+/// A generations record as a body.
+pub(super) fn generations_body(g: &crate::Generations, last: u32) -> Vec<u8> {
+    serde_json::json!({
+        "active": g.active,
+        "building": g.building,
+        "swapped_at": g.swapped_at.map(|p| [p.commit(), p.prepare()]),
+        "swapped_micros": g.swapped_time.map(Timestamp::unix_micros),
+        "kept": g.kept,
+        "last": last,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Reads what [`generations_body`] wrote: the generations and the last number used.
+pub(super) fn decode_generations(body: &[u8]) -> Result<(crate::Generations, u32), String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let n = |field: &str| v[field].as_u64().and_then(|n| u32::try_from(n).ok());
+    let active = n("active").ok_or("no active generation")?;
+    let swapped_at = v["swapped_at"]
+        .as_array()
+        .and_then(|a| Some(Position::new(a.first()?.as_u64()?, a.get(1)?.as_u64()?)));
+    let generations = crate::Generations {
+        active,
+        building: n("building"),
+        swapped_at,
+        swapped_time: v["swapped_micros"]
+            .as_i64()
+            .map(Timestamp::from_unix_micros),
+        kept: v["kept"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|g| g.as_u64().and_then(|g| u32::try_from(g).ok()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    Ok((generations, n("last").unwrap_or(active)))
 }
 
 #[cfg(test)]

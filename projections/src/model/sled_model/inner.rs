@@ -9,10 +9,38 @@ use dashmap::DashMap;
 
 use super::codec::{self, Group, Opened};
 use super::errors::{damaged, guarded, newer, sled_error};
-use super::tx::{check_tree_name, TxTree};
-use super::{CHECKPOINTS, DATA, DEAD_LETTERS, JOURNAL};
-use crate::model::{DeadLetter, PartitionKey};
+use super::tx::TxTree;
+use super::{CHECKPOINTS, DEAD_LETTERS, GENERATIONS, JOURNAL, ROUTES};
+use crate::model::{CommitError, DeadLetter, Generations, PartitionKey};
 use crate::{ProjectionError, Result};
+
+/// The store error inside a projection error.
+pub(super) fn store_error(e: ProjectionError) -> Error {
+    match e {
+        ProjectionError::Store(e) => e,
+        other => Error::backend("projections", other),
+    }
+}
+
+/// As `model::check_generation`, for a batch's generation and role.
+fn check_generation(
+    generation: u32,
+    rebuilding: bool,
+    generations: &Generations,
+) -> std::result::Result<(), CommitError> {
+    let allowed = if rebuilding {
+        generations.building == Some(generation)
+    } else {
+        generations.active == generation
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(CommitError::Retired {
+            active: generations.active,
+        })
+    }
+}
 
 /// The model's state, shared by its clones.
 pub(super) struct Inner {
@@ -20,6 +48,17 @@ pub(super) struct Inner {
     pub(super) journal: sled::Tree,
     pub(super) checkpoints: sled::Tree,
     pub(super) dead: sled::Tree,
+    /// Generations records, by projection name.
+    pub(super) generations: sled::Tree,
+    /// Routes: a tree's name → the sled name of its active generation's tree (absent: the
+    /// generation-1 name).
+    pub(super) routes: sled::Tree,
+    /// The generations records read so far (changed only under the commit lock).
+    pub(super) generation_cache: DashMap<String, (Generations, u32)>,
+    /// The routes read so far (changed only under the commit lock).
+    pub(super) route_cache: DashMap<String, String>,
+    /// The effect locks of projections with effects.
+    pub(super) effect_locks: crate::model::EffectLocks,
     /// Every tree the model has opened, by its sled name.
     pub(super) trees: DashMap<String, sled::Tree>,
     /// One commit at a time: records are written and applied in one order.
@@ -42,6 +81,10 @@ pub(super) struct Work {
     pub(super) add: Vec<DeadLetter>,
     pub(super) release: Vec<EventId>,
     pub(super) checkpoint: Position,
+    /// The batch is a rebuild's (see `Batch::rebuilding`).
+    pub(super) rebuilding: bool,
+    /// The partition's new effect mark, when the batch did effects.
+    pub(super) effect_mark: Option<Position>,
 }
 
 impl Inner {
@@ -50,6 +93,8 @@ impl Inner {
         let journal = tree(JOURNAL)?;
         let checkpoints = tree(CHECKPOINTS)?;
         let dead = tree(DEAD_LETTERS)?;
+        let generations = tree(GENERATIONS)?;
+        let routes = tree(ROUTES)?;
         let trees = DashMap::new();
         trees.insert(JOURNAL.to_owned(), journal.clone());
         trees.insert(CHECKPOINTS.to_owned(), checkpoints.clone());
@@ -59,6 +104,11 @@ impl Inner {
             journal,
             checkpoints,
             dead,
+            generations,
+            routes,
+            generation_cache: DashMap::new(),
+            route_cache: DashMap::new(),
+            effect_locks: crate::model::EffectLocks::default(),
             trees,
             commit: Mutex::new(()),
             unapplied: AtomicBool::new(false),
@@ -99,8 +149,7 @@ impl Inner {
 
     /// The committed value of `key` in the projection's tree `tree`.
     pub(super) fn read(&self, tree: &str, key: &[u8]) -> annals::Result<Option<Vec<u8>>> {
-        check_tree_name(tree)?;
-        let tree = self.tree(&format!("{DATA}{tree}"))?;
+        let tree = self.tree(&self.route(tree)?)?;
         guarded(|| {
             tree.get(key)
                 .map(|v| v.map(|v| v.to_vec()))
@@ -163,12 +212,13 @@ impl Inner {
     /// The final values a batch writes: the handler's, the dead letters' and the checkpoint,
     /// by tree.
     fn plan(&self, work: Work) -> annals::Result<Vec<Group>> {
-        let projection = work.key.projection.as_str();
+        let stored = work.key.stored_name();
+        let projection: &str = &stored;
         let mut groups = Vec::with_capacity(work.trees.len() + 2);
         for written in work.trees {
             if !written.writes.is_empty() {
                 groups.push(Group {
-                    tree: format!("{DATA}{}", written.name),
+                    tree: written.physical,
                     writes: written.writes.into_iter().collect(),
                 });
             }
@@ -214,9 +264,15 @@ impl Inner {
         }
         let key = codec::partition_key(&work.key);
         let value = codec::seal(&key, &codec::checkpoint_body(work.checkpoint));
+        let mut checkpoints = vec![(key, Some(value))];
+        if let Some(mark) = work.effect_mark {
+            let key = codec::effect_key(work.key.projection.as_str(), work.key.partition);
+            let value = codec::seal(&key, &codec::checkpoint_body(mark));
+            checkpoints.push((key, Some(value)));
+        }
         groups.push(Group {
             tree: CHECKPOINTS.to_owned(),
-            writes: vec![(key, Some(value))],
+            writes: checkpoints,
         });
         Ok(groups)
     }
@@ -224,21 +280,38 @@ impl Inner {
     /// Writes a batch: its record (the commit point), then its values, then removes the record;
     /// a batch writing only its checkpoint is that one write. `Err` means nothing of it was
     /// written.
-    pub(super) fn write(&self, work: Work) -> annals::Result<()> {
-        let _one = self.commit.lock().unwrap_or_else(PoisonError::into_inner);
-        self.settle_locked().map_err(|e| match e {
-            ProjectionError::Store(e) => e,
-            other => Error::backend("projections", other),
-        })?;
+    pub(super) fn write(&self, work: Work) -> std::result::Result<(), CommitError> {
+        let _one = self.lock();
+        self.settle_locked()
+            .map_err(|e| CommitError::Backend(store_error(e)))?;
+        // Under the lock a swap takes: nothing lands in a retired generation.
+        let generations = self
+            .generations_of(&work.key.projection)
+            .map_err(|e| CommitError::Backend(store_error(e)))?;
+        check_generation(work.key.generation, work.rebuilding, &generations)?;
         let key = codec::partition_key(&work.key);
-        let groups = guarded(|| self.plan(work))?;
-        if let [Group { writes, .. }] = groups.as_slice() {
+        let groups = guarded(|| self.plan(work)).map_err(CommitError::Backend)?;
+        self.commit_groups(&key, &groups)
+            .map_err(CommitError::Backend)
+    }
+
+    /// Takes the commit lock.
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.commit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `groups` atomically under the journal key `key` (the commit lock held).
+    pub(super) fn commit_groups(&self, key: &[u8], groups: &[Group]) -> annals::Result<()> {
+        let key = key.to_vec();
+        if let [Group { tree, writes }] = groups {
             if let [(checkpoint, Some(value))] = writes.as_slice() {
-                // One key: sled writes it atomically, no record needed.
-                return self.write_checkpoint(checkpoint, value);
+                if tree == CHECKPOINTS {
+                    // One key: sled writes it atomically, no record needed.
+                    return self.write_checkpoint(checkpoint, value);
+                }
             }
         }
-        let body = codec::encode_groups(&groups).map_err(|e| Error::backend("projections", e))?;
+        let body = codec::encode_groups(groups).map_err(|e| Error::backend("projections", e))?;
         let record = codec::seal(&key, &body);
         if let Err(error) = guarded(|| {
             self.journal
@@ -260,7 +333,7 @@ impl Inner {
         // Committed: the record is in the journal.
         self.dirty.store(true, Ordering::Release);
         let applied = guarded(|| {
-            self.apply(&groups)?;
+            self.apply(groups)?;
             self.journal.remove(&key).map(drop).map_err(sled_error)
         });
         if let Err(error) = applied {

@@ -79,6 +79,7 @@
 
 mod codec;
 mod errors;
+mod generations;
 mod inner;
 mod tx;
 
@@ -95,9 +96,10 @@ use futures::FutureExt;
 use self::codec::Opened;
 use self::errors::{damaged, guarded, newer, sled_error};
 use self::inner::{Inner, Work};
-use self::tx::check_tree_name;
 pub use self::tx::SledTx;
-use super::{Batch, CommitError, DeadLetter, PartitionKey, ReadModel};
+use super::{
+    effects_due, Batch, CommitError, DeadLetter, Generations, PartitionKey, ReadModel, SwapError,
+};
 use crate::{Projection, ProjectionError, ProjectionName, Result};
 
 /// The journal of batch records.
@@ -108,6 +110,10 @@ const CHECKPOINTS: &str = "projections/checkpoints";
 const DEAD_LETTERS: &str = "projections/dead-letters";
 /// The prefix of the projection's trees.
 const DATA: &str = "projections/data/";
+/// Generations records, by projection.
+const GENERATIONS: &str = "projections/generations";
+/// Which sled tree readers of a tree see.
+const ROUTES: &str = "projections/routes";
 /// The store lease the one open model of a store holds.
 const LEASE: &str = "annals-projections/sled-model";
 /// By default, how often the model flushes what was committed since its last flush.
@@ -288,8 +294,9 @@ impl SledModel {
         Ok(map)
     }
 
-    /// The projection's tree `tree` itself (the sled tree `projections/data/<tree>`), to read
-    /// it with sled's API (ranges, prefixes). Write to it only through a [`SledTx`]: other
+    /// The projection's tree `tree` itself, in the active generation (the sled tree
+    /// `projections/data/<tree>` until the projection is rebuilt), to read it with sled's API
+    /// (ranges, prefixes). The handle stays on its generation: take it again after a swap. Write to it only through a [`SledTx`]: other
     /// writes are outside every batch and checkpoint.
     ///
     /// # Errors
@@ -297,8 +304,7 @@ impl SledModel {
     /// [`Error::Configuration`] for an invalid tree name; sled's failure.
     pub fn tree(&self, tree: &str) -> Result<sled::Tree> {
         self.inner.settle()?;
-        check_tree_name(tree)?;
-        Ok(self.inner.tree(&format!("{DATA}{tree}"))?)
+        Ok(self.inner.tree(&self.inner.route(tree)?)?)
     }
 
     /// Flushes to disk (through the store's flush, or sled's after the store was closed).
@@ -366,12 +372,45 @@ impl ReadModel for SledModel {
             ProjectionError::Store(e) => CommitError::Backend(e),
             other => CommitError::Backend(Error::backend("projections", other)),
         })?;
-        let mut tx = SledTx::new(self.clone());
+        let effects = projection.has_effects();
+        let _effect_lock = match effects {
+            true => Some(self.inner.effect_locks.lock(batch.key).await),
+            false => None,
+        };
+        // A retired generation's trees may be gone: its handler is not run (checked again
+        // under the commit lock).
+        let generations = self
+            .inner
+            .generations_of(&batch.key.projection)
+            .map_err(|e| CommitError::Backend(inner::store_error(e)))?;
+        super::check_generation(&batch, &generations)?;
+        let due = match effects {
+            true => {
+                let key = codec::effect_key(batch.key.projection.as_str(), batch.key.partition);
+                let mark = self
+                    .inner
+                    .position_at(&key, "an effect mark")
+                    .map_err(|e| CommitError::Backend(inner::store_error(e)))?;
+                effects_due(&batch, mark)
+            }
+            false => Vec::new(),
+        };
+        let mut tx = SledTx::new(
+            self.clone(),
+            batch.key.projection.as_str(),
+            batch.key.generation,
+        );
         if !batch.handle.is_empty() {
             // A panicking handler is a failed handler; its writes were only buffered.
-            let handled = AssertUnwindSafe(projection.handle(&mut tx, batch.handle))
-                .catch_unwind()
-                .await;
+            let handled = AssertUnwindSafe(async {
+                projection.handle(&mut tx, batch.handle).await?;
+                if !due.is_empty() {
+                    projection.effects(&mut tx, &due).await?;
+                }
+                Ok::<(), annals::BoxError>(())
+            })
+            .catch_unwind()
+            .await;
             match handled {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(CommitError::Handler(e)),
@@ -386,19 +425,29 @@ impl ReadModel for SledModel {
             add: batch.dead_letters.to_vec(),
             release: batch.release.to_vec(),
             checkpoint: batch.checkpoint,
+            rebuilding: batch.rebuilding,
+            effect_mark: due.last().map(|e| e.position),
         };
         let inner = self.inner.clone();
         annals::store::kit::off_worker("sled", move || inner.write(work))
             .await
-            .map_err(CommitError::Backend)?
-            .map_err(CommitError::Backend)?;
+            .map_err(CommitError::Backend)??;
+        if batch.rebuilding {
+            // A rebuild's batches are large and few: each made durable, so a killed rebuild
+            // resumes from its last batch.
+            self.flush_now().await.map_err(CommitError::Backend)?;
+        }
         Ok(())
     }
 
-    async fn dead_letters(&self, projection: &ProjectionName) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+    ) -> Result<Vec<DeadLetter>> {
         self.inner.settle()?;
         let mut letters = Vec::new();
-        let prefix = codec::projection_prefix(projection.as_str());
+        let prefix = codec::projection_prefix(&crate::model::stored_name(projection, generation));
         for entry in self.inner.dead.scan_prefix(prefix) {
             let (key, value) = guarded(|| entry.map_err(sled_error))?;
             let body = match codec::open(&key, &value) {
@@ -417,5 +466,79 @@ impl ReadModel for SledModel {
 
     async fn flush(&self) -> Result<()> {
         Ok(self.flush_now().await?)
+    }
+
+    async fn generations(&self, projection: &ProjectionName) -> Result<Generations> {
+        self.inner.settle()?;
+        self.inner.generations_of(projection)
+    }
+
+    async fn prepare<P: Projection<Self>>(&self, projection: &P, generation: u32) -> Result<()> {
+        // Trees need no creating; what a setup writes is committed as a batch of its own.
+        let mut tx = SledTx::new(self.clone(), projection.name().as_str(), generation);
+        projection
+            .setup(&mut tx)
+            .await
+            .map_err(|e| Error::backend("projections", e))?;
+        if tx.trees.iter().all(|t| t.writes.is_empty()) {
+            return Ok(());
+        }
+        let groups: Vec<codec::Group> = tx
+            .trees
+            .into_iter()
+            .map(|t| codec::Group {
+                tree: t.physical,
+                writes: t.writes.into_iter().collect(),
+            })
+            .collect();
+        let mut key =
+            codec::projection_prefix(&crate::model::stored_name(projection.name(), generation));
+        key.extend_from_slice(b"setup");
+        let inner = self.inner.clone();
+        annals::store::kit::off_worker("sled", move || {
+            let _one = inner.lock();
+            inner.commit_groups(&key, &groups)
+        })
+        .await??;
+        Ok(())
+    }
+
+    async fn begin_generation(&self, projection: &ProjectionName, resume: bool) -> Result<u32> {
+        self.inner.settle()?;
+        let inner = self.inner.clone();
+        let projection = projection.clone();
+        let generation =
+            annals::store::kit::off_worker("sled", move || inner.begin(&projection, resume))
+                .await??;
+        self.flush_now().await?;
+        Ok(generation)
+    }
+
+    async fn swap(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+        at: Position,
+        keep_old: bool,
+    ) -> Result<Generations, SwapError> {
+        let inner = self.inner.clone();
+        let projection = projection.clone();
+        let swapped = annals::store::kit::off_worker("sled", move || {
+            inner.swap(&projection, generation, partitions, at, keep_old)
+        })
+        .await
+        .map_err(SwapError::Backend)??;
+        self.flush_now().await.map_err(SwapError::Backend)?;
+        Ok(swapped)
+    }
+
+    async fn drop_generation(&self, projection: &ProjectionName, generation: u32) -> Result<()> {
+        let inner = self.inner.clone();
+        let projection = projection.clone();
+        annals::store::kit::off_worker("sled", move || {
+            inner.drop_generation(&projection, generation)
+        })
+        .await?
     }
 }

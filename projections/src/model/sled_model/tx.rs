@@ -11,9 +11,13 @@ use super::{guarded, sled_error, SledModel, DATA};
 /// first, then what is committed.
 ///
 /// Tree names are 1 to 200 bytes of UTF-8 without control characters; each is a tree of the
-/// model (the sled tree `projections/data/<name>`), shared by the projections writing to it.
+/// model (in generation 1 the sled tree `projections/data/<name>`; a rebuilt generation has
+/// its own sled trees, see [`SledModel`]).
 pub struct SledTx {
     pub(super) model: SledModel,
+    /// The projection and generation the batch writes.
+    pub(super) projection: String,
+    pub(super) generation: u32,
     /// The trees written so far, in the order first written (few per batch: found by name).
     pub(super) trees: Vec<TxTree>,
 }
@@ -22,6 +26,8 @@ pub struct SledTx {
 pub(super) struct TxTree {
     /// The handler's name of the tree.
     pub(super) name: String,
+    /// The sled name of the generation's tree.
+    pub(super) physical: String,
     pub(super) tree: sled::Tree,
     /// Key → its new value, or `None` to remove it.
     pub(super) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -39,9 +45,11 @@ impl std::fmt::Debug for SledTx {
 }
 
 impl SledTx {
-    pub(super) fn new(model: SledModel) -> SledTx {
+    pub(super) fn new(model: SledModel, projection: &str, generation: u32) -> SledTx {
         SledTx {
             model,
+            projection: projection.to_owned(),
+            generation,
             trees: Vec::new(),
         }
     }
@@ -68,7 +76,17 @@ impl SledTx {
                         .map_err(sled_error)
                 }),
             },
-            None => self.model.inner.read(tree, key),
+            None => {
+                check_tree_name(tree)?;
+                let physical = physical(tree, &self.projection, self.generation);
+                let handle = self.model.inner.tree(&physical)?;
+                guarded(|| {
+                    handle
+                        .get(key)
+                        .map(|v| v.map(|v| v.to_vec()))
+                        .map_err(sled_error)
+                })
+            }
         }
     }
 
@@ -100,9 +118,11 @@ impl SledTx {
             Some(index) => index,
             None => {
                 check_tree_name(tree)?;
-                let handle = self.model.inner.tree(&format!("{DATA}{tree}"))?;
+                let physical = physical(tree, &self.projection, self.generation);
+                let handle = self.model.inner.tree(&physical)?;
                 self.trees.push(TxTree {
                     name: tree.to_owned(),
+                    physical,
                     tree: handle,
                     writes: BTreeMap::new(),
                 });
@@ -131,4 +151,20 @@ pub(super) fn check_tree_name(name: &str) -> annals::Result<()> {
         "tree",
         format!("the read-model tree name {name:?} is {reason}"),
     ))
+}
+
+/// The sled name of the tree `tree` of `projection`'s generation `generation`:
+/// `projections/data/<tree>` for generation 1 (as before generations existed), with a unit
+/// separator, the projection and the generation after it for the others.
+pub(super) fn physical(tree: &str, projection: &str, generation: u32) -> String {
+    if generation <= 1 {
+        format!("{DATA}{tree}")
+    } else {
+        format!("{DATA}{tree}{}", suffix(projection, generation))
+    }
+}
+
+/// What ends the sled names of a rebuilt generation's trees.
+pub(super) fn suffix(projection: &str, generation: u32) -> String {
+    format!("\u{1f}{projection}\u{1f}{generation}")
 }
