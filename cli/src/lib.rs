@@ -278,5 +278,6 @@ fn init_logs(verbose: u8) {
         .with_env_filter(filter)
         // Above the progress bar on screen, if any: a warning is never drawn over.
         .with_writer(progress::LogWriter::default)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -205,7 +205,7 @@ where
 async fn projections_run_catches_up_follows_live_and_stops_cleanly_on_sigterm() {
     use annals::{EventData, EventStore, ExpectedVersion, Leases, StreamId};
     use std::process::Stdio;
-    use support::app::{child, cli_stdout, PG_SCHEMA};
+    use support::app::{child, PG_SCHEMA};
 
     let server = PgServer::shared();
     let url = format!(
@@ -260,7 +260,7 @@ async fn projections_run_catches_up_follows_live_and_stops_cleanly_on_sigterm() 
         }
     };
 
-    let worker = child(
+    let mut worker = child(
         &url,
         &[
             "--json",
@@ -277,6 +277,31 @@ async fn projections_run_catches_up_follows_live_and_stops_cleanly_on_sigterm() 
     .stderr(Stdio::piped())
     .spawn()
     .expect("start projections run");
+    // The worker's stdout, as it prints it.
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let printed = printed.clone();
+        let mut stdout = worker.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buffer) {
+                printed.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        })
+    };
+    // Its complete lines, parsed.
+    let status_lines = move || -> Vec<serde_json::Value> {
+        let bytes = printed.lock().unwrap().clone();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let cli = text
+            .split_once("--- annals cli child ---\n")
+            .map_or("", |(_, cli)| cli);
+        // Complete lines only: the last one may be half written.
+        cli[..cli.rfind('\n').map_or(0, |end| end + 1)]
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
     eventually("the worker owns both partitions and caught up", || async {
         let owners = store.leases("tallies/partitions/").await.unwrap();
         owners.len() == 2 && owners.iter().all(|l| l.holder == "w1") && tallied().await == 20
@@ -299,6 +324,21 @@ async fn projections_run_catches_up_follows_live_and_stops_cleanly_on_sigterm() 
         tallied().await == 30
     })
     .await;
+    eventually(
+        "a status line shows both partitions owned, live, no lag",
+        || {
+            let lines = status_lines();
+            async move {
+                lines.iter().any(|l| {
+                    l["projection"] == "tallies"
+                        && l["owned"] == serde_json::json!([0, 1])
+                        && l["lag_events"] == 0
+                        && l["state"] == "live"
+                })
+            }
+        },
+    )
+    .await;
 
     let pid = worker.id().to_string();
     assert!(std::process::Command::new("kill")
@@ -313,27 +353,18 @@ async fn projections_run_catches_up_follows_live_and_stops_cleanly_on_sigterm() 
     .await
     .expect("the worker stops after SIGTERM")
     .unwrap();
-    let stdout = cli_stdout(&output.stdout);
+    reader.join().unwrap();
+    let lines = status_lines();
     assert_eq!(
         output.status.code(),
         Some(0),
-        "{stdout}\n{}",
+        "{lines:?}\n{}",
         String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(
-        lines.iter().any(|l| l["projection"] == "tallies"
-            && l["owned"] == serde_json::json!([0, 1])
-            && l["lag_events"].is_u64()),
-        "status lines name the partitions owned: {stdout}"
     );
     assert_eq!(
         lines.last().unwrap()["state"],
         "shut down",
-        "the last line says it shut down: {stdout}"
+        "the last line says it shut down: {lines:?}"
     );
     assert!(
         store

@@ -213,7 +213,7 @@ async fn a_sled_store_held_by_another_process_is_refused_with_exit_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_without_yes_says_what_it_would_do_exits_2_and_changes_nothing() {
+async fn reset_without_yes_says_what_it_would_do_and_exits_2_with_yes_moves_the_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let url = projected_store(&dir.path().join("store")).await;
     let (code, _, err) = outcome(&run(

@@ -5,14 +5,16 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use annals::{Lease, Leases, StreamId};
-use annals_projections::{Projection, ProjectionName, ProjectionRunner, ProjectionWorkers};
-use futures::future::BoxFuture;
+use annals_projections::{
+    reset_checkpoints, Projection, ProjectionName, ProjectionRunner, ProjectionWorkers, Rebuild,
+    RebuildReport,
+};
+use futures::future::{BoxFuture, LocalBoxFuture};
 use futures::FutureExt;
 
 use super::running::Worker;
 use super::{
-    CliModel, ParkedAction, ProjectionOptions, RebuildReport, RebuildSettings, Registered, Running,
-    Stored,
+    CliModel, ParkedAction, ProjectionOptions, RebuildSettings, Registered, Running, Stored,
 };
 use crate::failure::{CliResult, Failure};
 use crate::OpenedStore;
@@ -154,8 +156,27 @@ impl<M: CliModel, P: Projection<M>> Registered for Erased<M, P> {
         &'a self,
         store: &'a OpenedStore,
         settings: RebuildSettings,
-    ) -> BoxFuture<'a, CliResult<RebuildReport>> {
-        self.rebuild_now(store, settings).boxed()
+    ) -> LocalBoxFuture<'a, CliResult<RebuildReport>> {
+        async move {
+            let (concrete, model, projection) = self.open(store).await?;
+            let options = self.options.clone();
+            let progress = settings.progress;
+            let report = Rebuild::new(concrete, model, projection)
+                .partitions(options.partitions)
+                .keep_old(settings.keep_old)
+                .resume(settings.resume)
+                .on_progress(move |p| progress(p))
+                .cancel_on(settings.cancel)
+                .configure(move |runner| {
+                    runner
+                        .error_policy(options.error_policy)
+                        .retry(options.retry)
+                })
+                .run()
+                .await?;
+            Ok(report)
+        }
+        .boxed_local()
     }
 
     fn reset<'a>(
@@ -163,28 +184,15 @@ impl<M: CliModel, P: Projection<M>> Registered for Erased<M, P> {
         store: &'a OpenedStore,
         to: annals::Position,
     ) -> BoxFuture<'a, CliResult> {
-        self.reset_now(store, to).boxed()
-    }
-}
-
-impl<M: CliModel, P: Projection<M>> Erased<M, P> {
-    // TEMPORARY until annals_projections::rebuild lands on main.
-    #[allow(clippy::unused_async)]
-    async fn rebuild_now(
-        &self,
-        _store: &OpenedStore,
-        _settings: RebuildSettings,
-    ) -> CliResult<RebuildReport> {
-        Err(Failure::usage(
-            "rebuild: waiting for annals_projections::Rebuild",
-        ))
-    }
-
-    #[allow(clippy::unused_async)]
-    async fn reset_now(&self, _store: &OpenedStore, _to: annals::Position) -> CliResult {
-        Err(Failure::usage(
-            "reset: waiting for annals_projections::reset_checkpoints",
-        ))
+        async move {
+            let (concrete, model, projection) = self.open(store).await?;
+            let partitions = self.options.partitions;
+            let leases = hold_partitions(&concrete, self.name(), partitions).await?;
+            let reset = reset_checkpoints(&model, &projection, partitions, to).await;
+            release(leases).await;
+            Ok(reset?)
+        }
+        .boxed()
     }
 }
 

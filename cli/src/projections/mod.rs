@@ -9,8 +9,10 @@ mod stored;
 use std::sync::Arc;
 
 use annals::{Position, StreamId};
-use annals_projections::{ErrorPolicy, Projection, ProjectionName, Retry};
-use futures::future::BoxFuture;
+use annals_projections::{
+    ErrorPolicy, Projection, ProjectionName, RebuildProgress, RebuildReport, Retry,
+};
+use futures::future::{BoxFuture, LocalBoxFuture};
 
 use crate::failure::{CliResult, Failure};
 use crate::OpenedStore;
@@ -96,7 +98,6 @@ impl ProjectionOptions {
 }
 
 /// How `projections rebuild` runs a rebuild.
-#[allow(dead_code)] // TEMPORARY until the rebuild lands
 pub(crate) struct RebuildSettings {
     /// Go on with an interrupted rebuild.
     pub(crate) resume: bool,
@@ -106,29 +107,6 @@ pub(crate) struct RebuildSettings {
     pub(crate) progress: Arc<dyn Fn(&RebuildProgress) + Send + Sync>,
     /// Cancels the rebuild (the active generation keeps serving).
     pub(crate) cancel: tokio_util::sync::CancellationToken,
-}
-
-// TEMPORARY until annals_projections::rebuild lands on main: the contract's types.
-#[allow(dead_code, missing_docs)]
-#[derive(Debug)]
-pub(crate) struct RebuildProgress {
-    pub(crate) projection: ProjectionName,
-    pub(crate) generation: u32,
-    pub(crate) done: u64,
-    pub(crate) total: u64,
-    pub(crate) per_second: f64,
-    pub(crate) eta: Option<std::time::Duration>,
-}
-#[allow(dead_code, missing_docs)]
-#[derive(Debug)]
-pub(crate) struct RebuildReport {
-    pub(crate) projection: ProjectionName,
-    pub(crate) generation: u32,
-    pub(crate) previous: u32,
-    pub(crate) events: u64,
-    pub(crate) swapped_at: Position,
-    pub(crate) elapsed: std::time::Duration,
-    pub(crate) kept_old: bool,
 }
 
 /// What to do with a stream's parked events.
@@ -193,11 +171,14 @@ pub(crate) trait Registered: Send + Sync {
         action: ParkedAction,
     ) -> BoxFuture<'a, CliResult<usize>>;
     /// Rebuilds it into a new generation and swaps readers to it.
+    ///
+    /// Not `Send`: `Rebuild::run`'s future is not (it holds `&Rebuild`, whose `configure`
+    /// closure is `Send` only, across awaits); the CLI runs it on its main task.
     fn rebuild<'a>(
         &'a self,
         store: &'a OpenedStore,
         settings: RebuildSettings,
-    ) -> BoxFuture<'a, CliResult<RebuildReport>>;
+    ) -> LocalBoxFuture<'a, CliResult<RebuildReport>>;
     /// Moves every partition's checkpoint of the active generation to `to`, with the
     /// projection's partitions held by this process meanwhile.
     fn reset<'a>(&'a self, store: &'a OpenedStore, to: Position) -> BoxFuture<'a, CliResult>;

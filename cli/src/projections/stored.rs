@@ -27,16 +27,18 @@ impl Stored {
         name: &ProjectionName,
         partitions: u32,
     ) -> CliResult<Stored> {
+        let generations = model.generations(name).await?;
+        let active = generations.active;
         let mut checkpoints = Vec::new();
         for partition in 0..partitions {
-            let key = PartitionKey::new(name.clone(), partition);
+            let key = PartitionKey::in_generation(name.clone(), active, partition);
             checkpoints.push(model.checkpoint(&key).await?);
         }
         Ok(Stored {
-            active: 1,
-            building: None,
+            active,
+            building: generations.building,
             checkpoints,
-            dead: model.dead_letters(name).await?,
+            dead: model.dead_letters(name, active).await?,
         })
     }
 

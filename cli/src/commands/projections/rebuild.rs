@@ -4,13 +4,14 @@ use std::io::Write;
 use std::sync::Arc;
 
 use annals::{EventStore, Position};
+use annals_projections::RebuildProgress;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::text;
 use crate::failure::{CliResult, Failure};
 use crate::progress;
-use crate::projections::{lags, Lag, RebuildProgress, RebuildSettings, Registered};
+use crate::projections::{lags, Lag, RebuildSettings, Registered};
 use crate::Context;
 
 /// `annals projections rebuild <name> [--resume] [--keep-old]`: a bar (or JSON progress lines)
