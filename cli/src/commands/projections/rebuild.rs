@@ -91,7 +91,7 @@ pub(crate) async fn rebuild(
         }),
         || {
             format!(
-                "{name}: generation {} is active (was {}): {} events in {:.1} s, swapped at {}; \
+                "{name}: generation {} is active (was {}): {} events in {:.3} s, swapped at {}; \
                  generation {} {old}",
                 report.generation,
                 report.previous,
