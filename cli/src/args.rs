@@ -79,6 +79,86 @@ pub enum Command {
     },
     /// Counts of streams, events, bytes and categories.
     Stats,
+    /// Run, list, inspect, rebuild and reset the projections registered with this CLI.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// A projection's dead letters: the events it parked or skipped.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// `annals projections …`.
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Run projections (all, or those named) until Ctrl-C or SIGTERM, printing their status:
+    /// on PostgreSQL as one worker among others sharing the partitions, on sled as the one
+    /// runner.
+    Run {
+        /// The projections to run (default: all registered).
+        names: Vec<String>,
+        /// This worker's id among the workers of a projection (PostgreSQL; default: host name,
+        /// process id and a random part). Also names the worker in the partitions' leases.
+        #[arg(long)]
+        worker_id: Option<String>,
+        /// Seconds between status lines.
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        every: u64,
+    },
+    /// One line per projection: generation, state, checkpoint, lag, dead letters.
+    List,
+    /// Per partition: checkpoint, lag, parked and skipped counts, and on PostgreSQL its owner.
+    Status {
+        /// Only this projection.
+        name: Option<String>,
+    },
+    /// Rebuild a projection into a new generation, then switch readers to it.
+    Rebuild {
+        /// The projection.
+        name: String,
+        /// Go on with an interrupted rebuild instead of starting it again.
+        #[arg(long)]
+        resume: bool,
+        /// Keep the old generation's data after the switch.
+        #[arg(long)]
+        keep_old: bool,
+    },
+    /// Move every partition's checkpoint (of the active generation) to a position.
+    Reset {
+        /// The projection.
+        name: String,
+        /// The new checkpoint (`N` or `COMMIT/PREPARE`; 0 for the start of the log).
+        #[arg(long, value_name = "POSITION")]
+        to: Position,
+        /// Do it (without it, the command says what it would do and exits 2).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `annals dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List a projection's parked and skipped events (of one stream, or all).
+    List {
+        /// The projection.
+        name: String,
+        /// Only this stream's.
+        stream: Option<String>,
+    },
+    /// Apply a stream's parked events again, in order.
+    Retry {
+        /// The projection.
+        name: String,
+        /// The stream.
+        stream: String,
+    },
+    /// Drop a stream's parked events (the projection goes on without them).
+    Drop {
+        /// The projection.
+        name: String,
+        /// The stream.
+        stream: String,
+    },
 }
 
 /// `annals show`.

@@ -89,6 +89,21 @@ impl From<annals::Error> for Failure {
     }
 }
 
+impl From<annals_projections::ProjectionError> for Failure {
+    fn from(error: annals_projections::ProjectionError) -> Self {
+        use annals_projections::ProjectionError as E;
+        match error {
+            E::Store(error) => Failure::from(error),
+            E::InvalidName { .. }
+            | E::Configuration { .. }
+            | E::DuplicateName(_)
+            | E::NewerFormat { .. } => Failure::usage(one_line(&error)),
+            // Not parked, a handler's failure, a model ahead of the log, a lost partition.
+            _ => Failure::problems(one_line(&error)),
+        }
+    }
+}
+
 impl From<std::io::Error> for Failure {
     fn from(error: std::io::Error) -> Self {
         Failure::usage(one_line(&error))

@@ -1,8 +1,9 @@
 //! # annals-cli
 //!
 //! The `annals` command line — inspect, replay, verify, export/import and migrate an Annals
-//! event store — as a library, so you can build the same CLI into your own binary with your
-//! aggregate types registered (then `replay` works on them and `show` decodes their payloads):
+//! event store, run and rebuild its projections — as a library, so you can build the same CLI
+//! into your own binary with your aggregate types and projections registered (then `replay`
+//! works on them, `show` decodes their payloads, `projections …` and `dlq …` know them):
 //!
 //! ```no_run
 //! use std::process::ExitCode;
@@ -10,6 +11,11 @@
 //! fn main() -> ExitCode {
 //!     annals_cli::App::new()
 //!         // .register::<my_domain::Account>()
+//!         // .projection::<annals_projections::SledModel, _>(my_domain::Balances::new())
+//!         // .projection_with::<annals_projections::PgModel, _>(
+//!         //     my_domain::Ledger::new(),
+//!         //     annals_cli::ProjectionOptions::new().partitions(8),
+//!         // )
 //!         .run()
 //! }
 //! ```
@@ -25,6 +31,7 @@ mod failure;
 mod open;
 mod output;
 mod progress;
+mod projections;
 mod registry;
 mod replayer;
 
@@ -39,17 +46,19 @@ pub use export_format::{
     ExportWriter, ExportedEvent, Reader as ExportReader, FORMAT, FORMAT_VERSION,
 };
 pub use failure::{CliResult, Failure};
-pub use open::{open, OpenMode, OpenedStore};
+pub use open::{open, Backend, OpenMode, OpenedStore};
+pub use projections::{CliModel, ProjectionOptions};
 pub use registry::{Registry, ReplayPoint, ReplayedChanges, ReplayedState, Replayer};
 pub use replayer::AggregateReplayer;
 
-use args::Command;
+use args::{Command, ProjectionsCommand};
 use output::Out;
 
-/// The CLI, with the aggregate types it knows.
+/// The CLI, with the aggregate types and projections it knows.
 #[derive(Debug, Default)]
 pub struct App {
     registry: Registry,
+    projections: projections::Projections,
 }
 
 pub(crate) struct Context<'a> {
@@ -78,6 +87,86 @@ impl App {
     #[must_use]
     pub fn register_replayer(mut self, replayer: Arc<dyn Replayer>) -> Self {
         self.registry.insert(replayer);
+        self
+    }
+
+    /// Teaches the CLI a projection and its read model `M` ([`SledModel`] or, with the
+    /// `postgres` feature, `PgModel`), run with the default [`ProjectionOptions`] (one
+    /// partition, the stop policy): `projections …` and `dlq …` then work on it.
+    ///
+    /// The settings must be those the application runs it with (see
+    /// [`projection_with`](Self::projection_with)); two projections with one name are refused
+    /// when a projection command runs.
+    ///
+    /// [`SledModel`]: annals_projections::SledModel
+    #[must_use]
+    pub fn projection<M, P>(self, projection: P) -> Self
+    where
+        M: CliModel,
+        P: annals_projections::Projection<M>,
+    {
+        self.projection_with(projection, ProjectionOptions::new())
+    }
+
+    /// [`projection`](Self::projection) with its settings: **the partition count the
+    /// application uses** (its checkpoints are kept per partition), and the error policy,
+    /// batch size and retries `projections run` and `dlq retry` run it with.
+    #[must_use]
+    pub fn projection_with<M, P>(mut self, projection: P, options: ProjectionOptions) -> Self
+    where
+        M: CliModel,
+        P: annals_projections::Projection<M>,
+    {
+        let name = projection.name().clone();
+        let projection = Arc::new(projection);
+        self.projections
+            .insert::<M, P>(name, options, move |_| projection.clone());
+        self
+    }
+
+    /// [`projection_with`](Self::projection_with) for a projection built on the store (one
+    /// that decodes events through a `Repository` of it, say): `make` builds it once the CLI
+    /// has opened the store given with `--store`. The projection it builds must be named
+    /// `name`.
+    ///
+    /// ```no_run
+    /// # use annals::{BoxError, RecordedEvent};
+    /// # use annals_projections::{Projection, ProjectionName, SledModel, SledTx};
+    /// # use annals_sled::SledEventStore;
+    /// /// Events per stream, with the store at hand.
+    /// struct Counts {
+    ///     name: ProjectionName,
+    ///     store: SledEventStore,
+    /// }
+    /// # impl Projection<SledModel> for Counts {
+    /// #     fn name(&self) -> &ProjectionName { &self.name }
+    /// #     async fn handle(&self, _: &mut SledTx, _: &[RecordedEvent]) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    ///
+    /// # fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
+    /// let name = ProjectionName::new("counts")?;
+    /// let exit = annals_cli::App::new()
+    ///     .projection_on::<SledModel, _>(name.clone(), Default::default(), move |store| Counts {
+    ///         name: name.clone(),
+    ///         store: store.clone(),
+    ///     })
+    ///     .run();
+    /// # Ok(exit)
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn projection_on<M, P>(
+        mut self,
+        name: annals_projections::ProjectionName,
+        options: ProjectionOptions,
+        make: impl Fn(&M::Store) -> P + Send + Sync + 'static,
+    ) -> Self
+    where
+        M: CliModel,
+        P: annals_projections::Projection<M>,
+    {
+        self.projections
+            .insert::<M, P>(name, options, move |store| Arc::new(make(store)));
         self
     }
 
@@ -136,7 +225,12 @@ impl App {
             ),
             _ => (OpenMode::Existing, None),
         };
-        let store = open(url, mode).await?;
+        // A worker names the partitions' leases it takes after itself.
+        let holder = match &cli.command {
+            Command::Projections(ProjectionsCommand::Run { worker_id, .. }) => worker_id.as_deref(),
+            _ => None,
+        };
+        let store = open::open_as(url, mode, holder).await?;
         let out = Out::new(cli.json);
         let cx = Context {
             store: &store,
@@ -162,6 +256,10 @@ impl App {
             },
             Command::Migrate { to } => commands::migrate::migrate(&cx, to).await,
             Command::Stats => commands::stats::stats(&cx).await,
+            Command::Projections(command) => {
+                commands::projections::projections(&cx, &self.projections, command).await
+            }
+            Command::Dlq(command) => commands::dlq::dlq(&cx, &self.projections, command).await,
         };
         store.close().await;
         result
@@ -178,6 +276,8 @@ fn init_logs(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Above the progress bar on screen, if any: a warning is never drawn over.
+        .with_writer(progress::LogWriter::default)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -37,12 +37,24 @@ impl Out {
         } else {
             writeln!(lock, "{}", text())
         };
-        match written {
-            Ok(()) => Ok(()),
-            // A closed pipe (`annals show … | head`) is not a failure.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(e.into()),
+        closed_pipe_is_fine(written)
+    }
+
+    /// Prints `text` in text mode only (a table's header, a note).
+    pub(crate) fn text_only(&self, text: impl FnOnce() -> String) -> CliResult {
+        if self.json {
+            return Ok(());
         }
+        closed_pipe_is_fine(writeln!(self.stdout.lock(), "{}", text()))
+    }
+}
+
+fn closed_pipe_is_fine(written: std::io::Result<()>) -> CliResult {
+    match written {
+        Ok(()) => Ok(()),
+        // A closed pipe (`annals show … | head`) is not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

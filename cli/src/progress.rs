@@ -1,4 +1,7 @@
-//! Progress bars for long work (hidden in JSON mode and when stderr is not a terminal).
+//! Progress bars for long work (hidden in JSON mode and when stderr is not a terminal), and
+//! the log writer that prints above them.
+
+use std::sync::{Mutex, PoisonError};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -46,4 +49,61 @@ fn whole(rate: f64) -> u64 {
 /// A counter without a known total.
 pub(crate) fn counter(cx: &Context<'_>, what: &str) -> ProgressBar {
     bar(cx, what, None)
+}
+
+/// The bar on screen now, if any: log lines and errors are printed above it.
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// While it lives, `bar` is the bar log lines are printed above (see [`LogWriter`]).
+#[derive(Debug)]
+pub(crate) struct Shown(());
+
+impl Shown {
+    /// Makes `bar` the one on screen.
+    pub(crate) fn new(bar: &ProgressBar) -> Self {
+        *SHOWN.lock().unwrap_or_else(PoisonError::into_inner) = Some(bar.clone());
+        Shown(())
+    }
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        *SHOWN.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// Runs `print` (writing to stderr or stdout) with the bar on screen hidden meanwhile, so what
+/// it prints stays above the bar instead of being drawn over.
+pub(crate) fn above<R>(print: impl FnOnce() -> R) -> R {
+    let shown = SHOWN.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    match shown {
+        Some(bar) => bar.suspend(print),
+        None => print(),
+    }
+}
+
+/// Where log lines go: stderr, above the bar on screen (one log line per writer: it is
+/// buffered and written whole when dropped).
+#[derive(Debug, Default)]
+pub(crate) struct LogWriter(Vec<u8>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.0.is_empty() {
+            let line = std::mem::take(&mut self.0);
+            above(|| std::io::stderr().write_all(&line))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
 }

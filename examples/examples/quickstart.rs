@@ -13,53 +13,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use annals::{
-    BoxError, CommandContext, EventStore, Filter, Position, RecordedEvent, Repository,
-    SnapshotPolicy, Version,
-};
-use annals_examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
-use annals_projections::{
-    PartitionKey, Projection, ProjectionName, ProjectionRunner, ReadModel as _, SledModel, SledTx,
-};
+use annals::{CommandContext, EventStore, Position, Repository, SnapshotPolicy, Version};
+use annals_examples::balances::Balances;
+use annals_examples::bank_account::{AccountCommand, BankAccount};
+use annals_projections::{PartitionKey, ProjectionRunner, ReadModel as _, SledModel};
 use annals_sled::SledEventStore;
 use futures::StreamExt;
-
-/// The read model's tree: account id -> balance (i64, big-endian).
-const BALANCES: &str = "balances";
-
-/// The balances projection: typed events (decoded as loading decodes them), one balance per
-/// account.
-struct Balances {
-    name: ProjectionName,
-    accounts: Repository<BankAccount, SledEventStore>,
-}
-
-impl Projection<SledModel> for Balances {
-    fn name(&self) -> &ProjectionName {
-        &self.name
-    }
-
-    fn filter(&self) -> Filter {
-        Filter::all().category("account")
-    }
-
-    async fn handle(&self, tx: &mut SledTx, events: &[RecordedEvent]) -> Result<(), BoxError> {
-        for event in events {
-            let id = event.stream_id.as_str().trim_start_matches("account-");
-            let balance = match tx.get(BALANCES, id)? {
-                Some(bytes) => i64::from_be_bytes(bytes.as_slice().try_into()?),
-                None => 0,
-            };
-            let balance = match self.accounts.decode(event)? {
-                AccountEvent::Opened { .. } | AccountEvent::Closed => balance,
-                AccountEvent::Deposited { amount } => balance + i64::try_from(amount)?,
-                AccountEvent::Withdrawn { amount } => balance - i64::try_from(amount)?,
-            };
-            tx.insert(BALANCES, id, balance.to_be_bytes())?;
-        }
-        Ok(())
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -201,15 +160,11 @@ async fn run(path: &Path) -> anyhow::Result<Summary> {
     // checkpoint: a later run (or a restart after a crash) goes on from there, never applying
     // an event twice. It catches up, then follows live until shut down.
     let model = SledModel::open(&store).await?;
-    let balances = Balances {
-        name: ProjectionName::new("balances")?,
-        accounts: Repository::new(store.clone()),
-    };
     let resumed = model
-        .checkpoint(&PartitionKey::new(balances.name.clone(), 0))
+        .checkpoint(&PartitionKey::new(Balances::projection_name(), 0))
         .await?;
     let end = store.last_position().await?.unwrap_or(Position::START);
-    let running = ProjectionRunner::new(store.clone(), model.clone(), balances)
+    let running = ProjectionRunner::new(store.clone(), model.clone(), Balances::new(&store))
         .start()
         .await?;
     running.caught_up_to(end).await?;
@@ -237,13 +192,7 @@ async fn run(path: &Path) -> anyhow::Result<Summary> {
         status.lag_events.unwrap_or(0)
     );
     running.shutdown().await?; // finishes the batch in hand, commits, flushes
-    let mut balances: BTreeMap<String, i64> = BTreeMap::new();
-    for (id, balance) in model.to_map(BALANCES)? {
-        balances.insert(
-            String::from_utf8(id)?,
-            i64::from_be_bytes(balance.as_slice().try_into()?),
-        );
-    }
+    let balances = Balances::read(&model).map_err(|e| anyhow::anyhow!(e))?;
     println!("balances of every run so far:");
     for (id, balance) in &balances {
         println!("  {id:<8} {balance:>5}");
