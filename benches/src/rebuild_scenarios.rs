@@ -363,15 +363,28 @@ pub async fn memory_child(connection: &str, schema: &str, count: u64) -> anyhow:
         .await?;
     let model = PgModel::new(&store);
     let name = ProjectionName::new("rebuilt-memory")?;
-    let report = Rebuild::new(store.clone(), model.clone(), PgRebuilt { name })
-        .batch_size(PAGE)
-        .run()
+    Rebuild::new(
+        store.clone(),
+        model.clone(),
+        PgRebuilt { name: name.clone() },
+    )
+    .batch_size(PAGE)
+    .run()
+    .await?;
+    let live = model.schema_of(&name).await?;
+    let client = store.pool().get().await?;
+    let row = client
+        .query_one(
+            &format!("SELECT sum(n)::bigint FROM \"{live}\".counts"),
+            &[],
+        )
         .await?;
+    let counted: i64 = row.try_get(0)?;
     anyhow::ensure!(
-        report.swapped_at.commit() >= count,
-        "rebuilt to {}",
-        report.swapped_at
+        u64::try_from(counted)? == count,
+        "counted {counted} of {count}"
     );
+    drop(client);
     store.close().await?;
     crate::peak_kib()
 }

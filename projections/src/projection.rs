@@ -74,6 +74,15 @@ pub trait Projection<M: ReadModel>: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// Creates the generation's secondary indexes (idempotent: `CREATE INDEX IF NOT EXISTS`),
+    /// after [`setup`](Self::setup). A runner calls it when it starts; a rebuild calls it once
+    /// its new generation has caught up — after the bulk load, which goes faster without
+    /// them — and before the swap. Nothing by default.
+    fn indexes(&self, tx: &mut M::Tx) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = tx;
+        async { Ok(()) }
+    }
+
     /// Whether the projection has effects outside its read model ([`effects`](Self::effects)).
     /// `false` by default; when `true`, each batch of a partition also takes that partition's
     /// effect lock (shared by the projection's generations).
@@ -119,6 +128,10 @@ impl<M: ReadModel, P: Projection<M>> Projection<M> for std::sync::Arc<P> {
 
     fn setup(&self, tx: &mut M::Tx) -> impl Future<Output = Result<(), BoxError>> + Send {
         (**self).setup(tx)
+    }
+
+    fn indexes(&self, tx: &mut M::Tx) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).indexes(tx)
     }
 
     fn has_effects(&self) -> bool {

@@ -12,6 +12,10 @@ use crate::{
     ProjectionRunner, ReadModel, Result, RunningProjection, SwapError,
 };
 
+/// How long after a swap the old generation is dropped: a reader that resolved it just before
+/// the swap finishes its read meanwhile.
+const DROP_GRACE: Duration = Duration::from_secs(1);
+
 /// By default, how many rebuilds run at once on one store (across processes, through the
 /// store's leases); the others wait for a slot.
 pub const DEFAULT_CONCURRENT_REBUILDS: u32 = 2;
@@ -23,10 +27,11 @@ pub struct RebuildProgress {
     pub projection: ProjectionName,
     /// The generation being built.
     pub generation: u32,
-    /// Events of the log the new generation has (its lowest partition's position).
+    /// Events of the log the new generation has (its lowest partition's position; on
+    /// PostgreSQL, by the events' sequence numbers, which a rolled-back append skips).
     pub done: u64,
-    /// Events of the log when the rebuild started: the goal (the log goes on growing; the
-    /// rebuild follows it to the swap).
+    /// Events of the log when the rebuild started, counted the same way: the goal (the log
+    /// goes on growing; the rebuild follows it to the swap).
     pub total: u64,
     /// Events per second since this run started.
     pub per_second: f64,
@@ -56,7 +61,7 @@ pub struct RebuildReport {
 
 type Progress = Arc<dyn Fn(&RebuildProgress) + Send + Sync>;
 type Configure<S, M, P> =
-    Box<dyn FnOnce(ProjectionRunner<S, M, P>) -> ProjectionRunner<S, M, P> + Send + Sync>;
+    Box<dyn FnOnce(ProjectionRunner<S, M, Arc<P>>) -> ProjectionRunner<S, M, Arc<P>> + Send + Sync>;
 
 /// Rebuilds a projection's read model: builds generation `g + 1` beside the active generation
 /// `g` — which keeps serving reads and following the log — from the start of the log, then,
@@ -76,8 +81,9 @@ type Configure<S, M, P> =
 ///   `annals-rebuild/<projection>` and one of [`concurrent`](Self::concurrent) slot leases
 ///   (default [`DEFAULT_CONCURRENT_REBUILDS`]), waiting for a free slot.
 /// - **Fast**: batches of 10,000 events by default, the log read ahead while a batch is
-///   written; a handler that writes each batch with one multi-row statement (or sled batch)
-///   makes the most of it.
+///   written, the new generation's secondary indexes ([`Projection::indexes`]) made after the
+///   bulk load; a handler that writes each batch with one multi-row statement makes the most
+///   of it.
 ///
 /// ```
 /// use annals::{BoxError, EventData, EventStore, ExpectedVersion, InMemoryStore, RecordedEvent, StreamId};
@@ -180,7 +186,8 @@ where
     }
 
     /// Keeps the old generation after the swap (listed in [`Generations::kept`]) instead of
-    /// dropping it.
+    /// dropping it a second after the swap (readers that resolved it just before finish their
+    /// read meanwhile).
     #[must_use]
     pub fn keep_old(mut self, keep: bool) -> Self {
         self.keep_old = keep;
@@ -226,7 +233,7 @@ where
     #[must_use]
     pub fn configure(
         mut self,
-        configure: impl FnOnce(ProjectionRunner<S, M, P>) -> ProjectionRunner<S, M, P>
+        configure: impl FnOnce(ProjectionRunner<S, M, Arc<P>>) -> ProjectionRunner<S, M, Arc<P>>
             + Send
             + Sync
             + 'static,
@@ -304,16 +311,17 @@ where
         let previous = model.generations(name).await?.active;
         let generation = model.begin_generation(name, resume).await?;
         let head = store.last_position().await?;
-        let total = head.map_or(0, Position::commit);
+        let total = head.map_or(0, ordinal);
         // Where it resumes: the lowest checkpoint of the generation (0 when it is new).
         let mut first = u64::MAX;
         for partition in 0..partitions {
             let key = PartitionKey::in_generation(name.clone(), generation, partition);
-            first = first.min(model.checkpoint(&key).await?.map_or(0, Position::commit));
+            first = first.min(model.checkpoint(&key).await?.map_or(0, ordinal));
         }
         let first = if partitions == 0 { 0 } else { first };
         tracing::info!(projection = %name, generation, resumed_at = ?first, head = ?head, "rebuild started");
-        let mut runner = ProjectionRunner::new(store.clone(), model.clone(), projection)
+        let projection = Arc::new(projection);
+        let mut runner = ProjectionRunner::new(store.clone(), model.clone(), projection.clone())
             .partitions(partitions)
             .batch_size(batch_size)
             .error_policy(ErrorPolicy::Stop);
@@ -332,20 +340,31 @@ where
             from: first,
             started,
         };
-        let outcome = job.follow(&store, &model, partitions, keep_old).await;
+        // Swapped keeping the old generation; unless asked to keep it, it is dropped after a
+        // grace period, so a reader that resolved it just before the swap finishes its read.
+        // Should this process stop meanwhile, it stays listed in `Generations::kept`.
+        let outcome = job
+            .follow(&store, &model, &projection, partitions, true)
+            .await;
         let shut = running.shutdown().await;
-        let (swapped_at, generations) = outcome?;
+        let (swapped_at, _) = outcome?;
         if let Err(error) = shut {
             tracing::warn!(projection = %name, %error, "the rebuild's runner stopped with an error after the swap");
+        }
+        if !keep_old {
+            tokio::time::sleep(DROP_GRACE).await;
+            if let Err(error) = model.drop_generation(name, previous).await {
+                tracing::warn!(projection = %name, generation = previous, %error, "dropping the old generation failed; it stays listed as kept");
+            }
         }
         let report = RebuildReport {
             projection: name.clone(),
             generation,
             previous,
-            events: swapped_at.commit().saturating_sub(first),
+            events: ordinal(swapped_at).saturating_sub(first),
             swapped_at,
             elapsed: started.elapsed(),
-            kept_old: generations.kept.contains(&previous),
+            kept_old: keep_old,
         };
         tracing::info!(
             projection = %name,
@@ -357,6 +376,17 @@ where
             "rebuild swapped in"
         );
         Ok(report)
+    }
+}
+
+/// How many events of the log come up to `position`, about: the embedded stores number their
+/// events in the commit part; PostgreSQL's positions carry the event's sequence number in the
+/// prepare part (with the transaction id in the commit part).
+fn ordinal(position: Position) -> u64 {
+    if position.prepare() == 0 {
+        position.commit()
+    } else {
+        position.prepare()
     }
 }
 
@@ -374,15 +404,17 @@ struct Job<'a, M> {
 
 impl<M: ReadModel + Clone> Job<'_, M> {
     /// Reports progress until the new generation has caught up, then swaps.
-    async fn follow<S: EventStore>(
+    async fn follow<S: EventStore, P: Projection<M>>(
         &self,
         store: &S,
         model: &M,
+        projection: &P,
         partitions: u32,
         keep_old: bool,
     ) -> Result<(Position, Generations)> {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut backend_failures = 0u32;
+        let mut indexed = false;
         loop {
             let head = store.last_position().await?;
             // Catch up with the head as it is now, reporting meanwhile.
@@ -400,6 +432,12 @@ impl<M: ReadModel + Clone> Job<'_, M> {
                 }
             }
             self.report();
+            if !indexed {
+                // The bulk load is done: the secondary indexes now, then catch up again.
+                model.prepare(projection, self.generation, true).await?;
+                indexed = true;
+                continue;
+            }
             let at = head.unwrap_or(Position::START);
             match model
                 .swap(self.name, self.generation, partitions, at, keep_old)
@@ -445,7 +483,7 @@ impl<M: ReadModel + Clone> Job<'_, M> {
         let status = self.running.status();
         let done = match (status.head, status.lag_events) {
             (Some(head), Some(lag)) => head.commit().saturating_sub(lag),
-            _ => status.checkpoint.map_or(self.from, Position::commit),
+            _ => status.checkpoint.map_or(self.from, ordinal),
         };
         let elapsed = self.started.elapsed().as_secs_f64();
         #[allow(clippy::cast_precision_loss)]
@@ -514,4 +552,38 @@ pub async fn reset_checkpoints<M: ReadModel, P: Projection<M>>(
         tracing::warn!(projection = %name, generation, partition, before = ?before, to = %to, "projection checkpoint reset");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send>(_: &T) {}
+
+    /// A rebuild can run on any task (`tokio::spawn`), the CLI's included.
+    #[test]
+    fn the_rebuild_future_is_send() {
+        struct Nothing(ProjectionName);
+        impl Projection<crate::MemoryModel<u8, u8>> for Nothing {
+            fn name(&self) -> &ProjectionName {
+                &self.0
+            }
+            async fn handle(
+                &self,
+                _: &mut crate::MemoryTx<u8, u8>,
+                _: &[annals::RecordedEvent],
+            ) -> std::result::Result<(), annals::BoxError> {
+                Ok(())
+            }
+        }
+        let name = ProjectionName::new("nothing").unwrap();
+        let run = Rebuild::new(
+            annals::InMemoryStore::new(),
+            crate::MemoryModel::new(),
+            Nothing(name),
+        )
+        .configure(|runner| runner.batch_size(10))
+        .run();
+        send(&run);
+    }
 }

@@ -29,7 +29,8 @@ async fn guard<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 async fn write(store: InMemoryStore, streams: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut written = 0;
     let mut round = 0u64;
-    while !stop.load(Ordering::Acquire) {
+    // Bounded: the rebuild catches up with it, whatever their speeds.
+    while !stop.load(Ordering::Acquire) && round < 500 {
         for s in 0..streams {
             let stream = StreamId::new(format!("account-{s}")).unwrap();
             let data = EventData::json("Counted", &serde_json::json!({ "n": round })).unwrap();

@@ -174,7 +174,8 @@ async fn a_rebuild_swaps_in_a_new_schema_with_effects_once_while_another_project
         let (store, stop) = (store.clone(), stop.clone());
         tokio::spawn(async move {
             let mut round = 0u64;
-            while !stop.load(Ordering::Acquire) {
+            // A bounded writer: the rebuild catches up with it, whatever their speeds.
+            while !stop.load(Ordering::Acquire) && round < 3_000 {
                 let stream = StreamId::new(format!("account-{}", round % 30)).unwrap();
                 let data = EventData::json("Counted", &serde_json::json!({ "n": round })).unwrap();
                 store
@@ -199,6 +200,16 @@ async fn a_rebuild_swaps_in_a_new_schema_with_effects_once_while_another_project
     writer.await.unwrap();
     reader.await.unwrap();
     assert!(reads.load(Ordering::Relaxed) > 0);
+    // An event after the swap: the live runner moves to the new generation at its next batch
+    // and writes it there.
+    store
+        .append(
+            &StreamId::new("account-0").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::json("Counted", &serde_json::json!({ "n": 1 })).unwrap()],
+        )
+        .await
+        .unwrap();
     let head = store.last_position().await.unwrap().unwrap();
     guard("live after the swap", live.caught_up_to(head))
         .await

@@ -76,7 +76,8 @@ async fn readers_see_one_whole_generation_across_a_rebuild_while_a_writer_append
         let (store, stop) = (store.clone(), stop.clone());
         tokio::spawn(async move {
             let mut round = 0u64;
-            while !stop.load(Ordering::Acquire) {
+            // A bounded writer: the rebuild catches up with it, whatever their speeds.
+            while !stop.load(Ordering::Acquire) && round < 20_000 {
                 let stream = StreamId::new(format!("account-{}", round % 30)).unwrap();
                 let data = EventData::json("Counted", &serde_json::json!({ "n": round })).unwrap();
                 store
@@ -108,6 +109,16 @@ async fn readers_see_one_whole_generation_across_a_rebuild_while_a_writer_append
     writer.await.unwrap();
     reader.await.unwrap();
     assert!(reads.load(Ordering::Relaxed) > 0);
+    // An event after the swap: the live runner moves to the new generation at its next batch
+    // and writes it there.
+    store
+        .append(
+            &StreamId::new("account-0").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::json("Counted", &serde_json::json!({ "n": 1 })).unwrap()],
+        )
+        .await
+        .unwrap();
     let head = store.last_position().await.unwrap().unwrap();
     guard("live in the new generation", live.caught_up_to(head))
         .await

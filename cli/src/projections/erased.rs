@@ -9,7 +9,7 @@ use annals_projections::{
     reset_checkpoints, Projection, ProjectionName, ProjectionRunner, ProjectionWorkers, Rebuild,
     RebuildReport,
 };
-use futures::future::{BoxFuture, LocalBoxFuture};
+use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::running::Worker;
@@ -156,7 +156,7 @@ impl<M: CliModel, P: Projection<M>> Registered for Erased<M, P> {
         &'a self,
         store: &'a OpenedStore,
         settings: RebuildSettings,
-    ) -> LocalBoxFuture<'a, CliResult<RebuildReport>> {
+    ) -> BoxFuture<'a, CliResult<RebuildReport>> {
         async move {
             let (concrete, model, projection) = self.open(store).await?;
             let options = self.options.clone();
@@ -176,7 +176,7 @@ impl<M: CliModel, P: Projection<M>> Registered for Erased<M, P> {
                 .await?;
             Ok(report)
         }
-        .boxed_local()
+        .boxed()
     }
 
     fn reset<'a>(

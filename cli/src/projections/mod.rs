@@ -12,7 +12,7 @@ use annals::{Position, StreamId};
 use annals_projections::{
     ErrorPolicy, Projection, ProjectionName, RebuildProgress, RebuildReport, Retry,
 };
-use futures::future::{BoxFuture, LocalBoxFuture};
+use futures::future::BoxFuture;
 
 use crate::failure::{CliResult, Failure};
 use crate::OpenedStore;
@@ -171,14 +171,11 @@ pub(crate) trait Registered: Send + Sync {
         action: ParkedAction,
     ) -> BoxFuture<'a, CliResult<usize>>;
     /// Rebuilds it into a new generation and swaps readers to it.
-    ///
-    /// Not `Send`: `Rebuild::run`'s future is not (it holds `&Rebuild`, whose `configure`
-    /// closure is `Send` only, across awaits); the CLI runs it on its main task.
     fn rebuild<'a>(
         &'a self,
         store: &'a OpenedStore,
         settings: RebuildSettings,
-    ) -> LocalBoxFuture<'a, CliResult<RebuildReport>>;
+    ) -> BoxFuture<'a, CliResult<RebuildReport>>;
     /// Moves every partition's checkpoint of the active generation to `to`, with the
     /// projection's partitions held by this process meanwhile.
     fn reset<'a>(&'a self, store: &'a OpenedStore, to: Position) -> BoxFuture<'a, CliResult>;

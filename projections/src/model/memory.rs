@@ -287,7 +287,12 @@ where
         Ok(self.inner.state().generations_of(projection))
     }
 
-    async fn prepare<P: Projection<Self>>(&self, projection: &P, generation: u32) -> Result<()> {
+    async fn prepare<P: Projection<Self>>(
+        &self,
+        projection: &P,
+        generation: u32,
+        indexes: bool,
+    ) -> Result<()> {
         let data = self.inner.state().maps.get(&generation).cloned();
         let mut tx = MemoryTx {
             data: data.unwrap_or_default(),
@@ -297,6 +302,12 @@ where
             .setup(&mut tx)
             .await
             .map_err(|e| annals::Error::backend("projections", e))?;
+        if indexes {
+            projection
+                .indexes(&mut tx)
+                .await
+                .map_err(|e| annals::Error::backend("projections", e))?;
+        }
         Ok(())
     }
 
@@ -342,6 +353,13 @@ where
         at: Position,
         keep_old: bool,
     ) -> Result<Generations, SwapError> {
+        // No batch with effects straddles the swap: its effects would be done and its commit
+        // refused.
+        let _effects = self
+            .inner
+            .effect_locks
+            .lock_all(projection, partitions)
+            .await;
         let mut state = self.inner.state();
         let mut generations = state.generations_of(projection);
         if generations.building != Some(generation) {

@@ -244,11 +244,12 @@ pub trait ReadModel: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<Generations>> + Send;
 
     /// Runs `projection`'s [`setup`](Projection::setup) in `generation`'s space (creating its
-    /// tables), in one transaction.
+    /// tables), and with `indexes` its [`indexes`](Projection::indexes), in one transaction.
     fn prepare<P: Projection<Self>>(
         &self,
         projection: &P,
         generation: u32,
+        indexes: bool,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Starts building a new generation of `projection` beside the active one, and returns it:
@@ -330,5 +331,22 @@ impl EffectLocks {
             .or_default()
             .clone();
         lock.lock_owned().await
+    }
+
+    /// Takes the locks of every partition of `projection` below `partitions`: no batch with
+    /// effects is between its generation check and its commit meanwhile (a swap takes them).
+    pub(crate) async fn lock_all(
+        &self,
+        projection: &ProjectionName,
+        partitions: u32,
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mut guards = Vec::with_capacity(usize::try_from(partitions).unwrap_or(0));
+        for partition in 0..partitions {
+            guards.push(
+                self.lock(&PartitionKey::new(projection.clone(), partition))
+                    .await,
+            );
+        }
+        guards
     }
 }

@@ -243,6 +243,14 @@ impl PgModel {
             return Err(SwapError::NotBuilding { generations });
         }
         let old = generations.active;
+        // No batch with effects straddles the swap: batches take their partition's effect row
+        // and check the generation after it.
+        tx.execute(
+            &format!("SELECT 1 FROM \"{s}\".projection_effects WHERE projection = $1 FOR UPDATE"),
+            &[&projection.as_str()],
+        )
+        .await
+        .map_err(|e| fail(backend(e)))?;
         // Lock both generations' checkpoints: the old one commits nothing between this
         // comparison and the swap (its batches check the generation after their checkpoint).
         let names = [

@@ -293,11 +293,23 @@ impl ReadModel for PgModel {
         // A projection with effects: its partition's effect mark, locked until the commit, so
         // two generations never do one event's effects twice.
         let due = if projection.has_effects() {
-            match self.effect_mark(&tx.client, batch.key).await {
-                Ok(mark) => super::effects_due(&batch, mark),
-                Err(e) => {
+            let marked = match self.effect_mark(&tx.client, batch.key).await {
+                // A swap that held the row meanwhile has committed: checked again.
+                Ok(mark) => match self
+                    .generation_allows(&tx.client, batch.key, batch.rebuilding)
+                    .await
+                {
+                    Ok(None) => Ok(super::effects_due(&batch, mark)),
+                    Ok(Some(active)) => Err(CommitError::Retired { active }),
+                    Err(e) => Err(CommitError::Backend(e)),
+                },
+                Err(e) => Err(CommitError::Backend(e)),
+            };
+            match marked {
+                Ok(due) => due,
+                Err(error) => {
                     let _ = tx.client.batch_execute("ROLLBACK").await;
-                    return Err(CommitError::Backend(e));
+                    return Err(error);
                 }
             }
         } else {
@@ -440,7 +452,12 @@ impl ReadModel for PgModel {
         self.generations_of(projection).await
     }
 
-    async fn prepare<P: Projection<Self>>(&self, projection: &P, generation: u32) -> Result<()> {
+    async fn prepare<P: Projection<Self>>(
+        &self,
+        projection: &P,
+        generation: u32,
+        indexes: bool,
+    ) -> Result<()> {
         let client = self.client().await?;
         let schema =
             super::pg_generations::schema_name(&self.schema, projection.name(), generation);
@@ -451,9 +468,13 @@ impl ReadModel for PgModel {
             client,
             fence: None,
         };
-        let set_up = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-            projection.setup(&mut tx),
-        ))
+        let set_up = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+            projection.setup(&mut tx).await?;
+            if indexes {
+                projection.indexes(&mut tx).await?;
+            }
+            Ok::<(), annals::BoxError>(())
+        }))
         .await;
         let failed = match set_up {
             Ok(Ok(())) => None,

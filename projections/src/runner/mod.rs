@@ -214,7 +214,10 @@ where
             Some(generation) => generation,
             None => self.model.generations(&name).await?.active,
         };
-        self.model.prepare(&self.projection, generation).await?;
+        // A rebuild's indexes wait for the end of its bulk load.
+        self.model
+            .prepare(&self.projection, generation, !settings.rebuilding)
+            .await?;
         let mut checkpoints = Vec::new();
         for &partition in &ids {
             let key = PartitionKey::in_generation(name.clone(), generation, partition);

@@ -222,12 +222,15 @@ impl Inner {
                 reason: format!("generation {generation} is active or being built"),
             });
         }
-        // Generation 1's trees: those whose route leads elsewhere now.
+        // Generation 1's trees: those whose route leads to one of this projection's rebuilt
+        // generations now.
         let mut legacy = Vec::new();
         if generation == 1 {
+            let mark = format!("\u{1f}{projection}\u{1f}");
             for entry in self.routes.iter() {
-                let (tree, _) = guarded(|| entry.map_err(sled_error))?;
-                if let Ok(tree) = std::str::from_utf8(&tree) {
+                let (tree, to) = guarded(|| entry.map_err(sled_error))?;
+                let ours = std::str::from_utf8(&to).is_ok_and(|to| to.contains(&mark));
+                if let (true, Ok(tree)) = (ours, std::str::from_utf8(&tree)) {
                     legacy.push(format!("{DATA}{tree}"));
                 }
             }

@@ -149,12 +149,30 @@ impl Inner {
 
     /// The committed value of `key` in the projection's tree `tree`.
     pub(super) fn read(&self, tree: &str, key: &[u8]) -> annals::Result<Option<Vec<u8>>> {
-        let tree = self.tree(&self.route(tree)?)?;
-        guarded(|| {
-            tree.get(key)
-                .map(|v| v.map(|v| v.to_vec()))
-                .map_err(sled_error)
-        })
+        self.on_route(tree, |tree| tree.get(key).map(|v| v.map(|v| v.to_vec())))
+    }
+
+    /// Runs `read` on the active generation's tree `tree`; when that tree was dropped under it
+    /// (a swap's old generation), runs it again on the tree the route leads to now.
+    pub(super) fn on_route<T>(
+        &self,
+        tree: &str,
+        read: impl Fn(&sled::Tree) -> Result<T, sled::Error>,
+    ) -> annals::Result<T> {
+        let mut attempts = 0;
+        loop {
+            let name = self.route(tree)?;
+            let handle = self.tree(&name)?;
+            match guarded(|| Ok(read(&handle))) {
+                Ok(Err(sled::Error::CollectionNotFound(_))) if attempts < 3 => {
+                    attempts += 1;
+                    self.trees.remove(&name);
+                    self.route_cache.remove(tree);
+                }
+                Ok(result) => return result.map_err(sled_error),
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Applies every record of the journal, in key order, and removes it. Returns how many.

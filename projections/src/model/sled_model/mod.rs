@@ -281,14 +281,10 @@ impl SledModel {
     ///
     /// [`Error::Configuration`] for an invalid tree name; sled's failure.
     pub fn to_map(&self, tree: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-        let tree = self.tree(tree)?;
-        let map = guarded(|| {
+        self.inner.settle()?;
+        let map = self.inner.on_route(tree, |tree| {
             tree.iter()
-                .map(|entry| {
-                    entry
-                        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                        .map_err(sled_error)
-                })
+                .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
                 .collect()
         })?;
         Ok(map)
@@ -473,13 +469,24 @@ impl ReadModel for SledModel {
         self.inner.generations_of(projection)
     }
 
-    async fn prepare<P: Projection<Self>>(&self, projection: &P, generation: u32) -> Result<()> {
+    async fn prepare<P: Projection<Self>>(
+        &self,
+        projection: &P,
+        generation: u32,
+        indexes: bool,
+    ) -> Result<()> {
         // Trees need no creating; what a setup writes is committed as a batch of its own.
         let mut tx = SledTx::new(self.clone(), projection.name().as_str(), generation);
         projection
             .setup(&mut tx)
             .await
             .map_err(|e| Error::backend("projections", e))?;
+        if indexes {
+            projection
+                .indexes(&mut tx)
+                .await
+                .map_err(|e| Error::backend("projections", e))?;
+        }
         if tx.trees.iter().all(|t| t.writes.is_empty()) {
             return Ok(());
         }
@@ -522,6 +529,13 @@ impl ReadModel for SledModel {
         at: Position,
         keep_old: bool,
     ) -> Result<Generations, SwapError> {
+        // No batch with effects straddles the swap: its effects would be done and its commit
+        // refused.
+        let _effects = self
+            .inner
+            .effect_locks
+            .lock_all(projection, partitions)
+            .await;
         let inner = self.inner.clone();
         let projection = projection.clone();
         let swapped = annals::store::kit::off_worker("sled", move || {
