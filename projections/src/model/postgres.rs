@@ -270,22 +270,6 @@ impl ReadModel for PgModel {
             .batch_execute(&begin)
             .await
             .map_err(|e| CommitError::Backend(backend(e)))?;
-        // A retired generation's schema may be gone: its handler is not run (checked again
-        // before the commit, after the checkpoint's row is locked).
-        match self
-            .generation_allows(&client, batch.key, batch.rebuilding)
-            .await
-        {
-            Ok(None) => {}
-            Ok(Some(active)) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(CommitError::Retired { active });
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(CommitError::Backend(e));
-            }
-        }
         let mut tx = PgTx {
             client,
             fence: batch.fence.cloned(),
@@ -332,6 +316,15 @@ impl ReadModel for PgModel {
             if let Some(error) = failed {
                 // A failed statement aborted the transaction; either way nothing is kept.
                 let _ = tx.client.batch_execute("ROLLBACK").await;
+                // A retired generation's tables may be gone (dropped after its swap): that is
+                // no fault of the handler's.
+                let client: &tokio_postgres::Client = &tx.client;
+                if let Ok(Some(active)) = self
+                    .generation_allows(client, batch.key, batch.rebuilding)
+                    .await
+                {
+                    return Err(CommitError::Retired { active });
+                }
                 return Err(CommitError::Handler(error));
             }
         }
