@@ -53,7 +53,8 @@ pub struct RebuildReport {
     pub events: u64,
     /// Where the swap happened: the new generation had every event up to here.
     pub swapped_at: Position,
-    /// How long this run took.
+    /// How long this run took, to the swap (the old generation's drop a second later is not
+    /// counted: readers are on the new generation from the swap on).
     pub elapsed: Duration,
     /// Whether the previous generation was kept ([`Rebuild::keep_old`]).
     pub kept_old: bool,
@@ -348,6 +349,7 @@ where
             .await;
         let shut = running.shutdown().await;
         let (swapped_at, _) = outcome?;
+        let elapsed = started.elapsed();
         if let Err(error) = shut {
             tracing::warn!(projection = %name, %error, "the rebuild's runner stopped with an error after the swap");
         }
@@ -363,7 +365,7 @@ where
             previous,
             events: ordinal(swapped_at).saturating_sub(first),
             swapped_at,
-            elapsed: started.elapsed(),
+            elapsed,
             kept_old: keep_old,
         };
         tracing::info!(
