@@ -3,6 +3,8 @@
 
 mod memory;
 #[cfg(feature = "postgres")]
+mod pg_effects;
+#[cfg(feature = "postgres")]
 mod pg_generations;
 #[cfg(feature = "postgres")]
 mod postgres;

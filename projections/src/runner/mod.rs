@@ -2,6 +2,7 @@
 
 mod partition;
 mod reader;
+mod switch;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

@@ -8,9 +8,15 @@ use annals::{EventStore, Lease, Leases, Position};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ErrorPolicy, Generations, PartitionKey, Projection, ProjectionError, ProjectionName,
-    ProjectionRunner, ReadModel, Result, RunningProjection, SwapError,
+    ErrorPolicy, PartitionKey, Projection, ProjectionError, ProjectionName, ProjectionRunner,
+    ReadModel, Result,
 };
+
+mod job;
+mod reset;
+
+use job::{ordinal, Job};
+pub use reset::reset_checkpoints;
 
 /// How long after a swap the old generation is dropped: a reader that resolved it just before
 /// the swap finishes its read meanwhile.
@@ -379,181 +385,6 @@ where
         );
         Ok(report)
     }
-}
-
-/// How many events of the log come up to `position`, about: the embedded stores number their
-/// events in the commit part; PostgreSQL's positions carry the event's sequence number in the
-/// prepare part (with the transaction id in the commit part).
-fn ordinal(position: Position) -> u64 {
-    if position.prepare() == 0 {
-        position.commit()
-    } else {
-        position.prepare()
-    }
-}
-
-/// A running rebuild, from its start to its swap.
-struct Job<'a, M> {
-    name: &'a ProjectionName,
-    generation: u32,
-    running: &'a RunningProjection<M>,
-    progress: Option<Progress>,
-    cancel: &'a CancellationToken,
-    total: u64,
-    from: u64,
-    started: Instant,
-}
-
-impl<M: ReadModel + Clone> Job<'_, M> {
-    /// Reports progress until the new generation has caught up, then swaps.
-    async fn follow<S: EventStore, P: Projection<M>>(
-        &self,
-        store: &S,
-        model: &M,
-        projection: &P,
-        partitions: u32,
-        keep_old: bool,
-    ) -> Result<(Position, Generations)> {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut backend_failures = 0u32;
-        let mut indexed = false;
-        loop {
-            let head = store.last_position().await?;
-            // Catch up with the head as it is now, reporting meanwhile.
-            if let Some(head) = head {
-                let reached = self.running.caught_up_to(head);
-                tokio::pin!(reached);
-                loop {
-                    tokio::select! {
-                        done = &mut reached => { done?; break; }
-                        _ = tick.tick() => self.report(),
-                        () = self.cancel.cancelled() => {
-                            return Err(ProjectionError::Cancelled { projection: self.name.clone() });
-                        }
-                    }
-                }
-            }
-            self.report();
-            if !indexed {
-                // The bulk load is done: the secondary indexes now, then catch up again.
-                model.prepare(projection, self.generation, true).await?;
-                indexed = true;
-                continue;
-            }
-            let at = head.unwrap_or(Position::START);
-            match model
-                .swap(self.name, self.generation, partitions, at, keep_old)
-                .await
-            {
-                Ok(generations) => return Ok((at, generations)),
-                Err(SwapError::Behind { active, .. }) => {
-                    // The live generation committed past the head read above: catch up to it.
-                    if let Some(active) = active {
-                        tokio::select! {
-                            done = self.running.caught_up_to(active) => done?,
-                            () = self.cancel.cancelled() => {
-                                return Err(ProjectionError::Cancelled { projection: self.name.clone() });
-                            }
-                        }
-                    }
-                    // Its checkpoint is committed after an idle moment.
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-                Err(SwapError::NotBuilding { generations }) => {
-                    return Err(ProjectionError::Retired {
-                        projection: self.name.clone(),
-                        generation: self.generation,
-                        active: generations.active,
-                    });
-                }
-                Err(SwapError::Backend(error)) => {
-                    backend_failures += 1;
-                    if backend_failures > 10 {
-                        return Err(error.into());
-                    }
-                    tracing::warn!(projection = %self.name, %error, "swapping failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100) * backend_failures).await;
-                }
-            }
-        }
-    }
-
-    fn report(&self) {
-        let Some(progress) = &self.progress else {
-            return;
-        };
-        let status = self.running.status();
-        let done = match (status.head, status.lag_events) {
-            (Some(head), Some(lag)) => head.commit().saturating_sub(lag),
-            _ => status.checkpoint.map_or(self.from, ordinal),
-        };
-        let elapsed = self.started.elapsed().as_secs_f64();
-        #[allow(clippy::cast_precision_loss)]
-        let per_second = if elapsed > 0.0 {
-            done.saturating_sub(self.from) as f64 / elapsed
-        } else {
-            0.0
-        };
-        #[allow(clippy::cast_precision_loss)]
-        let eta = (per_second > 0.0)
-            .then(|| Duration::from_secs_f64(self.total.saturating_sub(done) as f64 / per_second));
-        progress(&RebuildProgress {
-            projection: self.name.clone(),
-            generation: self.generation,
-            done,
-            total: self.total,
-            per_second,
-            eta,
-        });
-    }
-}
-
-/// Moves every partition checkpoint of `projection`'s active generation to `to` — an explicit,
-/// logged operator's act: moving back applies the events after `to` again (to a read model that
-/// already holds them: only for handlers that tolerate it), moving forward skips the events up
-/// to `to`. Stop the projection's runners first; a runner that is running keeps its own
-/// position in memory.
-///
-/// # Errors
-///
-/// The read model's failure.
-pub async fn reset_checkpoints<M: ReadModel, P: Projection<M>>(
-    model: &M,
-    projection: &P,
-    partitions: u32,
-    to: Position,
-) -> Result<()> {
-    let name = projection.name();
-    let generation = model.generations(name).await?.active;
-    for partition in 0..partitions {
-        let key = PartitionKey::in_generation(name.clone(), generation, partition);
-        let before = model.checkpoint(&key).await?;
-        let batch = crate::Batch {
-            key: &key,
-            handle: &[],
-            dead_letters: &[],
-            release: &[],
-            checkpoint: to,
-            fence: None,
-            rebuilding: false,
-        };
-        match model.commit(projection, batch).await {
-            Ok(()) => {}
-            Err(crate::CommitError::Backend(e)) => return Err(e.into()),
-            Err(crate::CommitError::Retired { active }) => {
-                return Err(ProjectionError::Retired {
-                    projection: name.clone(),
-                    generation,
-                    active,
-                })
-            }
-            Err(crate::CommitError::Fenced | crate::CommitError::Handler(_)) => {
-                return Err(annals::Error::backend("projections", "a reset was refused").into())
-            }
-        }
-        tracing::warn!(projection = %name, generation, partition, before = ?before, to = %to, "projection checkpoint reset");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

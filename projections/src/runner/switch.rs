@@ -1,0 +1,80 @@
+//! A partition moving to the generation a swap made active (see `crate::Rebuild`).
+
+use std::collections::HashMap;
+
+use annals::{EventId, StreamId};
+
+use super::partition::PartitionTask;
+use crate::{DeadLetterKind, PartitionKey, Projection, ProjectionError, ReadModel};
+
+impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
+    /// Moves the partition to generation `active` after a swap: its checkpoint and parked
+    /// events there. A rebuild's partition stops instead.
+    pub(super) async fn switch(
+        &mut self,
+        active: u32,
+        parked: &mut HashMap<StreamId, EventId>,
+    ) -> std::result::Result<(), Option<ProjectionError>> {
+        let retired = || ProjectionError::Retired {
+            projection: self.key.projection.clone(),
+            generation: self.key.generation,
+            active,
+        };
+        if self.settings.rebuilding || active == self.key.generation {
+            return Err(Some(retired()));
+        }
+        let key =
+            PartitionKey::in_generation(self.key.projection.clone(), active, self.key.partition);
+        let mut failures = 0;
+        let (checkpoint, letters) = loop {
+            let loaded = async {
+                let checkpoint = self.model.checkpoint(&key).await?;
+                let letters = self.model.dead_letters(&key.projection, active).await?;
+                Ok::<_, ProjectionError>((checkpoint, letters))
+            }
+            .await;
+            match loaded {
+                Ok(loaded) => break loaded,
+                Err(error) => {
+                    failures += 1;
+                    self.board.error(
+                        key.partition,
+                        format!("moving to generation {active}: {error}"),
+                    );
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Err(None),
+                        () = tokio::time::sleep(self.settings.retry.backoff(failures)) => {}
+                    }
+                }
+            }
+        };
+        // A swap waits until the new generation is at or past the old one everywhere, and
+        // the old one commits nothing after it: never behind what this partition committed.
+        if checkpoint < self.checkpoint {
+            return Err(Some(retired()));
+        }
+        parked.clear();
+        let mut count = 0;
+        for letter in letters.iter().filter(|l| l.partition == key.partition) {
+            if letter.kind == DeadLetterKind::Parked {
+                parked
+                    .entry(letter.event.stream_id.clone())
+                    .or_insert(letter.event.id);
+                count += 1;
+            }
+        }
+        tracing::info!(
+            projection = %key.projection,
+            partition = key.partition,
+            from = self.key.generation,
+            to = active,
+            checkpoint = ?checkpoint,
+            "projection partition moved to the swapped-in generation"
+        );
+        self.board.moved(key.partition, active, checkpoint, count);
+        self.key = key;
+        self.checkpoint = checkpoint;
+        self.progress.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}
