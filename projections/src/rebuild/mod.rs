@@ -192,7 +192,7 @@ where
         self
     }
 
-    /// Keeps the old generation after the swap (listed in [`Generations::kept`]) instead of
+    /// Keeps the old generation after the swap (listed in [`Generations::kept`](crate::Generations::kept)) instead of
     /// dropping it a second after the swap (readers that resolved it just before finish their
     /// read meanwhile).
     #[must_use]
