@@ -103,7 +103,17 @@ async fn a_rebuild_swaps_in_a_whole_generation_while_a_writer_appends_and_reader
     };
     assert_eq!((report.previous, report.generation), (1, 2));
     assert!(!report.kept_old);
-    // The writer goes on after the swap: its events land in the new generation.
+    stop.store(true, Ordering::Release);
+    writer.await.unwrap();
+    // With no event to commit, the live runner's partitions still move to the new generation
+    // (its status says the generation readers see).
+    guard("the idle live runner moving to generation 2", async {
+        while live.status().partitions.iter().any(|p| p.generation != 2) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Events after the swap land in the new generation.
     let after_swap = store.last_position().await.unwrap().unwrap();
     let more = store
         .append(
@@ -114,8 +124,6 @@ async fn a_rebuild_swaps_in_a_whole_generation_while_a_writer_appends_and_reader
         .await
         .unwrap();
     assert!(more.last_position > after_swap);
-    stop.store(true, Ordering::Release);
-    writer.await.unwrap();
     reader.await.unwrap();
     assert!(reads.load(Ordering::Relaxed) > 0);
 
@@ -313,4 +321,31 @@ async fn a_cancelled_rebuild_leaves_the_live_generation_and_resumes_where_it_sto
         .unwrap();
     assert_eq!(generations.kept, vec![2]);
     assert_eq!(model.to_map(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_live_runner_moves_to_the_swapped_in_generation_without_an_event() {
+    let store = InMemoryStore::new();
+    let head = fill(&store, "account", 10, 20, 5).await;
+    let model: MemoryModel<String, Tally> = MemoryModel::new();
+    let live = ProjectionRunner::new(store.clone(), model.clone(), Tallies::new("tallies"))
+        .partitions(2)
+        .start()
+        .await
+        .unwrap();
+    guard("live", live.caught_up_to(head)).await.unwrap();
+    Rebuild::new(store.clone(), model.clone(), Tallies::new("tallies"))
+        .partitions(2)
+        .run()
+        .await
+        .unwrap();
+    // Nothing is appended: no batch of the live runner finds out by being refused.
+    guard("the live runner following the swap", async {
+        while live.status().partitions.iter().any(|p| p.generation != 2) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(model.to_map(), fold(&store, None).await);
+    live.shutdown().await.unwrap();
 }

@@ -77,7 +77,8 @@ pub(crate) fn stored_name(
 /// A rebuild ([`Rebuild`](crate::Rebuild)) builds generation `active + 1` in its own space
 /// (sled trees, a PostgreSQL schema, a map) while the active one keeps serving reads and
 /// following the log; once it has caught up, one atomic step makes it the active one
-/// ([`ReadModel::swap`]), and runners of the old one move to it at their next batch.
+/// ([`ReadModel::swap`]), and runners of the old one move to it at their next batch (an idle
+/// runner within a second).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Generations {
     /// The generation readers see and live runners write (1 for a projection never rebuilt).

@@ -76,7 +76,7 @@ type Configure<S, M, P> =
 /// ([`ReadModel::swap`]) recorded with the position it happened at. Readers that resolve the
 /// active generation (`SledModel::get`, `PgModel::schema_of`, `MemoryModel::get`) see `g`
 /// before and `g + 1` after, never an empty or half-built model; runners of `g` move to
-/// `g + 1` at their next batch.
+/// `g + 1` at their next batch (an idle one within a second).
 ///
 /// - **Resumable**: the new generation keeps its own checkpoints, so a killed or cancelled
 ///   rebuild run again with [`resume`](Self::resume) continues where it stopped; without it,

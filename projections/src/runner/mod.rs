@@ -269,6 +269,7 @@ where
                 cancel: cancel.clone(),
                 failure: failure.clone(),
                 fence: fence.clone(),
+                retire_to: None,
             };
             tracker.spawn(task.run(rx));
         }
@@ -289,6 +290,15 @@ where
             settings.stall_after,
             cancel.clone(),
         ));
+        if !settings.rebuilding {
+            tracker.spawn(switch::follow_generations(
+                self.model.clone(),
+                board.clone(),
+                ids.clone(),
+                senders.clone(),
+                cancel.clone(),
+            ));
+        }
         tracker.close();
         tracing::info!(projection = %name, partitions = settings.partitions, "projection started");
         Ok(RunningProjection {

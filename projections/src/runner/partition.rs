@@ -24,6 +24,9 @@ pub(crate) enum Msg {
     Events(Vec<RecordedEvent>),
     /// Every event up to here was handed over.
     Scanned(Position),
+    /// A swap made this generation active: an idle partition moves to it now (a busy one
+    /// finds out at its next batch).
+    Retired(u32),
     /// Retry or drop the parked events of a stream.
     Control {
         stream: StreamId,
@@ -51,6 +54,8 @@ pub(super) struct PartitionTask<M, P> {
     pub(super) failure: Arc<Mutex<Option<Arc<ProjectionError>>>>,
     /// The lease the partition is owned under (workers across processes).
     pub(super) fence: Option<Fence>,
+    /// A newer active generation announced by `Msg::Retired`, to move to when idle.
+    pub(super) retire_to: Option<u32>,
 }
 
 /// Sleeps for `wait`, or for ever without one.
@@ -163,6 +168,19 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 let answer = self.control(&stream, what, &mut parked).await;
                 let _ = reply.send(answer);
             }
+            if let Some(active) = self.retire_to.take() {
+                // Idle after a swap: move now, so status shows the generation readers see.
+                if pending.is_empty() && active > self.key.generation {
+                    match self.switch(active, &mut parked).await {
+                        Ok(()) => {}
+                        Err(Some(error)) => {
+                            self.stop(error);
+                            return;
+                        }
+                        Err(None) => break,
+                    }
+                }
+            }
         }
         // Shutting down: commit the batch in hand.
         if !pending.is_empty() || scanned > self.checkpoint {
@@ -173,7 +191,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
     }
 
     fn take(
-        &self,
+        &mut self,
         msg: Msg,
         pending: &mut Vec<RecordedEvent>,
         scanned: &mut Option<Position>,
@@ -186,6 +204,7 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 self.board.scanned(self.key.partition, position);
                 self.progress.send_modify(|n| *n += 1);
             }
+            Msg::Retired(active) => self.retire_to = Some(active),
             Msg::Control {
                 stream,
                 what,

@@ -1,11 +1,50 @@
 //! A partition moving to the generation a swap made active (see `crate::Rebuild`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use annals::{EventId, StreamId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::partition::PartitionTask;
+use super::partition::{Msg, PartitionTask};
+use crate::status::Board;
 use crate::{DeadLetterKind, PartitionKey, Projection, ProjectionError, ReadModel};
+
+/// How often a live runner asks its read model for the active generation.
+const GENERATION_CHECK: Duration = Duration::from_secs(1);
+
+/// Tells the partitions of a live runner about a swap: every second, the read model's active
+/// generation; a partition still on an older one is sent [`Msg::Retired`] (a busy partition,
+/// whose queue is full, finds out at its next batch anyway).
+pub(super) async fn follow_generations<M: ReadModel>(
+    model: M,
+    board: Arc<Board>,
+    ids: Vec<u32>,
+    senders: Vec<mpsc::Sender<Msg>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(GENERATION_CHECK) => {}
+        }
+        let Ok(generations) = model.generations(&board.name).await else {
+            continue;
+        };
+        let status = board.snapshot();
+        for (partition, sender) in ids.iter().zip(&senders) {
+            let behind = status
+                .partitions
+                .iter()
+                .any(|p| p.partition == *partition && p.generation < generations.active);
+            if behind {
+                let _ = sender.try_send(Msg::Retired(generations.active));
+            }
+        }
+    }
+}
 
 impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
     /// Moves the partition to generation `active` after a swap: its checkpoint and parked
