@@ -349,3 +349,65 @@ async fn an_idle_live_runner_moves_to_the_swapped_in_generation_without_an_event
     assert_eq!(model.to_map(), fold(&store, None).await);
     live.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_count_changes_only_through_a_rebuild() {
+    let store = InMemoryStore::new();
+    let head = fill(&store, "account", 20, 10, 5).await;
+    let model: MemoryModel<String, Tally> = MemoryModel::new();
+    let live = ProjectionRunner::new(store.clone(), model.clone(), Tallies::new("tallies"))
+        .partitions(4)
+        .start()
+        .await
+        .unwrap();
+    guard("live", live.caught_up_to(head)).await.unwrap();
+    // Another count on the same generation would split streams between checkpoints: refused.
+    let refused = ProjectionRunner::new(store.clone(), model.clone(), Tallies::new("tallies"))
+        .partitions(2)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            ProjectionError::Configuration {
+                setting: "partitions",
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    // A rebuild with 2 partitions is how the count changes; the 4-partition runner stops when
+    // it meets the new generation, naming the count.
+    Rebuild::new(store.clone(), model.clone(), Tallies::new("tallies"))
+        .partitions(2)
+        .run()
+        .await
+        .unwrap();
+    let stopped = guard("the old runner stopping", live.stopped())
+        .await
+        .unwrap();
+    assert!(stopped.to_string().contains("2 partitions"), "{stopped}");
+    let _ = live.shutdown().await;
+    let two = ProjectionRunner::new(store.clone(), model.clone(), Tallies::new("tallies"))
+        .partitions(2)
+        .start()
+        .await
+        .unwrap();
+    let more = store
+        .append(
+            &StreamId::new("account-3").unwrap(),
+            ExpectedVersion::Any,
+            vec![EventData::json("Counted", &serde_json::json!({ "n": 1 })).unwrap()],
+        )
+        .await
+        .unwrap();
+    guard(
+        "the 2-partition runner",
+        two.caught_up_to(more.last_position),
+    )
+    .await
+    .unwrap();
+    assert_eq!(model.to_map(), fold(&store, None).await);
+    two.shutdown().await.unwrap();
+}

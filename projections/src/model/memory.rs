@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use annals::{Position, Timestamp};
+use annals::Position;
 use dashmap::DashMap;
 use futures::FutureExt;
 
@@ -311,6 +311,19 @@ where
         Ok(())
     }
 
+    async fn record_partitions(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+    ) -> Result<()> {
+        let mut state = self.inner.state();
+        let mut generations = state.generations_of(projection);
+        generations.record_partitions(generation, partitions);
+        state.generations.insert(projection.clone(), generations);
+        Ok(())
+    }
+
     async fn begin_generation(&self, projection: &ProjectionName, resume: bool) -> Result<u32> {
         let mut state = self.inner.state();
         // The map is the model's: generations of one projection only.
@@ -341,6 +354,7 @@ where
         let generation = state.last;
         state.maps.insert(generation, Arc::new(DashMap::new()));
         generations.building = Some(generation);
+        generations.building_partitions = None;
         state.generations.insert(projection.clone(), generations);
         Ok(generation)
     }
@@ -394,13 +408,8 @@ where
             .current
             .write()
             .unwrap_or_else(PoisonError::into_inner) = data;
-        generations.active = generation;
-        generations.building = None;
-        generations.swapped_at = Some(at);
-        generations.swapped_time = Some(Timestamp::now());
-        if keep_old {
-            generations.kept.push(old);
-        } else {
+        generations.swapped(at, keep_old);
+        if !keep_old {
             state.forget(projection, old, &self.inner.checkpoints);
         }
         state

@@ -91,6 +91,48 @@ pub struct Generations {
     pub swapped_time: Option<Timestamp>,
     /// Old generations kept after a swap (see [`Rebuild::keep_old`](crate::Rebuild::keep_old)).
     pub kept: Vec<u32>,
+    /// The partition count the active generation was built with (none before a runner first
+    /// recorded it): runners with another count are refused, since a stream's events would be
+    /// split between partitions with different checkpoints.
+    pub partitions: Option<u32>,
+    /// The partition count of the generation being built.
+    pub building_partitions: Option<u32>,
+}
+
+impl Generations {
+    /// The partition count recorded for `generation` (active or being built).
+    pub fn partitions_of(&self, generation: u32) -> Option<u32> {
+        if self.building == Some(generation) {
+            self.building_partitions
+        } else if self.active == generation {
+            self.partitions
+        } else {
+            None
+        }
+    }
+
+    /// Records `partitions` for `generation` (active or being built) where none is recorded.
+    pub(crate) fn record_partitions(&mut self, generation: u32, partitions: u32) {
+        if self.building == Some(generation) {
+            self.building_partitions.get_or_insert(partitions);
+        } else if self.active == generation {
+            self.partitions.get_or_insert(partitions);
+        }
+    }
+
+    /// The swap's change: `building` becomes the active generation.
+    pub(crate) fn swapped(&mut self, at: Position, keep_old: bool) {
+        let old = self.active;
+        if let Some(building) = self.building.take() {
+            self.active = building;
+        }
+        self.partitions = self.building_partitions.take();
+        self.swapped_at = Some(at);
+        self.swapped_time = Some(Timestamp::now());
+        if keep_old {
+            self.kept.push(old);
+        }
+    }
 }
 
 impl Default for Generations {
@@ -101,6 +143,8 @@ impl Default for Generations {
             swapped_at: None,
             swapped_time: None,
             kept: Vec::new(),
+            partitions: None,
+            building_partitions: None,
         }
     }
 }
@@ -253,6 +297,15 @@ pub trait ReadModel: Send + Sync + Sized + 'static {
         projection: &P,
         generation: u32,
         indexes: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records `partitions` as the partition count of `generation` (active or being built)
+    /// when none is recorded yet ([`Generations::partitions`]).
+    fn record_partitions(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Starts building a new generation of `projection` beside the active one, and returns it:

@@ -45,7 +45,7 @@ async fn read_row(
         .query_opt(
             &format!(
                 "SELECT active, building, last_generation, swapped_commit, swapped_prepare,
-                        swapped_micros, kept
+                        swapped_micros, kept, partitions, building_partitions
                  FROM \"{schema}\".projection_generations WHERE projection = $1{}",
                 if lock { " FOR UPDATE" } else { "" }
             ),
@@ -64,6 +64,8 @@ async fn read_row(
     let prepare: Option<i64> = row.try_get(4).map_err(backend)?;
     let micros: Option<i64> = row.try_get(5).map_err(backend)?;
     let kept: Vec<i32> = row.try_get(6).map_err(backend)?;
+    let partitions: Option<i32> = row.try_get(7).map_err(backend)?;
+    let building_partitions: Option<i32> = row.try_get(8).map_err(backend)?;
     let swapped_at = match (commit, prepare) {
         (Some(c), Some(p)) => Some(Position::new(
             to_u64(c, "swap position")?,
@@ -78,6 +80,8 @@ async fn read_row(
             swapped_at,
             swapped_time: micros.map(Timestamp::from_unix_micros),
             kept: kept.into_iter().map(n).collect(),
+            partitions: partitions.map(n),
+            building_partitions: building_partitions.map(n),
         },
         n(last),
     ))
@@ -105,13 +109,15 @@ async fn write_row(
             &format!(
                 "INSERT INTO \"{schema}\".projection_generations
                      (projection, active, building, last_generation, swapped_commit,
-                      swapped_prepare, swapped_micros, kept)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                      swapped_prepare, swapped_micros, kept, partitions, building_partitions)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (projection) DO UPDATE SET active = EXCLUDED.active,
                      building = EXCLUDED.building, last_generation = EXCLUDED.last_generation,
                      swapped_commit = EXCLUDED.swapped_commit,
                      swapped_prepare = EXCLUDED.swapped_prepare,
-                     swapped_micros = EXCLUDED.swapped_micros, kept = EXCLUDED.kept"
+                     swapped_micros = EXCLUDED.swapped_micros, kept = EXCLUDED.kept,
+                     partitions = EXCLUDED.partitions,
+                     building_partitions = EXCLUDED.building_partitions"
             ),
             &[
                 &projection.as_str(),
@@ -122,6 +128,8 @@ async fn write_row(
                 &prepare,
                 &g.swapped_time.map(Timestamp::unix_micros),
                 &kept,
+                &g.partitions.map(int),
+                &g.building_partitions.map(int),
             ],
         )
         .await
@@ -182,6 +190,7 @@ impl PgModel {
         }
         let generation = last.max(generations.active) + 1;
         generations.building = Some(generation);
+        generations.building_partitions = None;
         write_row(&tx, s, projection, &generations, generation).await?;
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS \"{}\"",
@@ -289,13 +298,7 @@ impl PgModel {
                 });
             }
         }
-        generations.active = generation;
-        generations.building = None;
-        generations.swapped_at = Some(at);
-        generations.swapped_time = Some(Timestamp::now());
-        if keep_old {
-            generations.kept.push(old);
-        }
+        generations.swapped(at, keep_old);
         write_row(&tx, s, projection, &generations, last)
             .await
             .map_err(fail)?;
@@ -307,6 +310,25 @@ impl PgModel {
             }
         }
         Ok(generations)
+    }
+
+    pub(super) async fn record(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let raw: &mut tokio_postgres::Client = &mut client;
+        let tx = raw.transaction().await.map_err(backend)?;
+        let (mut generations, last) = read_row(&tx, &self.schema, projection, true).await?;
+        let before = generations.clone();
+        generations.record_partitions(generation, partitions);
+        if generations != before {
+            write_row(&tx, &self.schema, projection, &generations, last).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(())
     }
 
     pub(super) async fn drop_old(

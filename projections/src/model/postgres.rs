@@ -115,7 +115,9 @@ impl PgModel {
                      swapped_commit bigint,
                      swapped_prepare bigint,
                      swapped_micros bigint,
-                     kept integer[] NOT NULL);
+                     kept integer[] NOT NULL,
+                     partitions integer,
+                     building_partitions integer);
                  CREATE TABLE IF NOT EXISTS \"{s}\".projection_effects (
                      projection text NOT NULL,
                      partition integer NOT NULL,
@@ -484,6 +486,15 @@ impl ReadModel for PgModel {
         }
         tx.client.batch_execute("COMMIT").await.map_err(backend)?;
         Ok(())
+    }
+
+    async fn record_partitions(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+    ) -> Result<()> {
+        self.record(projection, generation, partitions).await
     }
 
     async fn begin_generation(&self, projection: &ProjectionName, resume: bool) -> Result<u32> {

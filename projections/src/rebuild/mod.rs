@@ -177,8 +177,10 @@ where
         }
     }
 
-    /// The partition count: **the same as the live runner's**, so it goes on with the new
-    /// generation's checkpoints after the swap.
+    /// The partition count of the new generation (1 by default). Live runners follow the swap
+    /// only with the same count: rebuilding with another count is how a projection's count is
+    /// changed (restart its runners with the new count after the swap; a runner with the old
+    /// count stops with [`ProjectionError::Configuration`] when it meets the new generation).
     #[must_use]
     pub fn partitions(mut self, count: u32) -> Self {
         self.partitions = count;
@@ -317,6 +319,17 @@ where
         } = self;
         let previous = model.generations(name).await?.active;
         let generation = model.begin_generation(name, resume).await?;
+        let recorded = model.generations(name).await?.partitions_of(generation);
+        if let Some(recorded) = recorded.filter(|r| *r != partitions) {
+            return Err(ProjectionError::Configuration {
+                projection: name.clone(),
+                setting: "partitions",
+                reason: format!(
+                    "the interrupted rebuild of generation {generation} has {recorded} \
+                     partitions, this one {partitions}: resume it with {recorded}, or start over"
+                ),
+            });
+        }
         let head = store.last_position().await?;
         let total = head.map_or(0, ordinal);
         // Where it resumes: the lowest checkpoint of the generation (0 when it is new).

@@ -119,8 +119,10 @@ where
 
     /// Splits the work into `count` partitions by stream ([`partition_of`](crate::partition_of)):
     /// each partition applies its streams' events in order, partitions run in parallel, each
-    /// with its own checkpoint. Changing the count of a projection that has checkpoints is
-    /// refused (its checkpoints would no longer match its partitions): rebuild it instead.
+    /// with its own checkpoint. The count is recorded with the read model's generation at the
+    /// first start; a runner with another count is refused ([`ProjectionError::Configuration`]:
+    /// a stream's events would be split between partitions with different checkpoints). To
+    /// change it, rebuild the projection with the new count ([`Rebuild::partitions`](crate::Rebuild::partitions)).
     #[must_use]
     pub fn partitions(mut self, count: u32) -> Self {
         self.settings.partitions = count;
@@ -211,10 +213,28 @@ where
             None => (0..settings.partitions).collect(),
         };
         let fence = settings.only.as_ref().and_then(|(_, fence)| fence.clone());
-        let generation = match settings.generation {
-            Some(generation) => generation,
-            None => self.model.generations(&name).await?.active,
-        };
+        let generations = self.model.generations(&name).await?;
+        let generation = settings.generation.unwrap_or(generations.active);
+        // A stream's partition depends on the count: another count would split a stream's
+        // events between partitions with different checkpoints (skipped or applied twice).
+        match generations.partitions_of(generation) {
+            Some(recorded) if recorded != settings.partitions => {
+                return Err(invalid(
+                    "partitions",
+                    &format!(
+                        "generation {generation} was built with {recorded} partitions, this runner \
+                         has {}: run it with {recorded}, or rebuild the projection with {}",
+                        settings.partitions, settings.partitions
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.model
+                    .record_partitions(&name, generation, settings.partitions)
+                    .await?;
+            }
+        }
         // A rebuild's indexes wait for the end of its bulk load.
         self.model
             .prepare(&self.projection, generation, !settings.rebuilding)

@@ -287,6 +287,8 @@ pub(super) fn generations_body(g: &crate::Generations, last: u32) -> Vec<u8> {
         "swapped_micros": g.swapped_time.map(Timestamp::unix_micros),
         "kept": g.kept,
         "last": last,
+        "partitions": g.partitions,
+        "building_partitions": g.building_partitions,
     })
     .to_string()
     .into_bytes()
@@ -315,6 +317,8 @@ pub(super) fn decode_generations(body: &[u8]) -> Result<(crate::Generations, u32
                     .collect()
             })
             .unwrap_or_default(),
+        partitions: n("partitions"),
+        building_partitions: n("building_partitions"),
     };
     Ok((generations, n("last").unwrap_or(active)))
 }

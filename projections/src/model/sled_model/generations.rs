@@ -9,7 +9,7 @@
 //! routes of every tree of the new generation in one batch record — one atomic step, also
 //! across a crash.
 
-use annals::{Position, Timestamp};
+use annals::Position;
 
 use super::codec::{self, Group, Opened};
 use super::errors::{damaged, guarded, newer, sled_error};
@@ -110,6 +110,7 @@ impl Inner {
         }
         let generation = last.max(generations.active) + 1;
         generations.building = Some(generation);
+        generations.building_partitions = None;
         // A crash between here and the first batch leaves an empty generation to resume.
         self.commit_change(
             projection,
@@ -174,13 +175,7 @@ impl Inner {
                 }
             }
         }
-        generations.active = generation;
-        generations.building = None;
-        generations.swapped_at = Some(at);
-        generations.swapped_time = Some(Timestamp::now());
-        if keep_old {
-            generations.kept.push(old);
-        }
+        generations.swapped(at, keep_old);
         let mut groups = vec![Self::record_write(projection, &generations, last)];
         if !routes.is_empty() {
             groups.push(Group {
@@ -205,6 +200,26 @@ impl Inner {
             }
         }
         Ok(generations)
+    }
+
+    /// Records the partition count of `generation` where none is recorded.
+    pub(super) fn record_partitions(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+    ) -> Result<()> {
+        let _one = self.lock();
+        let (mut generations, last) = self.record(projection)?;
+        let before = generations.clone();
+        generations.record_partitions(generation, partitions);
+        if generations != before {
+            self.commit_change(
+                projection,
+                &[Self::record_write(projection, &generations, last)],
+            )?;
+        }
+        Ok(())
     }
 
     /// Drops a generation that is neither active nor being built.

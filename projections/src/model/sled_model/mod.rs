@@ -510,6 +510,20 @@ impl ReadModel for SledModel {
         Ok(())
     }
 
+    async fn record_partitions(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+        partitions: u32,
+    ) -> Result<()> {
+        let inner = self.inner.clone();
+        let projection = projection.clone();
+        annals::store::kit::off_worker("sled", move || {
+            inner.record_partitions(&projection, generation, partitions)
+        })
+        .await?
+    }
+
     async fn begin_generation(&self, projection: &ProjectionName, resume: bool) -> Result<u32> {
         self.inner.settle()?;
         let inner = self.inner.clone();
