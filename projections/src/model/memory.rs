@@ -7,8 +7,8 @@ use dashmap::DashMap;
 use futures::FutureExt;
 
 use super::{
-    check_generation, effects_due, Batch, CommitError, DeadLetter, EffectLocks, Generations,
-    PartitionKey, ReadModel, SwapError,
+    check_caught_up, check_generation, effects_due, Batch, CommitError, DeadLetter, EffectLocks,
+    Generations, PartitionKey, ReadModel, SwapError,
 };
 use crate::{Projection, ProjectionError, ProjectionName, Result};
 
@@ -380,26 +380,13 @@ where
             return Err(SwapError::NotBuilding { generations });
         }
         let old = generations.active;
-        for partition in 0..partitions {
+        check_caught_up(partitions, |partition| {
             let of = |g| {
-                self.inner
-                    .checkpoints
-                    .get(&PartitionKey::in_generation(
-                        projection.clone(),
-                        g,
-                        partition,
-                    ))
-                    .map(|p| *p)
+                let key = PartitionKey::in_generation(projection.clone(), g, partition);
+                self.inner.checkpoints.get(&key).map(|p| *p)
             };
-            let (new, active) = (of(generation), of(old));
-            if new < active {
-                return Err(SwapError::Behind {
-                    partition,
-                    new,
-                    active,
-                });
-            }
-        }
+            Ok((of(generation), of(old)))
+        })?;
         let Some(data) = state.maps.get(&generation).cloned() else {
             return Err(SwapError::NotBuilding { generations });
         };
@@ -421,13 +408,7 @@ where
     async fn drop_generation(&self, projection: &ProjectionName, generation: u32) -> Result<()> {
         let mut state = self.inner.state();
         let mut generations = state.generations_of(projection);
-        if generation == generations.active || Some(generation) == generations.building {
-            return Err(ProjectionError::Configuration {
-                projection: projection.clone(),
-                setting: "drop_generation",
-                reason: format!("generation {generation} is active or being built"),
-            });
-        }
+        generations.check_droppable(projection, generation)?;
         state.forget(projection, generation, &self.inner.checkpoints);
         generations.kept.retain(|g| *g != generation);
         state.generations.insert(projection.clone(), generations);

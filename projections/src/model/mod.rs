@@ -120,6 +120,39 @@ impl Generations {
         }
     }
 
+    /// Whether a batch of `generation` may commit: a live batch into the active generation, a
+    /// rebuild's into the one being built; [`CommitError::Retired`] otherwise.
+    pub(crate) fn admit(&self, generation: u32, rebuilding: bool) -> Result<(), CommitError> {
+        let admitted = if rebuilding {
+            self.building == Some(generation)
+        } else {
+            self.active == generation
+        };
+        if admitted {
+            Ok(())
+        } else {
+            Err(CommitError::Retired {
+                active: self.active,
+            })
+        }
+    }
+
+    /// Refuses to drop the active generation or the one being built.
+    pub(crate) fn check_droppable(
+        &self,
+        projection: &ProjectionName,
+        generation: u32,
+    ) -> crate::Result<()> {
+        if generation == self.active || Some(generation) == self.building {
+            return Err(crate::ProjectionError::Configuration {
+                projection: projection.clone(),
+                setting: "drop_generation",
+                reason: format!("generation {generation} is active or being built"),
+            });
+        }
+        Ok(())
+    }
+
     /// The swap's change: `building` becomes the active generation.
     pub(crate) fn swapped(&mut self, at: Position, keep_old: bool) {
         let old = self.active;
@@ -350,24 +383,32 @@ pub(crate) fn effects_due(batch: &Batch<'_>, mark: Option<Position>) -> Vec<Reco
         .collect()
 }
 
-/// Whether `batch` may commit into its generation given `generations`: a live batch into the
-/// active one, a rebuild's into the one being built.
+/// Whether `batch` may commit into its generation given `generations` (see
+/// [`Generations::admit`]).
 pub(crate) fn check_generation(
     batch: &Batch<'_>,
     generations: &Generations,
 ) -> Result<(), CommitError> {
-    let allowed = if batch.rebuilding {
-        generations.building == Some(batch.key.generation)
-    } else {
-        generations.active == batch.key.generation
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(CommitError::Retired {
-            active: generations.active,
-        })
+    generations.admit(batch.key.generation, batch.rebuilding)
+}
+
+/// The swap's condition: each of the `partitions` of the new generation is at or past the
+/// active generation's checkpoint; `checkpoints(partition)` gives both (new, active).
+pub(crate) fn check_caught_up(
+    partitions: u32,
+    mut checkpoints: impl FnMut(u32) -> Result<(Option<Position>, Option<Position>), SwapError>,
+) -> Result<(), SwapError> {
+    for partition in 0..partitions {
+        let (new, active) = checkpoints(partition)?;
+        if new < active {
+            return Err(SwapError::Behind {
+                partition,
+                new,
+                active,
+            });
+        }
     }
+    Ok(())
 }
 
 /// The in-process locks that keep two generations of a projection from doing one event's

@@ -10,7 +10,7 @@ use tokio_postgres::GenericClient;
 
 use super::postgres::{backend, to_i64, to_u64};
 use super::{Generations, PartitionKey, SwapError};
-use crate::{PgModel, ProjectionError, ProjectionName, Result};
+use crate::{PgModel, ProjectionName, Result};
 
 /// The schema of `projection`'s generation `generation` in a store whose schema is `store`.
 pub(crate) fn schema_name(store: &str, projection: &ProjectionName, generation: u32) -> String {
@@ -168,12 +168,10 @@ impl PgModel {
         rebuilding: bool,
     ) -> std::result::Result<Option<u32>, annals::Error> {
         let (generations, _) = read_row(client, &self.schema, &key.projection, false).await?;
-        let allowed = if rebuilding {
-            generations.building == Some(key.generation)
-        } else {
-            generations.active == key.generation
-        };
-        Ok((!allowed).then_some(generations.active))
+        Ok(generations
+            .admit(key.generation, rebuilding)
+            .err()
+            .map(|_| generations.active))
     }
 
     pub(super) async fn begin(&self, projection: &ProjectionName, resume: bool) -> Result<u32> {
@@ -286,18 +284,13 @@ impl PgModel {
             );
             found.insert((name == names[1], partition), position);
         }
-        for partition in 0..partitions {
+        super::check_caught_up(partitions, |partition| {
             let p = i32::try_from(partition).unwrap_or(i32::MAX);
-            let new = found.get(&(true, p)).copied();
-            let active = found.get(&(false, p)).copied();
-            if new < active {
-                return Err(SwapError::Behind {
-                    partition,
-                    new,
-                    active,
-                });
-            }
-        }
+            Ok((
+                found.get(&(true, p)).copied(),
+                found.get(&(false, p)).copied(),
+            ))
+        })?;
         generations.swapped(at, keep_old);
         write_row(&tx, s, projection, &generations, last)
             .await
@@ -340,13 +333,7 @@ impl PgModel {
         let raw: &mut tokio_postgres::Client = &mut client;
         let tx = raw.transaction().await.map_err(backend)?;
         let (mut generations, last) = read_row(&tx, &self.schema, projection, true).await?;
-        if generation == generations.active || Some(generation) == generations.building {
-            return Err(ProjectionError::Configuration {
-                projection: projection.clone(),
-                setting: "drop_generation",
-                reason: format!("generation {generation} is active or being built"),
-            });
-        }
+        generations.check_droppable(projection, generation)?;
         self.forget(&tx, projection, generation).await?;
         generations.kept.retain(|g| *g != generation);
         write_row(&tx, &self.schema, projection, &generations, last).await?;

@@ -35,14 +35,14 @@ pub(super) struct Job<'a, M> {
 }
 
 impl<M: ReadModel + Clone> Job<'_, M> {
-    /// Reports progress until the new generation has caught up, then swaps.
+    /// Reports progress until the new generation has caught up, then swaps it in, keeping the
+    /// old generation (the rebuild drops it after a grace period unless asked to keep it).
     pub(super) async fn follow<S: EventStore, P: Projection<M>>(
         &self,
         store: &S,
         model: &M,
         projection: &P,
         partitions: u32,
-        keep_old: bool,
     ) -> Result<(Position, Generations)> {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut backend_failures = 0u32;
@@ -72,7 +72,7 @@ impl<M: ReadModel + Clone> Job<'_, M> {
             }
             let at = head.unwrap_or(Position::START);
             match model
-                .swap(self.name, self.generation, partitions, at, keep_old)
+                .swap(self.name, self.generation, partitions, at, true)
                 .await
             {
                 Ok(generations) => return Ok((at, generations)),

@@ -317,19 +317,9 @@ where
             configure,
             ..
         } = self;
-        let previous = model.generations(name).await?.active;
         let generation = model.begin_generation(name, resume).await?;
-        let recorded = model.generations(name).await?.partitions_of(generation);
-        if let Some(recorded) = recorded.filter(|r| *r != partitions) {
-            return Err(ProjectionError::Configuration {
-                projection: name.clone(),
-                setting: "partitions",
-                reason: format!(
-                    "the interrupted rebuild of generation {generation} has {recorded} \
-                     partitions, this one {partitions}: resume it with {recorded}, or start over"
-                ),
-            });
-        }
+        // A partition count other than an interrupted generation's is refused by the runner.
+        let previous = model.generations(name).await?.active;
         let head = store.last_position().await?;
         let total = head.map_or(0, ordinal);
         // Where it resumes: the lowest checkpoint of the generation (0 when it is new).
@@ -363,9 +353,7 @@ where
         // Swapped keeping the old generation; unless asked to keep it, it is dropped after a
         // grace period, so a reader that resolved it just before the swap finishes its read.
         // Should this process stop meanwhile, it stays listed in `Generations::kept`.
-        let outcome = job
-            .follow(&store, &model, &projection, partitions, true)
-            .await;
+        let outcome = job.follow(&store, &model, &projection, partitions).await;
         let shut = running.shutdown().await;
         let (swapped_at, _) = outcome?;
         let elapsed = started.elapsed();

@@ -64,41 +64,13 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
         }
         let key =
             PartitionKey::in_generation(self.key.projection.clone(), active, self.key.partition);
-        // A generation rebuilt with another partition count cannot be followed by this runner.
-        let generations = loop {
-            match self.model.generations(&self.key.projection).await {
-                Ok(generations) => break generations,
-                Err(error) => {
-                    self.board.error(
-                        self.key.partition,
-                        format!("reading the generations: {error}"),
-                    );
-                    tokio::select! {
-                        () = self.cancel.cancelled() => return Err(None),
-                        () = tokio::time::sleep(self.settings.retry.backoff(1)) => {}
-                    }
-                }
-            }
-        };
-        if let Some(count) = generations.partitions_of(active) {
-            if count != self.settings.partitions {
-                return Err(Some(ProjectionError::Configuration {
-                    projection: self.key.projection.clone(),
-                    setting: "partitions",
-                    reason: format!(
-                        "generation {active}, swapped in, was built with {count} partitions; this \
-                         runner has {}: restart it with {count}",
-                        self.settings.partitions
-                    ),
-                }));
-            }
-        }
         let mut failures = 0;
-        let (checkpoint, letters) = loop {
+        let (generations, checkpoint, letters) = loop {
             let loaded = async {
+                let generations = self.model.generations(&key.projection).await?;
                 let checkpoint = self.model.checkpoint(&key).await?;
                 let letters = self.model.dead_letters(&key.projection, active).await?;
-                Ok::<_, ProjectionError>((checkpoint, letters))
+                Ok::<_, ProjectionError>((generations, checkpoint, letters))
             }
             .await;
             match loaded {
@@ -116,6 +88,20 @@ impl<M: ReadModel, P: Projection<M>> PartitionTask<M, P> {
                 }
             }
         };
+        // A generation rebuilt with another partition count cannot be followed by this runner.
+        if let Some(count) = generations.partitions_of(active) {
+            if count != self.settings.partitions {
+                return Err(Some(ProjectionError::Configuration {
+                    projection: self.key.projection.clone(),
+                    setting: "partitions",
+                    reason: format!(
+                        "generation {active}, swapped in, was built with {count} partitions; this \
+                         runner has {}: restart it with {count}",
+                        self.settings.partitions
+                    ),
+                }));
+            }
+        }
         // A swap waits until the new generation is at or past the old one everywhere, and
         // the old one commits nothing after it: never behind what this partition committed.
         if checkpoint < self.checkpoint {

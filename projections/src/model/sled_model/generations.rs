@@ -16,7 +16,7 @@ use super::errors::{damaged, guarded, newer, sled_error};
 use super::inner::Inner;
 use super::tx::{check_tree_name, physical, suffix};
 use super::{DATA, GENERATIONS, ROUTES};
-use crate::model::{Generations, PartitionKey, SwapError};
+use crate::model::{check_caught_up, Generations, PartitionKey, SwapError};
 use crate::{ProjectionError, ProjectionName, Result};
 
 impl Inner {
@@ -135,24 +135,13 @@ impl Inner {
             return Err(SwapError::NotBuilding { generations });
         }
         let old = generations.active;
-        for partition in 0..partitions {
+        check_caught_up(partitions, |partition| {
             let of = |g| {
-                self.checkpoint_of(&PartitionKey::in_generation(
-                    projection.clone(),
-                    g,
-                    partition,
-                ))
+                let key = PartitionKey::in_generation(projection.clone(), g, partition);
+                self.checkpoint_of(&key).map_err(backend)
             };
-            let new = of(generation).map_err(backend)?;
-            let active = of(old).map_err(backend)?;
-            if new < active {
-                return Err(SwapError::Behind {
-                    partition,
-                    new,
-                    active,
-                });
-            }
-        }
+            Ok((of(generation)?, of(old)?))
+        })?;
         let trees = self
             .trees_of(projection.as_str(), generation)
             .map_err(SwapError::Backend)?;
@@ -230,13 +219,7 @@ impl Inner {
     ) -> Result<()> {
         let _one = self.lock();
         let (mut generations, last) = self.record(projection)?;
-        if generation == generations.active || Some(generation) == generations.building {
-            return Err(ProjectionError::Configuration {
-                projection: projection.clone(),
-                setting: "drop_generation",
-                reason: format!("generation {generation} is active or being built"),
-            });
-        }
+        generations.check_droppable(projection, generation)?;
         // Generation 1's trees: those whose route leads to one of this projection's rebuilt
         // generations now.
         let mut legacy = Vec::new();

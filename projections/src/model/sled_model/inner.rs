@@ -22,26 +22,6 @@ pub(super) fn store_error(e: ProjectionError) -> Error {
     }
 }
 
-/// As `model::check_generation`, for a batch's generation and role.
-fn check_generation(
-    generation: u32,
-    rebuilding: bool,
-    generations: &Generations,
-) -> std::result::Result<(), CommitError> {
-    let allowed = if rebuilding {
-        generations.building == Some(generation)
-    } else {
-        generations.active == generation
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(CommitError::Retired {
-            active: generations.active,
-        })
-    }
-}
-
 /// The model's state, shared by its clones.
 pub(super) struct Inner {
     pub(super) store: SledEventStore,
@@ -306,7 +286,7 @@ impl Inner {
         let generations = self
             .generations_of(&work.key.projection)
             .map_err(|e| CommitError::Backend(store_error(e)))?;
-        check_generation(work.key.generation, work.rebuilding, &generations)?;
+        generations.admit(work.key.generation, work.rebuilding)?;
         let key = codec::partition_key(&work.key);
         let groups = guarded(|| self.plan(work)).map_err(CommitError::Backend)?;
         self.commit_groups(&key, &groups)

@@ -343,19 +343,7 @@ impl ReadModel for SledModel {
 
     async fn checkpoint(&self, key: &PartitionKey) -> Result<Option<Position>> {
         self.inner.settle()?;
-        let key = codec::partition_key(key);
-        let Some(value) = guarded(|| self.inner.checkpoints.get(&key).map_err(sled_error))? else {
-            return Ok(None);
-        };
-        match codec::open(&key, &value) {
-            Ok(Opened::Body(body)) => {
-                Ok(Some(codec::decode_checkpoint(body).map_err(|reason| {
-                    damaged("a checkpoint", &key, &reason)
-                })?))
-            }
-            Ok(Opened::Newer(found)) => Err(newer("a checkpoint", &key, found)),
-            Err(reason) => Err(damaged("a checkpoint", &key, &reason).into()),
-        }
+        self.inner.checkpoint_of(key)
     }
 
     async fn commit<P: Projection<Self>>(
